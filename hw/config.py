@@ -1,0 +1,279 @@
+"""The one configuration of a recaccel accelerator.
+
+A :class:`Config` is frozen and validated when it is built: an impossible
+combination raises :class:`ValueError` naming the field and the value. The
+hardware (``hw/``) elaborates from it, the host (``host/``) lays data out from
+it, and the generator writes it beside the Verilog as JSON and as a C header.
+
+Configs are loaded from and saved to TOML, and the named presets below cover
+the usual cases::
+
+    cfg = Config.preset("tiny")
+    cfg = Config.from_toml(path)
+    cfg = cfg.replace(array={"dim": 8})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import tomli_w
+
+__all__ = ["ArrayConfig", "Config", "PRESETS", "ceil_div", "clog2"]
+
+
+def clog2(n: int) -> int:
+    """Bits needed to count ``0 .. n-1`` (at least 1)."""
+    return max(1, (n - 1).bit_length())
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _check_int(where: str, value, lo: int, hi: int | None = None):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{where}: must be an integer, not {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise ValueError(f"{where}: must be {bound}, not {value!r}")
+
+
+@dataclass(frozen=True)
+class ArrayConfig:
+    """The reconfigurable systolic array and the MLP engines that drive it.
+
+    The array is ``dim`` x ``dim`` weight-stationary int8 processing elements,
+    built of ``block`` x ``block`` blocks. At run time it acts as ``f * f``
+    independent sub-arrays of ``dim/f`` x ``dim/f`` for each ``f`` in
+    ``splits`` (RPAccel's 1 x 128^2 / 4 x 64^2 / ... modes). ``engines`` MLP
+    engines drive sub-arrays 0 .. engines-1; engine ``e`` is usable in the
+    modes with more than ``e`` sub-arrays.
+
+    Each engine holds, on chip: a weight memory of ``weight_words`` rows of
+    ``dim`` int8 weights, a requantization-parameter memory of
+    ``param_words`` entries (one output-channel chunk each), two activation
+    buffers (ping-pong between layers) of ``max_rows * ceil(max_dim / lanes)``
+    words, an accumulator of ``acc_rows`` x lanes int32 (the row block), and
+    a table of ``max_layers`` layer descriptors.
+    """
+
+    dim: int = 16
+    block: int = 4
+    splits: tuple[int, ...] = (1, 2)
+    engines: int = 2
+    acc_rows: int = 64
+    max_rows: int = 512
+    max_dim: int = 512
+    weight_words: int = 8192
+    param_words: int = 256
+    max_layers: int = 8
+    #: "generic" (plain Amaranth multiply, any tool) or "ecp5" (MULT18X18D).
+    dsp: str = "generic"
+
+    def __post_init__(self):
+        object.__setattr__(self, "splits", tuple(self.splits))
+        _check_int("array.dim", self.dim, 2, 256)
+        _check_int("array.block", self.block, 1, self.dim)
+        if self.dim % self.block:
+            raise ValueError(f"array.block: {self.block} does not divide "
+                             f"array.dim {self.dim}")
+        if not self.splits:
+            raise ValueError("array.splits: needs at least one split factor, "
+                             "not ()")
+        if self.splits[0] != 1:
+            raise ValueError(f"array.splits: must start with 1 (the whole "
+                             f"array), not {self.splits!r}")
+        for f in self.splits:
+            _check_int("array.splits", f, 1)
+            if not _is_pow2(f):
+                raise ValueError(f"array.splits: {f} is not a power of two")
+            if self.dim % (f * self.block):
+                raise ValueError(
+                    f"array.splits: split {f} gives {self.dim}/{f} wide "
+                    f"sub-arrays, not a multiple of array.block {self.block}")
+        if list(self.splits) != sorted(set(self.splits)):
+            raise ValueError(f"array.splits: must be strictly increasing, "
+                             f"not {self.splits!r}")
+        _check_int("array.engines", self.engines, 1, self.max_split ** 2)
+        _check_int("array.acc_rows", self.acc_rows, 1, 65536)
+        _check_int("array.max_rows", self.max_rows, 1, 65536)
+        _check_int("array.max_dim", self.max_dim, 1, 65536)
+        _check_int("array.weight_words", self.weight_words, self.dim, 1 << 24)
+        _check_int("array.param_words", self.param_words, 1, 1 << 20)
+        _check_int("array.max_layers", self.max_layers, 1, 256)
+        if self.dsp not in ("generic", "ecp5"):
+            raise ValueError(f"array.dsp: must be 'generic' or 'ecp5', "
+                             f"not {self.dsp!r}")
+
+    # -- derived values ---------------------------------------------------
+
+    @property
+    def max_split(self) -> int:
+        return self.splits[-1]
+
+    @property
+    def sub_arrays(self) -> int:
+        """Stream ports on the array: one per sub-array of the finest split."""
+        return self.max_split ** 2
+
+    def engine_lanes(self, engine: int) -> int:
+        """Width of sub-array port ``engine``: ``dim / f`` for the coarsest
+        split ``f`` in which that sub-array exists."""
+        for f in self.splits:
+            if engine < f * f:
+                return self.dim // f
+        raise ValueError(f"engine {engine} does not exist with splits "
+                         f"{self.splits}")
+
+    def sub_dim(self, split: int) -> int:
+        return self.dim // split
+
+    def act_words(self, engine: int) -> int:
+        """Depth of one activation buffer of ``engine``."""
+        return self.max_rows * ceil_div(self.max_dim, self.engine_lanes(engine))
+
+    @property
+    def psum_bits(self) -> int:
+        """Width of the partial sums flowing down a column: an exact sum of
+        ``dim`` int8 x int8 products."""
+        return 16 + clog2(self.dim) + 1
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole accelerator. See :class:`ArrayConfig` for the array fields."""
+
+    name: str = "custom"
+    #: Clock the design is built for, MHz: latency in microseconds is quoted
+    #: at this clock and the constraint files are written for it.
+    clock_mhz: float = 200.0
+    array: ArrayConfig = field(default_factory=ArrayConfig)
+
+    def __post_init__(self):
+        if isinstance(self.array, dict):
+            object.__setattr__(self, "array", _build(ArrayConfig, self.array,
+                                                     "array"))
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name: must be a non-empty string, not "
+                             f"{self.name!r}")
+        if (not isinstance(self.clock_mhz, (int, float))
+                or isinstance(self.clock_mhz, bool)
+                or not 1 <= self.clock_mhz <= 2000):
+            raise ValueError(f"clock_mhz: must be between 1 and 2000, not "
+                             f"{self.clock_mhz!r}")
+
+    # -- construction -----------------------------------------------------
+
+    @classmethod
+    def preset(cls, name: str) -> "Config":
+        try:
+            return PRESETS[name]
+        except KeyError:
+            raise ValueError(f"preset: unknown preset {name!r}; known: "
+                             f"{', '.join(PRESETS)}") from None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        return _build(cls, d, "")
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "Config":
+        with open(path, "rb") as f:
+            d = tomllib.load(f)
+        base = d.pop("preset", None)
+        if base is not None:
+            return cls.preset(base).replace(**d)
+        return cls.from_dict(d)
+
+    def replace(self, **changes) -> "Config":
+        """A copy with fields changed; sections take a dict of their fields."""
+        d = self.to_dict()
+        for k, v in changes.items():
+            if isinstance(v, dict) and isinstance(d.get(k), dict):
+                d[k] = {**d[k], **v}
+            else:
+                d[k] = v
+        return Config.from_dict(d)
+
+    # -- serialization ----------------------------------------------------
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["array"]["splits"] = list(self.array.splits)
+        return d
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def to_json(self) -> str:
+        """The config with its derived values, as written beside the Verilog."""
+        d = self.to_dict()
+        a = self.array
+        d["derived"] = {
+            "sub_arrays": a.sub_arrays,
+            "engine_lanes": [a.engine_lanes(e) for e in range(a.engines)],
+            "act_words": [a.act_words(e) for e in range(a.engines)],
+            "psum_bits": a.psum_bits,
+        }
+        return json.dumps(d, indent=2) + "\n"
+
+    def to_c_header(self) -> str:
+        """``#define``s for a firmware or driver written in C."""
+        a = self.array
+        guard = "RECACCEL_CONFIG_H"
+        lines = [f"/* Generated by recaccel from config {self.name!r}. */",
+                 f"#ifndef {guard}", f"#define {guard}", "",
+                 f"#define RECACCEL_CLOCK_MHZ {self.clock_mhz}"]
+        for f in fields(ArrayConfig):
+            v = getattr(a, f.name)
+            if isinstance(v, int):
+                lines.append(f"#define RECACCEL_ARRAY_{f.name.upper()} {v}")
+        lines.append(f"#define RECACCEL_ARRAY_SPLITS {{{', '.join(map(str, a.splits))}}}")
+        lines.append(f"#define RECACCEL_ARRAY_SUB_ARRAYS {a.sub_arrays}")
+        lines += ["", f"#endif /* {guard} */", ""]
+        return "\n".join(lines)
+
+
+def _build(cls, d: dict, where: str):
+    if not isinstance(d, dict):
+        raise ValueError(f"{where or 'config'}: must be a table, not {d!r}")
+    known = {f.name for f in fields(cls)}
+    for k in d:
+        if k not in known:
+            name = f"{where}.{k}" if where else k
+            raise ValueError(f"{name}: unknown field (known: "
+                             f"{', '.join(sorted(known))})")
+    return cls(**d)
+
+
+PRESETS: dict[str, Config] = {
+    # Small enough that every cocotb build and test is quick.
+    "tiny": Config(name="tiny", clock_mhz=100.0, array=ArrayConfig(
+        dim=4, block=2, splits=(1, 2), engines=4, acc_rows=16, max_rows=64,
+        max_dim=64, weight_words=1024, param_words=64, max_layers=4)),
+    # The demo: a 16x16 array that splits into 4 x 8x8.
+    "default": Config(name="default", clock_mhz=200.0, array=ArrayConfig(
+        dim=16, block=4, splits=(1, 2), engines=2, acc_rows=64,
+        max_rows=512, max_dim=512, weight_words=16384, param_words=256,
+        max_layers=8)),
+    # RPAccel's grid: 128x128 of 4x4 blocks, 1/4/16/64 sub-arrays.
+    "rpaccel": Config(name="rpaccel", clock_mhz=1000.0, array=ArrayConfig(
+        dim=128, block=4, splits=(1, 2, 4, 8), engines=4, acc_rows=512,
+        max_rows=4096, max_dim=512, weight_words=65536, param_words=64,
+        max_layers=8)),
+    # Fits an ECP5-85F (156 MULT18X18D, 208 DP16KD) with the DSP primitive.
+    "ecp5": Config(name="ecp5", clock_mhz=150.0, array=ArrayConfig(
+        dim=8, block=4, splits=(1, 2), engines=2, acc_rows=32, max_rows=128,
+        max_dim=256, weight_words=2048, param_words=64, max_layers=8,
+        dsp="ecp5")),
+}

@@ -1,0 +1,65 @@
+"""The MLP cluster: the reconfigurable array with the engines that drive it.
+
+Engine ``e`` drives sub-array port ``e`` and has its own command and response
+streams (``cmd_<e>``, ``resp_<e>``). The array's split is a register that
+engine 0 sets with ``SET_SPLIT`` once no other engine is busy, so that two
+stage engines can run side by side on a split array.
+"""
+
+from amaranth.hdl import Cat, Module
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out, connect, flipped
+
+from .config import ArrayConfig
+from .mlp_engine import MLPEngine
+from .mlp_isa import command_layout, response_layout
+from .systolic import SystolicArray
+
+__all__ = ["MLPCluster"]
+
+
+class MLPCluster(wiring.Component):
+    """``config.engines`` MLP engines on one :class:`SystolicArray`.
+
+    Attributes
+    ----------
+    cmd_<e> : In(stream.Signature(command_layout(config, e)))
+    resp_<e> : Out(stream.Signature(response_layout(config, e)))
+    split : Out(range(len(config.splits)))
+        The current split (an index into ``config.splits``); 0 after reset.
+    """
+
+    def __init__(self, config: ArrayConfig):
+        if not isinstance(config, ArrayConfig):
+            raise TypeError(f"config must be an ArrayConfig, not {config!r}")
+        self._config = config
+        members = {"split": Out(range(len(config.splits)))}
+        for e in range(config.engines):
+            members[f"cmd_{e}"] = In(stream.Signature(command_layout(config, e)))
+            members[f"resp_{e}"] = Out(stream.Signature(response_layout(config, e)))
+        super().__init__(members)
+
+    @property
+    def config(self):
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        m.submodules.array = array = SystolicArray(cfg)
+        m.d.comb += array.split.eq(self.split)
+        engines = []
+        for e in range(cfg.engines):
+            m.submodules[f"engine{e}"] = eng = MLPEngine(cfg, engine=e)
+            engines.append(eng)
+            connect(m, flipped(getattr(self, f"cmd_{e}")), eng.cmd)
+            connect(m, eng.resp, flipped(getattr(self, f"resp_{e}")))
+            connect(m, eng.array, array.port(e))
+            m.d.comb += eng.split.eq(self.split)
+        m.d.comb += engines[0].peers_busy.eq(
+            Cat(eng.busy for eng in engines[1:]).any())
+        with m.If(engines[0].split_req):
+            m.d.sync += self.split.eq(engines[0].split_value)
+        # Sub-array ports with no engine are left idle (inputs zero).
+        return m
+

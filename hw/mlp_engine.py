@@ -1,0 +1,591 @@
+"""The MLP engine: runs whole int8 MLPs on one (sub-)array by tiling.
+
+For each layer the engine walks row blocks of ``acc_rows`` rows; within a
+block, output tiles ``n``; within those, input tiles ``k``. For every tile
+``(k, n)`` it shifts the ``S x S`` weight tile into the array's idle weight
+register (the *loader*) while the previous tile streams its rows through
+the array (the *streamer*): weights double-buffer, and consecutive tiles run
+back to back. Column sums are added into an ``acc_rows`` deep int32
+accumulator; on the last input tile of an output tile they are requantized
+(:mod:`host.numerics` spells out the arithmetic) and written to the other
+activation buffer, which the next layer reads. A whole MLP runs without the
+host; the host sees one response frame per RUN.
+
+Two tiles are in flight at most, one per weight register ("parity"). A
+parity is reused only when its previous tile has left the array and the
+requantizer (a countdown set from the array latency), so the array never
+needs to stall: every row injected is a row whose result the engine takes.
+
+Commands and memory layouts: :mod:`hw.mlp_isa`.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .config import ArrayConfig, clog2
+from .mlp_isa import Opcode, Status, command_layout, response_layout
+from .primitives import PipelinedMultiplier
+from .systolic import SubArrayPort, SystolicArray
+
+__all__ = ["MLPEngine", "REQUANT_LATENCY"]
+
+#: Cycles from an accumulator result to its int8 value in the buffer.
+REQUANT_LATENCY = 6 + PipelinedMultiplier.LATENCY
+
+_PARAM = data.StructLayout({"bias": signed(32), "mult": unsigned(16),
+                            "shift": unsigned(6)})
+
+
+class MLPEngine(wiring.Component):
+    """Runs int8 MLP layers of any shape on one sub-array port.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+    engine : int
+        Which sub-array port this engine drives; sets its width
+        (``config.engine_lanes(engine)``). Engine 0 also owns the split
+        register (``SET_SPLIT``).
+
+    Attributes
+    ----------
+    cmd : In(stream.Signature(command_layout(config, engine)))
+    resp : Out(stream.Signature(response_layout(config, engine)))
+    array : Out(SubArrayPort)
+    split : In(range(len(config.splits)))
+        The array's current split.
+    busy : Out(1)
+        High from an accepted RUN or SET_SPLIT until its response is sent.
+    split_req, split_value : Out
+        (engine 0) A one-cycle request to set the array's split.
+    peers_busy : In(1)
+        (engine 0) Any other engine is busy: SET_SPLIT waits for it.
+    """
+
+    def __init__(self, config: ArrayConfig, *, engine: int = 0):
+        if not isinstance(config, ArrayConfig):
+            raise TypeError(f"config must be an ArrayConfig, not {config!r}")
+        if not isinstance(engine, int) or not 0 <= engine < config.engines:
+            raise ValueError(f"engine must be in 0..{config.engines - 1}, "
+                             f"not {engine!r}")
+        self._config = config
+        self._engine = engine
+        self._lanes = config.engine_lanes(engine)
+        members = {
+            "cmd": In(stream.Signature(command_layout(config, engine))),
+            "resp": Out(stream.Signature(response_layout(config, engine))),
+            "array": Out(SubArrayPort(lanes=self._lanes,
+                                      psum_bits=config.psum_bits)),
+            "split": In(range(len(config.splits))),
+            "busy": Out(1),
+        }
+        if engine == 0:
+            members.update({
+                "split_req": Out(1),
+                "split_value": Out(range(len(config.splits))),
+                "peers_busy": In(1),
+            })
+        super().__init__(members)
+
+    @property
+    def config(self):
+        return self._config
+
+    @property
+    def engine(self):
+        return self._engine
+
+    @property
+    def lanes(self):
+        return self._lanes
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        lanes = self._lanes
+        cmd = self.cmd.payload
+        args = cmd.args
+        act_words = cfg.act_words(self._engine)
+
+        # -- the active split, as this engine sees it ---------------------
+        side = Signal(range(lanes + 1))
+        log_side = Signal(range(clog2(lanes) + 1))
+        available = Signal()
+        latency = Signal(range(2 * lanes + PipelinedMultiplier.LATENCY + 2))
+        max_lat = 0
+        with m.Switch(self.split):
+            for idx, f in enumerate(cfg.splits):
+                with m.Case(idx):
+                    if self._engine < f * f:
+                        s = cfg.dim // f
+                        lat = SystolicArray.latency(cfg, self._engine, f)
+                        max_lat = max(max_lat, lat)
+                        m.d.comb += [side.eq(s), log_side.eq(s.bit_length() - 1),
+                                     available.eq(1), latency.eq(lat)]
+
+        # -- memories ------------------------------------------------------
+        row_shape = data.ArrayLayout(signed(8), lanes)
+        m.submodules.wmem = wmem = Memory(shape=row_shape,
+                                          depth=cfg.weight_words, init=[])
+        w_wr = wmem.write_port()
+        w_rd = wmem.read_port()
+        pmems = []
+        for j in range(lanes):
+            m.submodules[f"pmem{j}"] = pm = Memory(
+                shape=_PARAM, depth=cfg.param_words, init=[])
+            pmems.append((pm.write_port(), pm.read_port()))
+        layer_shape = args.layer.shape()
+        m.submodules.ltab = ltab = Memory(shape=layer_shape,
+                                          depth=cfg.max_layers, init=[])
+        l_wr = ltab.write_port()
+        l_rd = ltab.read_port(domain="comb")
+        acts = []
+        for b in range(2):
+            m.submodules[f"act{b}"] = am = Memory(shape=row_shape,
+                                                  depth=act_words, init=[])
+            acts.append((am.write_port(), am.read_port()))
+        m.submodules.acc = accm = Memory(
+            shape=data.ArrayLayout(signed(32), lanes), depth=cfg.acc_rows,
+            init=[])
+        acc_wr = accm.write_port()
+        acc_rd = accm.read_port(transparent_for=(acc_wr,))
+
+        # -- run-wide registers ---------------------------------------------
+        rows = Signal(range(cfg.max_rows + 1))
+        n_layers = Signal(range(cfg.max_layers + 1))
+        cycles = Signal(32)
+        err_status = Signal(Status)
+        err_info = Signal(32)
+        split_index = Signal.like(self.split)
+
+        # Layer being checked or run, read combinationally from the table.
+        layer = Signal(range(cfg.max_layers + 1))
+        m.d.comb += l_rd.addr.eq(layer)
+        desc = l_rd.data
+        ceil_tiles = lambda d: (d + side - 1) >> log_side
+        kt = Signal(range(cfg.max_dim + 1))
+        nt = Signal(range(cfg.max_dim + 1))
+        prev_out = Signal.like(desc.out_dim)
+
+        # -- the tile sequencer (offers one tile descriptor at a time) -----
+        seq_valid = Signal()
+        seq_take = Signal()
+        seq_k = Signal.like(kt)
+        seq_n = Signal.like(nt)
+        seq_rb = Signal(range(cfg.max_rows + cfg.acc_rows + 1))
+        seq_src = Signal(range(act_words + cfg.max_rows + 1))   # k * rows
+        seq_dst = Signal(range(act_words + cfg.max_rows + 1))   # n * rows
+        seq_w = Signal(range(cfg.weight_words + lanes + 1))
+        seq_p = Signal(range(cfg.param_words + 1))
+        rows_left = Signal(range(cfg.max_rows + 1))
+        blk = Signal(range(cfg.acc_rows + 1))
+        m.d.comb += blk.eq(Mux(rows_left > cfg.acc_rows, cfg.acc_rows, rows_left))
+
+        # Per-parity tile slots.
+        FREE, LOADING, READY, STREAMING = range(4)
+        slot_state = [Signal(2, name=f"slot{b}_state") for b in range(2)]
+        slot_count = [Signal(range(cfg.acc_rows + 1), name=f"slot{b}_count")
+                      for b in range(2)]
+        slot_src = [Signal.like(seq_src, name=f"slot{b}_src") for b in range(2)]
+        slot_dst = [Signal.like(seq_dst, name=f"slot{b}_dst") for b in range(2)]
+        slot_first = [Signal(name=f"slot{b}_first") for b in range(2)]
+        slot_last = [Signal(name=f"slot{b}_last") for b in range(2)]
+        countdown = [Signal(range(max_lat + REQUANT_LATENCY + 4),
+                            name=f"slot{b}_countdown") for b in range(2)]
+        params = [Signal(data.ArrayLayout(_PARAM, lanes), name=f"params{b}")
+                  for b in range(2)]
+        relu = Signal()
+        src_buf = Signal()
+        all_free = Signal()
+        m.d.comb += all_free.eq(
+            (slot_state[0] == FREE) & (slot_state[1] == FREE)
+            & (countdown[0] == 0) & (countdown[1] == 0))
+        for b in range(2):
+            with m.If(countdown[b] != 0):
+                m.d.sync += countdown[b].eq(countdown[b] - 1)
+
+        # -- the loader: weight tiles into the idle register ---------------
+        ld_par = Signal()
+        ld_busy = Signal()
+        ld_left = Signal(range(lanes + 1))
+        ld_addr = Signal.like(seq_w)
+        ld_slot = Signal()
+        ld_params_par = Signal()
+        ld_params_latch = Signal()
+        ld_shift = Signal()
+        ld_shift_buf = Signal()
+        ld_shift_last = Signal()
+        m.d.comb += seq_take.eq(
+            seq_valid & ~ld_busy
+            & (Mux(ld_par, slot_state[1], slot_state[0]) == FREE)
+            & (Mux(ld_par, countdown[1], countdown[0]) == 0))
+        with m.If(seq_take):
+            b = ld_par
+            for pb in range(2):
+                with m.If(b == pb):
+                    m.d.sync += [
+                        slot_state[pb].eq(LOADING),
+                        slot_count[pb].eq(blk),
+                        slot_src[pb].eq(seq_src + seq_rb),
+                        slot_dst[pb].eq(seq_dst + seq_rb),
+                        slot_first[pb].eq(seq_k == 0),
+                        slot_last[pb].eq(seq_k == kt - 1),
+                    ]
+            m.d.sync += [ld_busy.eq(1), ld_left.eq(side), ld_slot.eq(b),
+                         ld_addr.eq(seq_w + side - 1), ld_par.eq(~ld_par)]
+        for j, (_, prd) in enumerate(pmems):
+            m.d.comb += prd.addr.eq(seq_p)
+        m.d.sync += [ld_params_latch.eq(seq_take), ld_params_par.eq(ld_par)]
+        with m.If(ld_params_latch):
+            for pb in range(2):
+                with m.If(ld_params_par == pb):
+                    for j, (_, prd) in enumerate(pmems):
+                        m.d.sync += params[pb][j].eq(prd.data)
+        m.d.comb += w_rd.addr.eq(ld_addr)
+        with m.If(ld_busy):
+            m.d.sync += [ld_addr.eq(ld_addr - 1), ld_left.eq(ld_left - 1)]
+            with m.If(ld_left == 1):
+                m.d.sync += ld_busy.eq(0)
+        m.d.sync += [ld_shift.eq(ld_busy), ld_shift_buf.eq(ld_slot),
+                     ld_shift_last.eq(ld_busy & (ld_left == 1))]
+        m.d.comb += [self.array.weights.eq(w_rd.data),
+                     self.array.w_load.eq(ld_shift),
+                     self.array.w_buf.eq(ld_shift_buf)]
+        with m.If(ld_shift_last):
+            for pb in range(2):
+                with m.If(ld_shift_buf == pb):
+                    m.d.sync += slot_state[pb].eq(READY)
+
+        # -- the streamer: rows of activations into the array -------------
+        st_par = Signal()
+        st_row = Signal(range(cfg.acc_rows + 1))
+        st_issue = Signal()
+        st_addr = Signal.like(seq_src)
+        cur_state = Mux(st_par, slot_state[1], slot_state[0])
+        cur_count = Mux(st_par, slot_count[1], slot_count[0])
+        m.d.comb += [
+            st_issue.eq((cur_state == READY) | (cur_state == STREAMING)),
+            st_addr.eq(Mux(st_par, slot_src[1], slot_src[0]) + st_row),
+        ]
+        inj = Signal(data.StructLayout({"valid": 1, "par": 1, "row": range(cfg.acc_rows),
+                                        "first": 1, "last": 1}))
+        with m.If(st_issue):
+            last_row = st_row == cur_count - 1
+            for pb in range(2):
+                with m.If(st_par == pb):
+                    m.d.sync += slot_state[pb].eq(Mux(last_row, FREE, STREAMING))
+                    with m.If(last_row):
+                        m.d.sync += countdown[pb].eq(
+                            latency + REQUANT_LATENCY + 3)
+            m.d.sync += st_row.eq(Mux(last_row, 0, st_row + 1))
+            with m.If(last_row):
+                m.d.sync += st_par.eq(~st_par)
+        m.d.sync += [
+            inj.valid.eq(st_issue),
+            inj.par.eq(st_par),
+            inj.row.eq(st_row),
+            inj.first.eq(Mux(st_par, slot_first[1], slot_first[0])),
+            inj.last.eq(Mux(st_par, slot_last[1], slot_last[0])),
+        ]
+
+        # Activation buffers: one reader and one writer each at a time.
+        run_src = Signal(row_shape)
+        out_rd_addr = Signal(range(act_words + cfg.max_rows + 1))
+        out_buf = Signal()
+        out_data = Signal(row_shape)
+        dst_we = Signal()
+        dst_addr = Signal.like(seq_dst)
+        dst_data = Signal(row_shape)
+        dst_buf = Signal()
+        cmd_act_we = Signal()
+        for b, (awr, ard) in enumerate(acts):
+            with m.If(src_buf == b):
+                m.d.comb += ard.addr.eq(st_addr)
+            with m.Else():
+                m.d.comb += ard.addr.eq(out_rd_addr)
+            with m.If(cmd_act_we & (args.act.buf == b)):
+                m.d.comb += [awr.addr.eq(args.act.addr), awr.data.eq(args.act.data),
+                             awr.en.eq(1)]
+            with m.Elif(dst_we & (dst_buf == b)):
+                m.d.comb += [awr.addr.eq(dst_addr), awr.data.eq(dst_data),
+                             awr.en.eq(1)]
+        m.d.comb += [
+            run_src.eq(Mux(src_buf, acts[1][1].data, acts[0][1].data)),
+            out_data.eq(Mux(out_buf, acts[1][1].data, acts[0][1].data)),
+            self.array.act.eq(Mux(inj.valid, run_src.as_value(), 0)),
+            self.array.sel.eq(inj.par),
+        ]
+
+        # -- the collector: accumulate, requantize, write ------------------
+        taps = [inj]
+        for d in range(max_lat):
+            t = Signal.like(inj, name=f"meta_{d + 1}")
+            m.d.sync += t.eq(taps[-1])
+            taps.append(t)
+        exit_meta = Signal.like(inj)
+        pre_meta = Signal.like(inj)
+        with m.Switch(latency):
+            for lat in sorted({SystolicArray.latency(cfg, self._engine, f)
+                               for f in cfg.splits if self._engine < f * f}):
+                with m.Case(lat):
+                    m.d.comb += [exit_meta.eq(taps[lat]), pre_meta.eq(taps[lat - 1])]
+        m.d.comb += acc_rd.addr.eq(pre_meta.row)
+        acc_new = Signal(data.ArrayLayout(signed(32), lanes))
+        for j in range(lanes):
+            psum = self.array.psum[j]
+            m.d.comb += acc_new[j].eq(
+                Mux(exit_meta.first, psum, acc_rd.data[j] + psum))
+        m.d.comb += [acc_wr.addr.eq(exit_meta.row), acc_wr.data.eq(acc_new),
+                     acc_wr.en.eq(exit_meta.valid)]
+
+        # Requantization pipeline; params stay put until the countdown ends.
+        rq_meta = Signal(data.StructLayout({"valid": 1, "par": 1,
+                                            "row": range(cfg.acc_rows)}))
+        metas = [rq_meta]
+        m.d.sync += [rq_meta.valid.eq(exit_meta.valid & exit_meta.last),
+                     rq_meta.par.eq(exit_meta.par), rq_meta.row.eq(exit_meta.row)]
+        for d in range(REQUANT_LATENCY - 1):
+            t = Signal.like(rq_meta, name=f"rq_meta_{d + 1}")
+            m.d.sync += t.eq(metas[-1])
+            metas.append(t)
+        acc_q = Signal.like(acc_new)
+        m.d.sync += acc_q.eq(acc_new)                       # stage 1
+        for j in range(lanes):
+            prm = []
+            for k in range(len(metas)):
+                sel = Signal(_PARAM, name=f"rq_param{j}_{k}")
+                m.d.comb += sel.eq(Mux(metas[k].par, params[1][j].as_value(),
+                                       params[0][j].as_value()))
+                prm.append(sel)
+            t = Signal(signed(33), name=f"rq_t{j}")
+            m.d.sync += t.eq(acc_q[j] + prm[0].bias)        # stage 2
+            lo = PipelinedMultiplier(a_width=18, b_width=17, target=cfg.dsp)
+            hi = PipelinedMultiplier(a_width=16, b_width=17, target=cfg.dsp)
+            m.submodules[f"rq_lo{j}"] = lo
+            m.submodules[f"rq_hi{j}"] = hi
+            m.d.comb += [lo.a.eq(Cat(t[:17], Const(0, 1))),
+                         hi.a.eq(t[17:33]),
+                         lo.b.eq(Cat(prm[1].mult, Const(0, 1))),
+                         hi.b.eq(Cat(prm[1].mult, Const(0, 1)))]
+            # stages 3 .. 2 + LATENCY in the multipliers
+            k = 2 + PipelinedMultiplier.LATENCY
+            prod = Signal(signed(50), name=f"rq_p{j}")
+            m.d.sync += prod.eq((hi.p << 17) + lo.p)        # stage k+1
+            sh = Signal(range(52), name=f"rq_sh{j}")
+            m.d.comb += sh.eq(Mux(prm[k].shift > 51, 51, prm[k].shift))
+            rounded = Signal(signed(52), name=f"rq_r{j}")
+            sh_r = Signal.like(sh, name=f"rq_sh_r{j}")
+            m.d.sync += [rounded.eq(prod + (Const(1, 53) << sh)[1:]),
+                         sh_r.eq(sh)]                       # stage k+2
+            shifted = Signal(signed(52), name=f"rq_s{j}")
+            m.d.sync += shifted.eq(rounded >> sh_r)         # stage k+3
+            clipped = Mux(relu & (shifted < 0), 0,
+                          Mux(shifted > 127, 127,
+                              Mux(shifted < -128, -128, shifted)))
+            m.d.sync += dst_data[j].eq(clipped)             # stage k+4
+        assert REQUANT_LATENCY == 1 + PipelinedMultiplier.LATENCY + 5
+        out_meta = metas[-1]        # aligned with dst_data
+        m.d.comb += [dst_we.eq(out_meta.valid),
+                     dst_addr.eq(Mux(out_meta.par, slot_dst[1], slot_dst[0])
+                                 + out_meta.row)]
+
+        # -- response FIFO for result rows ----------------------------------
+        m.submodules.rfifo = rfifo = SyncFIFOBuffered(width=lanes * 8, depth=4)
+        out_issue = Signal()
+        out_inflight = Signal()
+        m.d.sync += out_inflight.eq(out_issue)
+        m.d.comb += [rfifo.w_data.eq(out_data.as_value()),
+                     rfifo.w_en.eq(out_inflight)]
+        out_row = Signal(range(cfg.max_rows + 1))
+        out_chunk = Signal.like(nt)
+
+        # -- the control FSM ------------------------------------------------
+        def fail(status, info):
+            m.d.sync += [err_status.eq(status), err_info.eq(info)]
+            m.next = "ERROR"
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    with m.Switch(cmd.op):
+                        with m.Case(Opcode.WRITE_WEIGHTS):
+                            with m.If(args.weights.addr < cfg.weight_words):
+                                m.d.comb += [w_wr.addr.eq(args.weights.addr),
+                                             w_wr.data.eq(args.weights.data),
+                                             w_wr.en.eq(1)]
+                            with m.Else():
+                                fail(Status.BAD_ADDRESS, cmd.op)
+                        with m.Case(Opcode.WRITE_PARAM):
+                            p = args.param
+                            with m.If((p.addr < cfg.param_words) & (p.lane < lanes)):
+                                for j, (pwr, _) in enumerate(pmems):
+                                    m.d.comb += [
+                                        pwr.addr.eq(p.addr),
+                                        pwr.data.bias.eq(p.bias),
+                                        pwr.data.mult.eq(p.mult),
+                                        pwr.data.shift.eq(p.shift),
+                                        pwr.en.eq(p.lane == j)]
+                            with m.Else():
+                                fail(Status.BAD_ADDRESS, cmd.op)
+                        with m.Case(Opcode.WRITE_ACT):
+                            with m.If(args.act.addr < act_words):
+                                m.d.comb += cmd_act_we.eq(1)
+                            with m.Else():
+                                fail(Status.BAD_ADDRESS, cmd.op)
+                        with m.Case(Opcode.SET_LAYER):
+                            with m.If(args.layer.index < cfg.max_layers):
+                                m.d.comb += [l_wr.addr.eq(args.layer.index),
+                                             l_wr.data.eq(args.layer),
+                                             l_wr.en.eq(1)]
+                            with m.Else():
+                                fail(Status.BAD_ADDRESS, cmd.op)
+                        with m.Case(Opcode.RUN):
+                            r = args.run
+                            with m.If(~available):
+                                fail(Status.NOT_AVAILABLE, cmd.op)
+                            with m.Elif((r.rows == 0) | (r.rows > cfg.max_rows)
+                                        | (r.layers == 0)
+                                        | (r.layers > cfg.max_layers)):
+                                fail(Status.BAD_RUN, cmd.op)
+                            with m.Else():
+                                m.d.sync += [rows.eq(r.rows), n_layers.eq(r.layers),
+                                             layer.eq(0), cycles.eq(0)]
+                                m.next = "CHECK_TILES"
+                        with m.Case(Opcode.SET_SPLIT):
+                            if self._engine != 0:
+                                fail(Status.NOT_AVAILABLE, cmd.op)
+                            else:
+                                with m.If(args.split.index >= len(cfg.splits)):
+                                    fail(Status.BAD_SPLIT, cmd.op)
+                                with m.Else():
+                                    m.d.sync += split_index.eq(args.split.index)
+                                    m.next = "SPLIT_WAIT"
+                        with m.Default():
+                            fail(Status.BAD_OPCODE, cmd.op)
+
+            with m.State("ERROR"):
+                m.d.comb += [self.resp.valid.eq(1),
+                             self.resp.payload.status.eq(err_status),
+                             self.resp.payload.info.eq(err_info),
+                             self.resp.payload.last.eq(1)]
+                with m.If(self.resp.ready):
+                    m.next = "IDLE"
+
+            if self._engine == 0:
+                with m.State("SPLIT_WAIT"):
+                    m.d.comb += self.busy.eq(1)
+                    with m.If(~self.peers_busy):
+                        m.d.comb += [self.split_req.eq(1),
+                                     self.split_value.eq(split_index)]
+                        m.d.sync += cycles.eq(0)
+                        m.next = "TRAILER"
+
+            # Check every layer before anything runs: three steps a layer.
+            need_w = Signal(range((cfg.max_dim + 1) ** 2 * lanes + cfg.weight_words + 1))
+            need_src = Signal(range((cfg.max_dim + 1) * (cfg.max_rows + 1) + 1))
+            need_dst = Signal.like(need_src)
+            dims_ok = Signal()
+            with m.State("CHECK_TILES"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += cycles.eq(cycles + 1)
+                m.d.sync += [
+                    kt.eq(ceil_tiles(desc.in_dim)), nt.eq(ceil_tiles(desc.out_dim)),
+                    dims_ok.eq((desc.in_dim != 0) & (desc.in_dim <= cfg.max_dim)
+                               & (desc.out_dim != 0) & (desc.out_dim <= cfg.max_dim)
+                               & ((layer == 0) | (desc.in_dim == prev_out))),
+                ]
+                m.next = "CHECK_PRODUCTS"
+            with m.State("CHECK_PRODUCTS"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += cycles.eq(cycles + 1)
+                m.d.sync += [need_w.eq(((kt * nt) << log_side) + desc.w_base),
+                             need_src.eq(kt * rows), need_dst.eq(nt * rows)]
+                m.next = "CHECK_BOUNDS"
+            with m.State("CHECK_BOUNDS"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += cycles.eq(cycles + 1)
+                with m.If(~dims_ok | (need_w > cfg.weight_words)
+                          | (need_src > act_words) | (need_dst > act_words)
+                          | (desc.p_base + nt > cfg.param_words)):
+                    fail(Status.BAD_LAYER, layer)
+                with m.Elif(layer == n_layers - 1):
+                    m.d.sync += layer.eq(0)
+                    m.next = "LAYER_SETUP"
+                with m.Else():
+                    m.d.sync += [layer.eq(layer + 1), prev_out.eq(desc.out_dim)]
+                    m.next = "CHECK_TILES"
+
+            with m.State("LAYER_SETUP"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [
+                    cycles.eq(cycles + 1),
+                    kt.eq(ceil_tiles(desc.in_dim)), nt.eq(ceil_tiles(desc.out_dim)),
+                    seq_k.eq(0), seq_n.eq(0), seq_rb.eq(0), rows_left.eq(rows),
+                    seq_src.eq(0), seq_dst.eq(0), seq_w.eq(desc.w_base),
+                    seq_p.eq(desc.p_base), relu.eq(desc.relu),
+                    src_buf.eq(layer[0]), dst_buf.eq(~layer[0]),
+                ]
+                m.next = "LAYER_RUN"
+            with m.State("LAYER_RUN"):
+                m.d.comb += [self.busy.eq(1), seq_valid.eq(1)]
+                m.d.sync += cycles.eq(cycles + 1)
+                with m.If(seq_take):
+                    last_k = seq_k == kt - 1
+                    last_n = seq_n == nt - 1
+                    m.d.sync += [seq_k.eq(Mux(last_k, 0, seq_k + 1)),
+                                 seq_src.eq(Mux(last_k, 0, seq_src + rows)),
+                                 seq_w.eq(seq_w + side)]
+                    with m.If(last_k):
+                        m.d.sync += [seq_n.eq(Mux(last_n, 0, seq_n + 1)),
+                                     seq_dst.eq(Mux(last_n, 0, seq_dst + rows)),
+                                     seq_p.eq(Mux(last_n, desc.p_base, seq_p + 1))]
+                        with m.If(last_n):
+                            m.d.sync += [seq_w.eq(desc.w_base),
+                                         seq_rb.eq(seq_rb + cfg.acc_rows),
+                                         rows_left.eq(rows_left - blk)]
+                            with m.If(rows_left == blk):
+                                m.next = "LAYER_DRAIN"
+            with m.State("LAYER_DRAIN"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += cycles.eq(cycles + 1)
+                with m.If(all_free & ~ld_busy & ~ld_shift):
+                    with m.If(layer == n_layers - 1):
+                        m.d.sync += [out_row.eq(0), out_chunk.eq(0),
+                                     out_rd_addr.eq(0),
+                                     out_buf.eq(~layer[0])]
+                        m.next = "SEND"
+                    with m.Else():
+                        m.d.sync += layer.eq(layer + 1)
+                        m.next = "LAYER_SETUP"
+
+            with m.State("SEND"):
+                # nt still holds the last layer's output chunks.
+                m.d.comb += self.busy.eq(1)
+                room = rfifo.level + out_inflight < 4
+                done_issuing = out_row == rows
+                m.d.comb += out_issue.eq(room & ~done_issuing)
+                with m.If(out_issue):
+                    last_chunk = out_chunk == nt - 1
+                    m.d.sync += [out_chunk.eq(Mux(last_chunk, 0, out_chunk + 1)),
+                                 out_rd_addr.eq(Mux(last_chunk, out_row + 1,
+                                                    out_rd_addr + rows))]
+                    with m.If(last_chunk):
+                        m.d.sync += out_row.eq(out_row + 1)
+                m.d.comb += [self.resp.valid.eq(rfifo.r_rdy),
+                             self.resp.payload.data.eq(rfifo.r_data),
+                             rfifo.r_en.eq(self.resp.ready)]
+                with m.If(done_issuing & ~out_inflight & ~rfifo.r_rdy):
+                    m.next = "TRAILER"
+
+            with m.State("TRAILER"):
+                m.d.comb += [self.busy.eq(1), self.resp.valid.eq(1),
+                             self.resp.payload.status.eq(Status.OK),
+                             self.resp.payload.info.eq(cycles),
+                             self.resp.payload.last.eq(1)]
+                with m.If(self.resp.ready):
+                    m.next = "IDLE"
+        return m

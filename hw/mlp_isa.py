@@ -1,0 +1,116 @@
+"""The MLP engine's command and response formats.
+
+One command is one stream beat (no framing to get wrong). The same layouts
+pack and unpack on the host, so no side hand-codes a bit offset::
+
+    layout = command_layout(cfg, engine)
+    bits = layout.const({"op": Opcode.RUN,
+                         "args": {"run": {"layers": 2, "rows": 64}}}).as_value().value
+
+Address and count fields are one bit wider than their range needs where the
+range is a power of two, so that an out-of-range value can be sent and is
+answered with an error status instead of wrapping silently.
+
+Memory layouts (the host compiler writes them, ``S`` = sub-array side in the
+active split, ``lanes`` = the engine's port width, ``S <= lanes``):
+
+* weights: tile ``(k, n)`` of a layer (input rows ``k*S ..``, output columns
+  ``n*S ..``) is ``S`` words at ``w_base + (n * KT + k) * S``; word ``i`` is
+  row ``i`` of the tile in lanes ``0 .. S-1``; ``KT = ceil(in/S)``. Rows and
+  columns past the layer's size are zero.
+* params: output chunk ``n`` is entry ``p_base + n``; lane ``j`` holds output
+  channel ``n*S + j``. Channels past ``out_dim`` have bias 0.
+* activations: chunk ``c`` (features ``c*S ..``) of row ``r`` is word
+  ``c * rows + r`` of a buffer; features past the layer's size are zero.
+  Layer ``l`` reads buffer ``l % 2`` and writes buffer ``(l + 1) % 2``.
+
+Responses: a RUN answers with ``rows * ceil(out/S)`` data beats (row-major:
+all chunks of row 0, then row 1, ...) and a trailer beat with ``last`` set,
+``status`` OK and ``info`` = cycles from RUN to the last result written.
+A bad command answers with a single trailer beat with an error ``status``
+and ``info`` = the opcode (or the failing layer's index for BAD_LAYER).
+Writes that succeed are not answered.
+"""
+
+from amaranth.lib import enum
+
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data
+
+from .config import ArrayConfig
+
+__all__ = ["Opcode", "Status", "command_layout", "response_layout",
+           "field_bits"]
+
+
+class Opcode(enum.Enum, shape=3):
+    WRITE_WEIGHTS = 1
+    WRITE_PARAM = 2
+    WRITE_ACT = 3
+    SET_LAYER = 4
+    RUN = 5
+    SET_SPLIT = 6
+
+
+class Status(enum.Enum, shape=3):
+    OK = 0
+    BAD_OPCODE = 1      #: unknown opcode
+    BAD_ADDRESS = 2     #: a write outside its memory, or a bad layer slot/lane
+    BAD_LAYER = 3       #: a layer descriptor that cannot run (info = layer)
+    BAD_RUN = 4         #: rows or layer count out of range
+    NOT_AVAILABLE = 5   #: no sub-array for this engine in this split, or
+                        #: SET_SPLIT sent to an engine other than 0
+    BAD_SPLIT = 6       #: split index out of range
+
+
+def field_bits(limit: int) -> int:
+    """Bits for a field whose legal values are below or equal to ``limit``,
+    with room for at least one illegal value above it."""
+    return (limit + 1).bit_length()
+
+
+def command_layout(config: ArrayConfig, engine: int) -> data.StructLayout:
+    lanes = config.engine_lanes(engine)
+    row = data.ArrayLayout(signed(8), lanes)
+    waddr = unsigned(field_bits(config.weight_words - 1))
+    paddr = unsigned(field_bits(config.param_words - 1))
+    aaddr = unsigned(field_bits(config.act_words(engine) - 1))
+    dim = unsigned(field_bits(config.max_dim))
+    return data.StructLayout({
+        "op": Opcode,
+        "args": data.UnionLayout({
+            "weights": data.StructLayout({"addr": waddr, "data": row}),
+            "param": data.StructLayout({
+                "addr": paddr,
+                "lane": unsigned(field_bits(lanes - 1)),
+                "bias": signed(32),
+                "mult": unsigned(16),
+                "shift": unsigned(6),
+            }),
+            "act": data.StructLayout({"buf": 1, "addr": aaddr, "data": row}),
+            "layer": data.StructLayout({
+                "index": unsigned(field_bits(config.max_layers - 1)),
+                "in_dim": dim,
+                "out_dim": dim,
+                "w_base": waddr,
+                "p_base": paddr,
+                "relu": 1,
+            }),
+            "run": data.StructLayout({
+                "layers": unsigned(field_bits(config.max_layers)),
+                "rows": unsigned(field_bits(config.max_rows)),
+            }),
+            "split": data.StructLayout({
+                "index": unsigned(field_bits(len(config.splits) - 1)),
+            }),
+        }),
+    })
+
+
+def response_layout(config: ArrayConfig, engine: int) -> data.StructLayout:
+    return data.StructLayout({
+        "data": data.ArrayLayout(signed(8), config.engine_lanes(engine)),
+        "status": Status,
+        "last": 1,
+        "info": unsigned(32),
+    })

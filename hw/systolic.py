@@ -1,0 +1,246 @@
+"""The reconfigurable int8 weight-stationary systolic array.
+
+Dataflow (one sub-array of S x S processing elements, local coordinates)::
+
+    activations of one row r ->  PE(0,0) -> PE(0,1) -> ... (move right, one PE a cycle)
+                                    |          |
+                                 PE(1,0) -> PE(1,1) -> ...
+                                    |  partial sums move down, one PE a cycle
+                                    v
+                              column sums out at the bottom
+
+PE(i, j) holds weight W[i, j] and adds a[i] * W[i, j] to the partial sum
+coming from above, so column ``j`` leaves the bottom with
+``sum_i a[i] * W[i, j]``: one output row of ``x @ W`` per cycle.
+
+* Skew and de-skew are inside the array: a port takes one unskewed row of
+  activations per cycle and gives back one row of column sums per cycle,
+  :meth:`SystolicArray.latency` cycles later. The array never stalls; the
+  engine in front of it only injects a row when it can take the result.
+* Each PE has two weight registers. A one-bit tag (``sel``) travels with every
+  activation and picks the register, so a new weight tile takes over exactly
+  at the first row that belongs to it, with no bubble: tiles double-buffer.
+* Weights are shifted in from the top of a sub-array, one tile row a cycle,
+  into the register named by ``w_buf`` while the other register computes.
+  The tile's last row is pushed first (it ends at the bottom).
+* The product is computed by :class:`~hw.primitives.PipelinedMultiplier`
+  (input, pipeline and output registers); only an adder sits between the
+  product register and the partial-sum register.
+* Reconfiguration (RPAccel): the grid is built of ``block`` x ``block``
+  blocks. For split ``f`` it acts as ``f * f`` independent sub-arrays of
+  ``dim/f`` square; sub-array ``p`` sits at block row ``p // f`` and block
+  column ``p % f``. At every boundary that some split uses, each PE row takes
+  its activation either from its left neighbour or from a port, each column
+  takes its partial sum from above or zero, and weights come from above or
+  from a port. The mode is the ``split`` input (an index into
+  ``ArrayConfig.splits``); change it only while the array is empty.
+"""
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import wiring, data
+from amaranth.lib.wiring import In, Out
+
+from .config import ArrayConfig
+from .primitives import PipelinedMultiplier
+
+__all__ = ["SubArrayPort", "SystolicArray"]
+
+
+class SubArrayPort(wiring.Signature):
+    """What an engine drives on one sub-array port (from the engine's side).
+
+    Members
+    -------
+    act : Out(ArrayLayout(signed(8), lanes))
+        One unskewed row of activations; lane ``i`` feeds sub-array row ``i``.
+    sel : Out(1)
+        Which weight register the row of ``act`` uses.
+    weights : Out(ArrayLayout(signed(8), lanes))
+        One row of a weight tile, shifted in at the top when ``w_load``.
+    w_load : Out(1)
+    w_buf : Out(1)
+        Which weight register the shift loads.
+    psum : In(ArrayLayout(signed(psum_bits), lanes))
+        One row of column sums, ``latency`` cycles after its ``act`` row.
+    """
+
+    def __init__(self, *, lanes: int, psum_bits: int):
+        if lanes < 1:
+            raise ValueError(f"lanes must be positive, not {lanes!r}")
+        self._lanes = lanes
+        self._psum_bits = psum_bits
+        super().__init__({
+            "act": Out(data.ArrayLayout(signed(8), lanes)),
+            "sel": Out(1),
+            "weights": Out(data.ArrayLayout(signed(8), lanes)),
+            "w_load": Out(1),
+            "w_buf": Out(1),
+            "psum": In(data.ArrayLayout(signed(psum_bits), lanes)),
+        })
+
+    @property
+    def lanes(self):
+        return self._lanes
+
+    @property
+    def psum_bits(self):
+        return self._psum_bits
+
+    def __eq__(self, other):
+        return (isinstance(other, SubArrayPort) and self.lanes == other.lanes
+                and self.psum_bits == other.psum_bits)
+
+    def __repr__(self):
+        return f"SubArrayPort(lanes={self.lanes}, psum_bits={self.psum_bits})"
+
+
+class SystolicArray(wiring.Component):
+    """``dim`` x ``dim`` reconfigurable weight-stationary int8 MAC grid.
+
+    Parameters
+    ----------
+    config : ArrayConfig
+
+    Attributes
+    ----------
+    split : In(range(len(config.splits)))
+        Index of the active split factor in ``config.splits``.
+    sub_<p> : In(SubArrayPort)
+        Port of sub-array ``p``, for ``p`` in ``range(config.sub_arrays)``;
+        ``config.engine_lanes(p)`` lanes. In a mode with sub-arrays of side
+        ``S`` only lanes ``0 .. S-1`` are used; the other outputs read zero.
+    """
+
+    def __init__(self, config: ArrayConfig):
+        if not isinstance(config, ArrayConfig):
+            raise TypeError(f"config must be an ArrayConfig, not {config!r}")
+        self._config = config
+        members = {"split": In(range(len(config.splits)))}
+        for p in range(config.sub_arrays):
+            members[f"sub_{p}"] = In(SubArrayPort(
+                lanes=config.engine_lanes(p), psum_bits=config.psum_bits))
+        super().__init__(members)
+
+    @property
+    def config(self):
+        return self._config
+
+    def port(self, p):
+        return getattr(self, f"sub_{p}")
+
+    @staticmethod
+    def latency(config: ArrayConfig, port: int, split: int) -> int:
+        """Cycles from a row on ``act`` to its sums on ``psum`` for sub-array
+        port ``port`` in split ``split`` (a factor, not an index)."""
+        side = config.dim // split
+        lanes = config.engine_lanes(port)
+        # side - 1 cycles of skew to the last row, LATENCY in the multiplier,
+        # one in the product register, one in the sum register, lanes - 1 in
+        # the fixed de-skew of the port.
+        return side + PipelinedMultiplier.LATENCY + lanes
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        n = cfg.dim
+        pbits = cfg.psum_bits
+
+        # Skew: lane i of a port reaches its PE row i cycles late, with its tag.
+        skewed_act = {}
+        skewed_sel = {}
+        for p in range(cfg.sub_arrays):
+            port = self.port(p)
+            acts, sels = [], []
+            for i in range(port.signature.lanes):
+                a, s = port.act[i], port.sel
+                for k in range(i):
+                    a_r = Signal(signed(8), name=f"skew{p}_{i}_{k}")
+                    s_r = Signal(name=f"skew{p}_{i}_{k}_sel")
+                    m.d.sync += [a_r.eq(a), s_r.eq(s)]
+                    a, s = a_r, s_r
+                acts.append(a)
+                sels.append(s)
+            skewed_act[p] = acts
+            skewed_sel[p] = sels
+
+        # Per-PE state.
+        def grid(name, shape=1):
+            return [[Signal(shape, name=f"{name}_{i}_{j}") for j in range(n)]
+                    for i in range(n)]
+        a_reg, s_reg = grid("a", signed(8)), grid("s")
+        w = [grid("w0", signed(8)), grid("w1", signed(8))]
+        ps = grid("ps", signed(pbits))
+        # Per-PE control chosen by the mode: does this PE start a sub-array
+        # row (takes activations from a port) or column (takes weights from a
+        # port, zero partial sum), and which port owns it.
+        left, left_a, left_s = grid("left"), grid("left_a", signed(8)), grid("left_s")
+        top, top_w = grid("top"), grid("top_w", signed(8))
+        w_load, w_buf = grid("w_load"), grid("w_buf")
+
+        outputs = {p: [Signal(signed(pbits), name=f"out{p}_{c}")
+                       for c in range(self.port(p).signature.lanes)]
+                   for p in range(cfg.sub_arrays)}
+        with m.Switch(self.split):
+            for idx, f in enumerate(cfg.splits):
+                side = n // f
+                with m.Case(idx):
+                    for i in range(n):
+                        for j in range(n):
+                            p = (i // side) * f + j // side
+                            port = self.port(p)
+                            m.d.comb += [w_load[i][j].eq(port.w_load),
+                                         w_buf[i][j].eq(port.w_buf)]
+                            if j % side == 0:
+                                m.d.comb += [left[i][j].eq(1),
+                                             left_a[i][j].eq(skewed_act[p][i % side]),
+                                             left_s[i][j].eq(skewed_sel[p][i % side])]
+                            if i % side == 0:
+                                m.d.comb += [top[i][j].eq(1),
+                                             top_w[i][j].eq(port.weights[j % side])]
+                    for p in range(f * f):
+                        r0, c0 = (p // f) * side, (p % f) * side
+                        for c in range(side):
+                            m.d.comb += outputs[p][c].eq(ps[r0 + side - 1][c0 + c])
+
+        # The processing elements.
+        for i in range(n):
+            for j in range(n):
+                a_in = Signal(signed(8), name=f"a_in_{i}_{j}")
+                s_in = Signal(name=f"s_in_{i}_{j}")
+                ps_in = Signal(signed(pbits), name=f"ps_in_{i}_{j}")
+                m.d.comb += [
+                    a_in.eq(Mux(left[i][j], left_a[i][j], a_reg[i][j - 1] if j else 0)),
+                    s_in.eq(Mux(left[i][j], left_s[i][j], s_reg[i][j - 1] if j else 0)),
+                    ps_in.eq(Mux(top[i][j], 0, ps[i - 1][j] if i else 0)),
+                ]
+                for b in range(2):
+                    above = Mux(top[i][j], top_w[i][j], w[b][i - 1][j] if i else 0)
+                    with m.If(w_load[i][j] & (w_buf[i][j] == b)):
+                        m.d.sync += w[b][i][j].eq(above)
+                m.submodules[f"mul_{i}_{j}"] = mul = PipelinedMultiplier(
+                    a_width=8, b_width=8, target=cfg.dsp)
+                m.d.comb += [mul.a.eq(a_in),
+                             mul.b.eq(Mux(s_in, w[1][i][j], w[0][i][j]))]
+                # A fabric register after the DSP: the product's path to the
+                # adder then stays local (measured on ECP5: 175 -> 220 MHz).
+                prod = Signal(signed(16), name=f"prod_{i}_{j}")
+                m.d.sync += [
+                    a_reg[i][j].eq(a_in),
+                    s_reg[i][j].eq(s_in),
+                    prod.eq(mul.p),
+                    ps[i][j].eq(ps_in + prod),
+                ]
+
+        # De-skew: lane c waits lanes-1-c cycles, so that a whole row of sums
+        # leaves together; lanes past the active side read zero.
+        for p in range(cfg.sub_arrays):
+            port = self.port(p)
+            lanes = port.signature.lanes
+            for c in range(lanes):
+                v = outputs[p][c]
+                for k in range(lanes - 1 - c):
+                    v_r = Signal(signed(pbits), name=f"deskew{p}_{c}_{k}")
+                    m.d.sync += v_r.eq(v)
+                    v = v_r
+                m.d.comb += port.psum[c].eq(v)
+        return m

@@ -1,0 +1,36 @@
+"""Verilog from Amaranth components, without initializers for run-time RAMs.
+
+Amaranth writes every memory's initial contents; for the large buffers that
+the host loads at run time (weights, activations, parameters) those are all
+zero, and Yosys spends minutes expanding them into ``initial`` blocks that no
+one needs. :func:`to_verilog` drops all-zero initializers before Yosys runs:
+such a RAM starts undefined, as a block RAM without an init file does, and
+no block here reads a word it has not written.
+"""
+
+import re
+
+from amaranth.back import rtlil
+# Amaranth's own RTLIL-to-Verilog step (pinned: amaranth 0.5.10).
+from amaranth.back.verilog import _convert_rtlil_text
+
+__all__ = ["to_verilog", "strip_zero_meminit"]
+
+_MEMINIT = re.compile(r"^ *cell \$meminit_v2 .*?^ *end\n", re.M | re.S)
+_DATA = re.compile(r"^ *connect \\DATA (\d+)'([01]+)\s*$", re.M)
+
+
+def strip_zero_meminit(rtlil_text: str) -> str:
+    """Remove ``$meminit_v2`` cells whose data is all zeros."""
+    def keep(match):
+        d = _DATA.search(match.group(0))
+        if d and set(d.group(2)) <= {"0"}:
+            return ""
+        return match.group(0)
+    return _MEMINIT.sub(keep, rtlil_text)
+
+
+def to_verilog(component, name: str) -> str:
+    """Verilog for a ``wiring.Component``, ports named by path with ``__``."""
+    text = rtlil.convert(component, name=name, emit_src=False)
+    return _convert_rtlil_text(strip_zero_meminit(text))

@@ -1,0 +1,1 @@
+"""Simulation infrastructure: Verilator builds, cocotb runs and stream bus models."""
