@@ -8,6 +8,7 @@ that cannot run is refused here, with the reason, before a command is sent.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -15,6 +16,7 @@ from hw.config import ArrayConfig, ceil_div
 from hw.mlp_isa import Opcode, Status, command_layout, response_layout
 
 from .numerics import QuantLayer
+from .packing import Packer
 
 __all__ = ["EngineTarget", "MLPProgram", "EngineError", "compile_mlp"]
 
@@ -60,17 +62,29 @@ class EngineTarget:
     def split_index(self) -> int:
         return self.config.splits.index(self.split)
 
-    @property
+    @cached_property
     def cmd_layout(self):
         return command_layout(self.config, self.engine)
 
-    @property
+    @cached_property
     def resp_layout(self):
         return response_layout(self.config, self.engine)
 
+    @cached_property
+    def _cmd_packer(self):
+        return Packer(self.cmd_layout)
+
+    @cached_property
+    def _resp_packer(self):
+        return Packer(self.resp_layout)
+
     def pack(self, op: Opcode, **args) -> int:
         """One command beat as an integer."""
-        return self.cmd_layout.const({"op": op, "args": args}).as_bits()
+        return self._cmd_packer.pack({"op": op, "args": args})
+
+    def unpack_response(self, bits: int) -> dict:
+        """One response beat: ``data`` (list), ``status``, ``last``, ``info``."""
+        return self._resp_packer.unpack(bits)
 
 
 @dataclass
@@ -114,24 +128,23 @@ class MLPProgram:
     def decode_run(self, beats: list[int], rows: int) -> tuple[np.ndarray, int]:
         """The answer to a RUN: ``(int8 outputs (rows, out_dim), cycles)``."""
         t = self.target
-        lay = t.resp_layout
-        beats = [lay.from_bits(b) for b in beats]
+        beats = [t.unpack_response(b) for b in beats]
         if not beats:
             raise ValueError("no response beats")
         trailer = beats[-1]
-        if not trailer.last:
+        if not trailer["last"]:
             raise ValueError("the response does not end with a trailer beat")
-        if trailer.status != Status.OK:
-            raise EngineError(Status(trailer.status), int(trailer.info))
+        if trailer["status"] != Status.OK:
+            raise EngineError(Status(trailer["status"]), trailer["info"])
         nchunks = ceil_div(self.out_dim, t.side)
         data_beats = beats[:-1]
         if len(data_beats) != rows * nchunks:
             raise ValueError(f"expected {rows * nchunks} data beats, found "
                              f"{len(data_beats)}")
-        y = np.array([[int(v) for v in b.data] for b in data_beats],
+        y = np.array([b["data"] for b in data_beats],
                      dtype=np.int8).reshape(rows, nchunks, t.lanes)
         y = y[:, :, :t.side].reshape(rows, nchunks * t.side)[:, :self.out_dim]
-        return y, int(trailer.info)
+        return y, trailer["info"]
 
     def _check_batch(self, x):
         if x.ndim != 2 or x.dtype != np.int8:

@@ -578,7 +578,7 @@ class MLPEngine(wiring.Component):
                 m.d.comb += [self.resp.valid.eq(rfifo.r_rdy),
                              self.resp.payload.data.eq(rfifo.r_data),
                              rfifo.r_en.eq(self.resp.ready)]
-                with m.If(done_issuing & ~out_inflight & ~rfifo.r_rdy):
+                with m.If(done_issuing & ~out_inflight & (rfifo.level == 0)):
                     m.next = "TRAILER"
 
             with m.State("TRAILER"):

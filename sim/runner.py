@@ -78,9 +78,10 @@ WAVES_ENV = "RECACCEL_WAVES"
 TRACE_DEPTH_ENV = "RECACCEL_TRACE_DEPTH"
 BUILD_DIR_ENV = "RECACCEL_BUILD_DIR"
 
-# Amaranth's Verilog widens operands implicitly and leaves some case statements
-# without a default; both are expected, anything else Verilator reports is not.
-_WARNING_ARGS = ("-Wno-WIDTHEXPAND", "-Wno-CASEINCOMPLETE")
+# Amaranth's Verilog widens operands implicitly, leaves some case statements
+# without a default, and Yosys writes ``x == 0`` as ``!x`` on a multi-bit x
+# (WIDTHTRUNC on LOGNOT); all expected, anything else Verilator reports is not.
+_WARNING_ARGS = ("-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE")
 _TIMESCALE = ("1ns", "1ps")
 _DEFAULT_TRACE_DEPTH = 2
 # Bump when the build recipe changes in a way the hash key does not see.

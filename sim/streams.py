@@ -27,7 +27,7 @@ from typing import Any
 import cocotb
 from cocotb.clock import Clock
 from cocotb.handle import SimHandleBase
-from cocotb.triggers import ClockCycles, Event, RisingEdge
+from cocotb.triggers import ClockCycles, Event, ReadOnly, RisingEdge
 from amaranth.hdl import Const, Shape, ShapeCastable
 from amaranth.lib import data
 
@@ -313,6 +313,12 @@ class StreamSink(_StreamModel):
             if ready is not None and want != driven:
                 ready.value = int(want)
                 driven = want
+            if valid is not None and not valid.value:
+                # Nothing on offer: sleep until the design raises valid,
+                # instead of waking on every clock edge of a long computation.
+                await ReadOnly()
+                if not valid.value:
+                    await RisingEdge(valid)
 
 
 class StreamRuleChecker:
