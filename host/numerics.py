@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["MULT_BITS", "SHIFT_BITS", "wrap_int32", "requantize",
-           "QuantLayer", "int8_layer", "int8_mlp", "float_mlp"]
+           "QuantLayer", "int8_layer", "int8_mlp", "float_mlp", "save_layers",
+           "load_layers"]
 
 MULT_BITS = 16
 SHIFT_BITS = 6
@@ -132,3 +133,21 @@ def float_mlp(x: np.ndarray, weights, biases, relus) -> np.ndarray:
         if relu:
             x = np.maximum(x, 0.0)
     return x
+
+
+def save_layers(path, layers: list[QuantLayer]) -> None:
+    """Save quantized layers as ``.npz`` (``weight_<l>``, ``bias_<l>``,
+    ``mult_<l>``, ``shift_<l>``, ``relu_<l>`` for each layer ``l``)."""
+    arrays = {}
+    for l, layer in enumerate(layers):
+        arrays.update({f"weight_{l}": layer.weight, f"bias_{l}": layer.bias,
+                       f"mult_{l}": layer.mult, f"shift_{l}": layer.shift,
+                       f"relu_{l}": np.array(layer.relu)})
+    np.savez(path, **arrays)
+
+
+def load_layers(path) -> list[QuantLayer]:
+    with np.load(path) as f:
+        n = sum(1 for k in f.files if k.startswith("weight_"))
+        return [QuantLayer(f[f"weight_{l}"], f[f"bias_{l}"], f[f"mult_{l}"],
+                           f[f"shift_{l}"], bool(f[f"relu_{l}"])) for l in range(n)]

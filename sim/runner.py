@@ -57,6 +57,7 @@ import cocotb_tools.runner
 from filelock import FileLock
 
 __all__ = [
+    "lint",
     "TB_CONFIG_ENV",
     "WAVES_ENV",
     "VerilatorRunner",
@@ -528,3 +529,24 @@ def read_tb_config() -> dict[str, Any]:
     if not path:
         raise RuntimeError(f"{TB_CONFIG_ENV} is not set; pass write_tb_config(...) as extra_env to run()")
     return json.loads(Path(path).read_text())
+
+
+def lint(verilog: str | os.PathLike[str], toplevel: str) -> None:
+    """``verilator --lint-only -Wall`` with the project's warning set; raises
+    :class:`BuildFailed` with Verilator's messages if anything is reported.
+
+    Besides the build's exceptions, -Wall's style warnings that Amaranth's
+    output trips by design are off: PROCASSINIT (registers get their reset
+    value as a declaration initializer), DECLFILENAME, UNUSEDSIGNAL and
+    UNUSEDPARAM (unused bits of wide fields).
+    """
+    env = dict(os.environ)
+    env.pop("VERILATOR_ROOT", None)
+    env["PATH"] = f"{verilator_bin_dir()}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.run(
+        [str(verilator_bin_dir() / "verilator"), "--lint-only", "-Wall",
+         "-Wno-PROCASSINIT", "-Wno-DECLFILENAME", "-Wno-UNUSEDSIGNAL", "-Wno-UNUSEDPARAM",
+         *_WARNING_ARGS, "--top-module", toplevel, str(verilog)],
+        env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildFailed(f"Verilator lint of {verilog} failed:\n{proc.stderr[-4000:]}")

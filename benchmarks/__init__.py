@@ -1,0 +1,1 @@
+"""Benchmarks: speed, utilization and resources, run through ``recaccel bench``."""

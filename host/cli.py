@@ -1,0 +1,189 @@
+"""``recaccel``: generate, synthesize, run and benchmark the accelerator."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hw.config import Config, PRESETS
+
+__all__ = ["main"]
+
+
+def _config(args) -> Config:
+    if getattr(args, "config", None):
+        return Config.from_toml(args.config)
+    return Config.preset(args.preset)
+
+
+def _add_config_args(p, default="default"):
+    p.add_argument("--preset", default=default, choices=sorted(PRESETS),
+                   help=f"named config (default: {default})")
+    p.add_argument("--config", metavar="TOML", help="a config file (overrides --preset)")
+
+
+def _write_json(path, obj):
+    if path:
+        Path(path).write_text(json.dumps(obj, indent=2) + "\n")
+        print(f"wrote {path}")
+
+
+def cmd_generate(args):
+    from hw.generate import generate
+    cfg = _config(args)
+    t = time.time()
+    files = generate(cfg, args.output, blocks=not args.no_blocks)
+    print(f"generated {cfg.name} into {args.output} in {time.time() - t:.1f} s:")
+    for f in files:
+        print(f"  {f} ({f.stat().st_size // 1024} KiB)")
+    if args.lint:
+        from sim.runner import lint
+        from sim.build import simulation_config
+        from hw.generate import TOP_NAME, top_component
+        from hw.verilog import to_verilog
+        scfg = simulation_config(cfg)
+        text = files[0].read_text() if scfg == cfg else to_verilog(top_component(scfg), TOP_NAME)
+        path = Path(args.output) / "lint_top.v"
+        path.write_text(text)
+        lint(path, TOP_NAME)
+        path.unlink()
+        print("Verilator lint: clean")
+
+
+def cmd_synth(args):
+    from hw.generate import TOP_NAME, constraint_texts, top_component
+    from hw.narrow_io import NarrowIO
+    from hw.synth import synth_ecp5
+    from hw.verilog import to_verilog
+    cfg = _config(args)
+    work = Path(args.workdir or f"build/synth-{cfg.name}")
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"elaborating {cfg.name} ({cfg.array.dim}x{cfg.array.dim} array, "
+          f"dsp={cfg.array.dsp}) ...", flush=True)
+    wrapper = NarrowIO(top_component(cfg))
+    verilog = to_verilog(wrapper, TOP_NAME)
+    lpf = work / "clock.lpf"
+    lpf.write_text(constraint_texts(cfg)["ecp5.lpf"])
+    res = synth_ecp5(verilog, TOP_NAME, workdir=work, freq_mhz=cfg.clock_mhz, lpf=lpf,
+                     progress=lambda s: print(f"  {s}", flush=True), seed=args.seed)
+    out = {k: res[k] for k in ("fmax_mhz", "lut", "ff", "dsp", "bram")}
+    out.update({"target_mhz": cfg.clock_mhz, "device": "LFE5U-85F-6BG381",
+                "preset": cfg.name, "wrapped_port_bits": wrapper.in_bits + wrapper.out_bits,
+                "wrapper_ff": wrapper.in_bits + wrapper.out_bits})
+    print(f"Fmax {out['fmax_mhz']:.1f} MHz (target {cfg.clock_mhz:g}); "
+          f"LUT4 {out['lut']}, FF {out['ff']}, MULT18X18D {out['dsp']}, DP16KD {out['bram']}")
+    print(f"(includes the narrow-I/O wrapper: {out['wrapper_ff']} FF for "
+          f"{out['wrapped_port_bits']} port bits)")
+    _write_json(args.json, out)
+
+
+def cmd_bench(args):
+    cfg = _config(args)
+    if args.what == "array":
+        from benchmarks.array import bench_array, format_array
+        report = bench_array(cfg, rows_list=tuple(args.rows))
+        print(format_array(report))
+        _write_json(args.json, report)
+        if not all(l["exact"] for l in report["layers"]):
+            print("error: some outputs differ from the golden model", file=sys.stderr)
+            return 1
+    return 0
+
+
+def demo_mlp(seed: int = 0):
+    """A calibrated sample MLP (RM-med-like bottom MLP and a top layer) with
+    float weights, and float inputs drawn like standardized dense features."""
+    from host.quantize import calibrate_mlp
+    rng = np.random.default_rng(seed)
+    dims = [13, 64, 64, 16]
+    weights = [rng.normal(0, 1 / np.sqrt(i), (i, o)) for i, o in zip(dims, dims[1:])]
+    biases = [rng.normal(0, 0.1, o) for o in dims[1:]]
+    relus = [True] * (len(dims) - 2) + [False]
+    calib = rng.normal(0, 1, (256, dims[0]))
+    return weights, biases, relus, calibrate_mlp(weights, biases, relus, calib)
+
+
+def cmd_run(args):
+    from host.numerics import float_mlp, int8_mlp
+    from sim.jobs import Job, run_jobs
+    cfg = _config(args)
+    weights, biases, relus, qmlp = demo_mlp(args.seed)
+    rng = np.random.default_rng(args.seed + 1)
+    xf = rng.normal(0, 1, (args.rows, weights[0].shape[0]))
+    x = qmlp.quantize_input(xf)
+    dims = [weights[0].shape[0]] + [w.shape[1] for w in weights]
+    print(f"preset {cfg.name}: {cfg.array.dim}x{cfg.array.dim} array at {cfg.clock_mhz:g} MHz; "
+          f"MLP {'-'.join(map(str, dims))}, {args.rows} rows")
+    print("building the simulator (cached after the first time) and running ...", flush=True)
+    t = time.time()
+    (res,) = run_jobs(cfg, [Job(qmlp.layers, x)], idle=0.2, backpressure=0.2, seed=args.seed)
+    wall = time.time() - t
+    golden = int8_mlp(x, qmlp.layers)
+    exact = np.array_equal(res.y, golden)
+    cycles = sum(res.cycles)
+    macs = args.rows * sum(w.shape[0] * w.shape[1] for w in weights)
+    n2 = cfg.array.dim ** 2
+    ref = float_mlp(xf, weights, biases, relus)
+    err = np.abs(qmlp.dequantize_output(res.y) - ref)
+    print(f"  answers: {res.y.size} int8 outputs, "
+          f"{'bit-exact against the golden model' if exact else 'MISMATCH against the golden model'}")
+    print(f"  cycles: {cycles} ({cycles / args.rows:.1f} per row; {len(res.cycles)} run(s)); "
+          f"{cycles / cfg.clock_mhz:.1f} us at {cfg.clock_mhz:g} MHz")
+    print(f"  MAC utilization: {macs / (n2 * cycles):.3f} "
+          f"(roofline {macs / n2:.0f} cycles)")
+    print(f"  int8 vs float: mean abs error {err.mean():.4f}, max {err.max():.4f} "
+          f"(output range +-{np.abs(ref).max():.2f}, step {qmlp.output_scale:.4f})")
+    print(f"  simulated in {wall:.1f} s wall time")
+    _write_json(args.json, {"preset": cfg.name, "rows": args.rows, "cycles": cycles,
+                            "utilization": macs / (n2 * cycles), "exact": exact,
+                            "mean_abs_error": float(err.mean())})
+    return 0 if exact else 1
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="recaccel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="write Verilog, file list, config and constraints")
+    _add_config_args(p)
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--no-blocks", action="store_true", help="only the top level")
+    p.add_argument("--lint", action="store_true", help="lint the top level with Verilator")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("synth", help="open FPGA flow (Yosys + nextpnr-ecp5): Fmax, resources")
+    _add_config_args(p, default="ecp5")
+    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--workdir")
+    p.add_argument("--seed", type=int, default=1, help="placement seed")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("bench", help="benchmarks (cycles, utilization)")
+    p.add_argument("what", choices=["array"])
+    _add_config_args(p)
+    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--rows", type=int, nargs="+", default=[512, 4096])
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("run", help="run a sample MLP through the simulated engine")
+    _add_config_args(p)
+    p.add_argument("--rows", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH")
+    p.set_defaults(func=cmd_run)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError) as e:
+        print(f"recaccel: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
