@@ -24,7 +24,7 @@ from pathlib import Path
 
 import tomli_w
 
-__all__ = ["ArrayConfig", "Config", "PRESETS", "ceil_div", "clog2"]
+__all__ = ["ArrayConfig", "TopKConfig", "Config", "PRESETS", "ceil_div", "clog2"]
 
 
 def clog2(n: int) -> int:
@@ -150,6 +150,32 @@ class ArrayConfig:
 
 
 @dataclass(frozen=True)
+class TopKConfig:
+    """The streaming top-k filter between stages.
+
+    ``lanes`` (score, id) pairs enter per cycle; at the end of each list the
+    best ``k`` (set per list, 1 .. ``k_max``) leave, best first. Scores are
+    ``score_bits`` wide, signed or not; ids ``id_bits`` wide.
+    """
+
+    k_max: int = 64
+    lanes: int = 1
+    score_bits: int = 16
+    signed: bool = True
+    id_bits: int = 16
+
+    def __post_init__(self):
+        _check_int("topk.k_max", self.k_max, 1, 4096)
+        _check_int("topk.lanes", self.lanes, 1, 64)
+        if not _is_pow2(self.lanes):
+            raise ValueError(f"topk.lanes: must be a power of two, not {self.lanes!r}")
+        _check_int("topk.score_bits", self.score_bits, 2, 64)
+        _check_int("topk.id_bits", self.id_bits, 1, 32)
+        if not isinstance(self.signed, bool):
+            raise ValueError(f"topk.signed: must be true or false, not {self.signed!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole accelerator. See :class:`ArrayConfig` for the array fields."""
 
@@ -158,11 +184,12 @@ class Config:
     #: at this clock and the constraint files are written for it.
     clock_mhz: float = 200.0
     array: ArrayConfig = field(default_factory=ArrayConfig)
+    topk: TopKConfig = field(default_factory=TopKConfig)
 
     def __post_init__(self):
-        if isinstance(self.array, dict):
-            object.__setattr__(self, "array", _build(ArrayConfig, self.array,
-                                                     "array"))
+        for name, cls in (("array", ArrayConfig), ("topk", TopKConfig)):
+            if isinstance(getattr(self, name), dict):
+                object.__setattr__(self, name, _build(cls, getattr(self, name), name))
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name: must be a non-empty string, not "
                              f"{self.name!r}")
@@ -239,6 +266,9 @@ class Config:
             if isinstance(v, int):
                 lines.append(f"#define RECACCEL_ARRAY_{f.name.upper()} {v}")
         lines.append(f"#define RECACCEL_ARRAY_SPLITS {{{', '.join(map(str, a.splits))}}}")
+        for f in fields(TopKConfig):
+            v = getattr(self.topk, f.name)
+            lines.append(f"#define RECACCEL_TOPK_{f.name.upper()} {int(v)}")
         lines.append(f"#define RECACCEL_ARRAY_SUB_ARRAYS {a.sub_arrays}")
         lines += ["", f"#endif /* {guard} */", ""]
         return "\n".join(lines)
@@ -260,20 +290,23 @@ PRESETS: dict[str, Config] = {
     # Small enough that every cocotb build and test is quick.
     "tiny": Config(name="tiny", clock_mhz=100.0, array=ArrayConfig(
         dim=4, block=2, splits=(1, 2), engines=4, acc_rows=16, max_rows=64,
-        max_dim=64, weight_words=1024, param_words=64, max_layers=4)),
+        max_dim=64, weight_words=1024, param_words=64, max_layers=4),
+        topk=TopKConfig(k_max=8, lanes=2, score_bits=8, id_bits=8)),
     # The demo: a 16x16 array that splits into 4 x 8x8.
     "default": Config(name="default", clock_mhz=200.0, array=ArrayConfig(
-        dim=16, block=4, splits=(1, 2), engines=2, acc_rows=64,
+        dim=16, block=4, splits=(1, 2), engines=2, acc_rows=128,
         max_rows=512, max_dim=512, weight_words=16384, param_words=256,
         max_layers=8)),
     # RPAccel's grid: 128x128 of 4x4 blocks, 1/4/16/64 sub-arrays.
     "rpaccel": Config(name="rpaccel", clock_mhz=1000.0, array=ArrayConfig(
         dim=128, block=4, splits=(1, 2, 4, 8), engines=4, acc_rows=512,
         max_rows=4096, max_dim=512, weight_words=65536, param_words=64,
-        max_layers=8)),
+        max_layers=8),
+        topk=TopKConfig(k_max=512, lanes=4, score_bits=32, id_bits=16)),
     # Fits an ECP5-85F (156 MULT18X18D, 208 DP16KD) with the DSP primitive.
     "ecp5": Config(name="ecp5", clock_mhz=150.0, array=ArrayConfig(
-        dim=8, block=4, splits=(1, 2), engines=2, acc_rows=32, max_rows=128,
+        dim=8, block=4, splits=(1, 2), engines=2, acc_rows=64, max_rows=128,
         max_dim=256, weight_words=2048, param_words=64, max_layers=8,
-        dsp="ecp5")),
+        dsp="ecp5"),
+        topk=TopKConfig(k_max=64, lanes=1, score_bits=16, id_bits=16)),
 }

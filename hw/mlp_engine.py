@@ -34,6 +34,10 @@ __all__ = ["MLPEngine", "REQUANT_LATENCY"]
 
 #: Cycles from an accumulator result to its int8 value in the buffer.
 REQUANT_LATENCY = 6 + PipelinedMultiplier.LATENCY
+#: Cycles from a row's read request to its activations at the array port.
+INJECT_LATENCY = 3
+#: Shortest tile, in cycles (see the streamer).
+MIN_TILE_CYCLES = 3
 
 _PARAM = data.StructLayout({"bias": signed(32), "mult": unsigned(16),
                             "shift": unsigned(6)})
@@ -114,7 +118,7 @@ class MLPEngine(wiring.Component):
         side = Signal(range(lanes + 1))
         log_side = Signal(range(clog2(lanes) + 1))
         available = Signal()
-        latency = Signal(range(2 * lanes + PipelinedMultiplier.LATENCY + 2))
+        latency = Signal(range(2 * lanes + PipelinedMultiplier.LATENCY + 3))
         max_lat = 0
         with m.Switch(self.split):
             for idx, f in enumerate(cfg.splits):
@@ -151,7 +155,7 @@ class MLPEngine(wiring.Component):
             shape=data.ArrayLayout(signed(32), lanes), depth=cfg.acc_rows,
             init=[])
         acc_wr = accm.write_port()
-        acc_rd = accm.read_port(transparent_for=(acc_wr,))
+        acc_rd = accm.read_port()
 
         # -- run-wide registers ---------------------------------------------
         rows = Signal(range(cfg.max_rows + 1))
@@ -249,9 +253,14 @@ class MLPEngine(wiring.Component):
             m.d.sync += [ld_addr.eq(ld_addr - 1), ld_left.eq(ld_left - 1)]
             with m.If(ld_left == 1):
                 m.d.sync += ld_busy.eq(0)
-        m.d.sync += [ld_shift.eq(ld_busy), ld_shift_buf.eq(ld_slot),
-                     ld_shift_last.eq(ld_busy & (ld_left == 1))]
-        m.d.comb += [self.array.weights.eq(w_rd.data),
+        # Read issued (cycle c), RAM output (c+1), registered (c+2): shift.
+        rd_busy, rd_slot, rd_last = Signal(), Signal(), Signal()
+        w_q = Signal(row_shape)
+        m.d.sync += [rd_busy.eq(ld_busy), rd_slot.eq(ld_slot),
+                     rd_last.eq(ld_busy & (ld_left == 1)),
+                     ld_shift.eq(rd_busy), ld_shift_buf.eq(rd_slot),
+                     ld_shift_last.eq(rd_last), w_q.eq(w_rd.data)]
+        m.d.comb += [self.array.weights.eq(w_q),
                      self.array.w_load.eq(ld_shift),
                      self.array.w_buf.eq(ld_shift_buf)]
         with m.If(ld_shift_last):
@@ -261,11 +270,15 @@ class MLPEngine(wiring.Component):
 
         # -- the streamer: rows of activations into the array -------------
         st_par = Signal()
-        st_row = Signal(range(cfg.acc_rows + 1))
+        st_row = Signal(range(max(cfg.acc_rows, MIN_TILE_CYCLES) + 1))
         st_issue = Signal()
         st_addr = Signal.like(seq_src)
         cur_state = Mux(st_par, slot_state[1], slot_state[0])
         cur_count = Mux(st_par, slot_count[1], slot_count[0])
+        # A tile takes at least MIN_TILE_CYCLES cycles (idle rows pad it), so
+        # a row's accumulator is never re-read while its last write is in
+        # flight: the read-modify-write needs no forwarding.
+        cur_len = Mux(cur_count < MIN_TILE_CYCLES, MIN_TILE_CYCLES, cur_count)
         m.d.comb += [
             st_issue.eq((cur_state == READY) | (cur_state == STREAMING)),
             st_addr.eq(Mux(st_par, slot_src[1], slot_src[0]) + st_row),
@@ -273,18 +286,18 @@ class MLPEngine(wiring.Component):
         inj = Signal(data.StructLayout({"valid": 1, "par": 1, "row": range(cfg.acc_rows),
                                         "first": 1, "last": 1}))
         with m.If(st_issue):
-            last_row = st_row == cur_count - 1
+            last_row = st_row == cur_len - 1
             for pb in range(2):
                 with m.If(st_par == pb):
                     m.d.sync += slot_state[pb].eq(Mux(last_row, FREE, STREAMING))
                     with m.If(last_row):
                         m.d.sync += countdown[pb].eq(
-                            latency + REQUANT_LATENCY + 3)
+                            latency + REQUANT_LATENCY + INJECT_LATENCY + 3)
             m.d.sync += st_row.eq(Mux(last_row, 0, st_row + 1))
             with m.If(last_row):
                 m.d.sync += st_par.eq(~st_par)
         m.d.sync += [
-            inj.valid.eq(st_issue),
+            inj.valid.eq(st_issue & (st_row < cur_count)),
             inj.par.eq(st_par),
             inj.row.eq(st_row),
             inj.first.eq(Mux(st_par, slot_first[1], slot_first[0])),
@@ -312,32 +325,49 @@ class MLPEngine(wiring.Component):
             with m.Elif(dst_we & (dst_buf == b)):
                 m.d.comb += [awr.addr.eq(dst_addr), awr.data.eq(dst_data),
                              awr.en.eq(1)]
+        # Every RAM output goes straight into a register (an ECP5 block RAM
+        # without output register takes 5.8 ns from clock to data); the
+        # activations are registered once more before they enter the array.
+        act_q = [Signal(row_shape, name=f"act{b}_q") for b in range(2)]
+        m.d.sync += [act_q[b].eq(acts[b][1].data) for b in range(2)]
+        inj_d = Signal.like(inj)
+        inj_dd = Signal.like(inj)
+        act_out = Signal(row_shape)
+        sel_out = Signal()
         m.d.comb += [
-            run_src.eq(Mux(src_buf, acts[1][1].data, acts[0][1].data)),
-            out_data.eq(Mux(out_buf, acts[1][1].data, acts[0][1].data)),
-            self.array.act.eq(Mux(inj.valid, run_src.as_value(), 0)),
-            self.array.sel.eq(inj.par),
+            run_src.eq(Mux(src_buf, act_q[1].as_value(), act_q[0].as_value())),
+            out_data.eq(Mux(out_buf, act_q[1].as_value(), act_q[0].as_value())),
+            self.array.act.eq(act_out),
+            self.array.sel.eq(sel_out),
         ]
+        m.d.sync += [
+            inj_d.eq(inj), inj_dd.eq(inj_d),
+            act_out.eq(Mux(inj_d.valid, run_src.as_value(), 0)),
+            sel_out.eq(inj_d.par),
+        ]
+        assert INJECT_LATENCY == 3  # issue -> inj -> inj_d -> inj_dd/act_out
 
         # -- the collector: accumulate, requantize, write ------------------
-        taps = [inj]
+        taps = [inj_dd]
         for d in range(max_lat):
             t = Signal.like(inj, name=f"meta_{d + 1}")
             m.d.sync += t.eq(taps[-1])
             taps.append(t)
         exit_meta = Signal.like(inj)
-        pre_meta = Signal.like(inj)
+        pre_meta = Signal.like(inj)      # two cycles ahead: the accumulator read
         with m.Switch(latency):
             for lat in sorted({SystolicArray.latency(cfg, self._engine, f)
                                for f in cfg.splits if self._engine < f * f}):
                 with m.Case(lat):
-                    m.d.comb += [exit_meta.eq(taps[lat]), pre_meta.eq(taps[lat - 1])]
+                    m.d.comb += [exit_meta.eq(taps[lat]), pre_meta.eq(taps[lat - 2])]
         m.d.comb += acc_rd.addr.eq(pre_meta.row)
+        acc_q_in = Signal.like(acc_rd.data)
+        m.d.sync += acc_q_in.eq(acc_rd.data)
         acc_new = Signal(data.ArrayLayout(signed(32), lanes))
         for j in range(lanes):
             psum = self.array.psum[j]
             m.d.comb += acc_new[j].eq(
-                Mux(exit_meta.first, psum, acc_rd.data[j] + psum))
+                Mux(exit_meta.first, psum, acc_q_in[j] + psum))
         m.d.comb += [acc_wr.addr.eq(exit_meta.row), acc_wr.data.eq(acc_new),
                      acc_wr.en.eq(exit_meta.valid)]
 
@@ -388,17 +418,17 @@ class MLPEngine(wiring.Component):
             m.d.sync += dst_data[j].eq(clipped)             # stage k+4
         assert REQUANT_LATENCY == 1 + PipelinedMultiplier.LATENCY + 5
         out_meta = metas[-1]        # aligned with dst_data
-        m.d.comb += [dst_we.eq(out_meta.valid),
-                     dst_addr.eq(Mux(out_meta.par, slot_dst[1], slot_dst[0])
-                                 + out_meta.row)]
+        pre_out = metas[-2]
+        m.d.sync += dst_addr.eq(Mux(pre_out.par, slot_dst[1], slot_dst[0]) + pre_out.row)
+        m.d.comb += dst_we.eq(out_meta.valid)
 
         # -- response FIFO for result rows ----------------------------------
         m.submodules.rfifo = rfifo = SyncFIFOBuffered(width=lanes * 8, depth=4)
         out_issue = Signal()
-        out_inflight = Signal()
-        m.d.sync += out_inflight.eq(out_issue)
+        out_inflight = Signal(2)     # read issued 1 and 2 cycles ago
+        m.d.sync += out_inflight.eq(Cat(out_issue, out_inflight[0]))
         m.d.comb += [rfifo.w_data.eq(out_data.as_value()),
-                     rfifo.w_en.eq(out_inflight)]
+                     rfifo.w_en.eq(out_inflight[1])]
         out_row = Signal(range(cfg.max_rows + 1))
         out_chunk = Signal.like(nt)
 
@@ -484,11 +514,12 @@ class MLPEngine(wiring.Component):
                         m.d.sync += cycles.eq(0)
                         m.next = "TRAILER"
 
-            # Check every layer before anything runs: three steps a layer.
+            # Check every layer before anything runs: four steps a layer.
             need_w = Signal(range((cfg.max_dim + 1) ** 2 * lanes + cfg.weight_words + 1))
             need_src = Signal(range((cfg.max_dim + 1) * (cfg.max_rows + 1) + 1))
             need_dst = Signal.like(need_src)
             dims_ok = Signal()
+            tiles = Signal(range((cfg.max_dim + 1) ** 2 + 1))
             with m.State("CHECK_TILES"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
@@ -502,8 +533,13 @@ class MLPEngine(wiring.Component):
             with m.State("CHECK_PRODUCTS"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.sync += [need_w.eq(((kt * nt) << log_side) + desc.w_base),
-                             need_src.eq(kt * rows), need_dst.eq(nt * rows)]
+                m.d.sync += [tiles.eq(kt * nt), need_src.eq(kt * rows),
+                             need_dst.eq(nt * rows)]
+                m.next = "CHECK_WEIGHTS"
+            with m.State("CHECK_WEIGHTS"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += cycles.eq(cycles + 1)
+                m.d.sync += need_w.eq((tiles << log_side) + desc.w_base)
                 m.next = "CHECK_BOUNDS"
             with m.State("CHECK_BOUNDS"):
                 m.d.comb += self.busy.eq(1)
@@ -552,7 +588,7 @@ class MLPEngine(wiring.Component):
             with m.State("LAYER_DRAIN"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
-                with m.If(all_free & ~ld_busy & ~ld_shift):
+                with m.If(all_free & ~ld_busy & ~rd_busy & ~ld_shift):
                     with m.If(layer == n_layers - 1):
                         m.d.sync += [out_row.eq(0), out_chunk.eq(0),
                                      out_rd_addr.eq(0),
@@ -565,7 +601,7 @@ class MLPEngine(wiring.Component):
             with m.State("SEND"):
                 # nt still holds the last layer's output chunks.
                 m.d.comb += self.busy.eq(1)
-                room = rfifo.level + out_inflight < 4
+                room = rfifo.level + out_inflight[0] + out_inflight[1] < 4
                 done_issuing = out_row == rows
                 m.d.comb += out_issue.eq(room & ~done_issuing)
                 with m.If(out_issue):
@@ -578,7 +614,7 @@ class MLPEngine(wiring.Component):
                 m.d.comb += [self.resp.valid.eq(rfifo.r_rdy),
                              self.resp.payload.data.eq(rfifo.r_data),
                              rfifo.r_en.eq(self.resp.ready)]
-                with m.If(done_issuing & ~out_inflight & (rfifo.level == 0)):
+                with m.If(done_issuing & (out_inflight == 0) & (rfifo.level == 0)):
                     m.next = "TRAILER"
 
             with m.State("TRAILER"):

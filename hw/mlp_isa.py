@@ -27,9 +27,10 @@ active split, ``lanes`` = the engine's port width, ``S <= lanes``):
 Responses: a RUN answers with ``rows * ceil(out/S)`` data beats (row-major:
 all chunks of row 0, then row 1, ...) and a trailer beat with ``last`` set,
 ``status`` OK and ``info`` = cycles from RUN to the last result written.
-A bad command answers with a single trailer beat with an error ``status``
-and ``info`` = the opcode (or the failing layer's index for BAD_LAYER).
-Writes that succeed are not answered.
+A SET_SPLIT (engine 0 only) waits until no other engine is busy, applies
+the split and answers with an OK trailer. A bad command answers with a single
+trailer beat with an error ``status`` and ``info`` = the opcode (or the
+failing layer's index for BAD_LAYER). Writes that succeed are not answered.
 """
 
 from amaranth.lib import enum

@@ -135,9 +135,9 @@ class SystolicArray(wiring.Component):
         side = config.dim // split
         lanes = config.engine_lanes(port)
         # side - 1 cycles of skew to the last row, LATENCY in the multiplier,
-        # one in the product register, one in the sum register, lanes - 1 in
-        # the fixed de-skew of the port.
-        return side + PipelinedMultiplier.LATENCY + lanes
+        # one in the product register, one in the sum register, lanes in the
+        # fixed de-skew (and output register) of the port.
+        return side + PipelinedMultiplier.LATENCY + lanes + 1
 
     def elaborate(self, platform):
         m = Module()
@@ -231,14 +231,15 @@ class SystolicArray(wiring.Component):
                     ps[i][j].eq(ps_in + prod),
                 ]
 
-        # De-skew: lane c waits lanes-1-c cycles, so that a whole row of sums
-        # leaves together; lanes past the active side read zero.
+        # De-skew: lane c waits lanes-c cycles (one of them a register at
+        # the port, so the sums leave the array registered), so that a whole
+        # row of sums leaves together; lanes past the active side read zero.
         for p in range(cfg.sub_arrays):
             port = self.port(p)
             lanes = port.signature.lanes
             for c in range(lanes):
                 v = outputs[p][c]
-                for k in range(lanes - 1 - c):
+                for k in range(lanes - c):
                     v_r = Signal(signed(pbits), name=f"deskew{p}_{c}_{k}")
                     m.d.sync += v_r.eq(v)
                     v = v_r

@@ -1,0 +1,56 @@
+# amaranth: UnusedElaboratable=no
+"""The generator's outputs and the command line's errors."""
+
+import json
+
+import pytest
+from amaranth.hdl import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from host.cli import main
+from hw.config import Config
+from hw.generate import constraint_texts
+from hw.narrow_io import NarrowIO
+
+
+def test_generate_tiny_lints_clean(tmp_path, capsys):
+    assert main(["generate", "--preset", "tiny", "-o", str(tmp_path), "--lint"]) == 0
+    assert "Verilator lint: clean" in capsys.readouterr().out
+    top = (tmp_path / "recaccel_top.v").read_text()
+    assert "module recaccel_top" in top and "cmd_3__payload" in top
+    assert (tmp_path / "files.f").read_text() == "recaccel_top.v\n"
+    assert json.loads((tmp_path / "config.json").read_text())["name"] == "tiny"
+    assert "RECACCEL_ARRAY_DIM 4" in (tmp_path / "recaccel_config.h").read_text()
+    for block in ("systolic_array", "mlp_engine_4", "mlp_engine_2"):
+        assert f"module {block}" in (tmp_path / "blocks" / f"{block}.v").read_text()
+    assert 'FREQUENCY PORT "clk" 100.000000 MHZ;' in (tmp_path / "constraints" / "ecp5.lpf").read_text()
+    assert "create_clock -period 10.000" in (tmp_path / "constraints" / "u280.xdc").read_text()
+
+
+def test_constraints_follow_the_clock():
+    texts = constraint_texts(Config.preset("ecp5"))
+    assert 'FREQUENCY PORT "clk" 150.000000 MHZ;' in texts["ecp5.lpf"]
+    assert "create_clock -period 6.667" in texts["u280.xdc"]
+
+
+def test_cli_reports_bad_config(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('preset = "tiny"\n[array]\nblock = 3\n')
+    assert main(["generate", "--config", str(bad), "-o", str(tmp_path / "o")]) == 2
+    assert "array.block: 3 does not divide array.dim 4" in capsys.readouterr().err
+
+
+def test_narrow_io_counts_port_bits():
+    class Thing(wiring.Component):
+        a: In(7)
+        b: In(3)
+        y: Out(5)
+
+        def elaborate(self, platform):
+            m = Module()
+            m.d.comb += self.y.eq(self.a + self.b)
+            return m
+
+    w = NarrowIO(Thing())
+    assert (w.in_bits, w.out_bits) == (10, 5)

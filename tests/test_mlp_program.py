@@ -1,0 +1,80 @@
+"""The host compiler refuses what cannot run, before a command is sent, and
+lays memories out as hw/mlp_isa.py documents."""
+
+import numpy as np
+import pytest
+
+from host.mlp_program import EngineError, EngineTarget, compile_mlp
+from host.numerics import QuantLayer
+from hw.config import Config
+from hw.mlp_isa import Opcode, Status
+
+
+def layer(i, o, seed=0):
+    rng = np.random.default_rng(seed)
+    return QuantLayer(rng.integers(-128, 128, (i, o)).astype(np.int8), np.zeros(o),
+                      np.ones(o), np.zeros(o), False)
+
+
+CFG = Config.preset("tiny").array
+
+
+@pytest.mark.parametrize("layers, message", [
+    ([], "at least one layer"),
+    ([layer(3, 4), layer(5, 2)], "layer 1: takes 5 inputs but layer 0 gives 4"),
+    ([layer(CFG.max_dim + 1, 2)], "layer 0: in_dim 65 exceeds array.max_dim 64"),
+    ([layer(64, 64), layer(64, 64), layer(64, 64)], "beyond array.weight_words"),
+    ([layer(2, 2)] * (CFG.max_layers + 1), "array.max_layers"),
+])
+def test_what_does_not_fit_is_refused(layers, message):
+    with pytest.raises(ValueError, match=message):
+        compile_mlp(layers, EngineTarget(CFG, 0, 1))
+
+
+def test_targets_are_checked():
+    with pytest.raises(ValueError, match="split: 3 is not one of"):
+        EngineTarget(CFG, 0, 3)
+    with pytest.raises(ValueError, match="engine: 1 has no sub-array at split 1"):
+        EngineTarget(CFG, 1, 1)
+
+
+def test_batches_are_checked():
+    prog = compile_mlp([layer(6, 3)], EngineTarget(CFG, 0, 1))
+    with pytest.raises(ValueError, match="int8"):
+        prog.input_commands(np.zeros((2, 6)))
+    with pytest.raises(ValueError, match="the MLP takes 6"):
+        prog.input_commands(np.zeros((2, 5), np.int8))
+    with pytest.raises(ValueError, match="a run takes 1 to 64 rows"):
+        prog.input_commands(np.zeros((65, 6), np.int8))
+
+
+def test_weight_layout():
+    """Tile (k, n) at w_base + (n*KT + k)*S, row i of the tile per word."""
+    t = EngineTarget(CFG, 0, 2)                  # side 2 on a 4-lane engine
+    l = layer(3, 5, seed=3)
+    prog = compile_mlp([l], t, w_base=10)
+    packer = t._cmd_packer
+    words = {}
+    for c in prog.load_commands:
+        d = packer.unpack(c)
+        if d["op"] == Opcode.WRITE_WEIGHTS:
+            words[d["args"]["weights"]["addr"]] = d["args"]["weights"]["data"]
+    kt, nt = 2, 3
+    assert sorted(words) == list(range(10, 10 + kt * nt * 2))
+    for n in range(nt):
+        for k in range(kt):
+            for i in range(2):
+                row = words[10 + (n * kt + k) * 2 + i]
+                for j in range(2):
+                    r, c = k * 2 + i, n * 2 + j
+                    assert row[j] == (l.weight[r, c] if r < 3 and c < 5 else 0)
+                assert row[2:] == [0, 0]             # lanes past the side
+
+
+def test_error_trailer_raises():
+    t = EngineTarget(CFG, 0, 1)
+    prog = compile_mlp([layer(2, 2)], t)
+    beat = t._resp_packer.pack({"data": [0] * 4, "status": Status.BAD_LAYER, "last": 1,
+                                "info": 0})
+    with pytest.raises(EngineError, match="BAD_LAYER"):
+        prog.decode_run([beat], 1)
