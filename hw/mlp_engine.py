@@ -120,6 +120,8 @@ class MLPEngine(wiring.Component):
         available = Signal()
         latency = Signal(range(2 * lanes + PipelinedMultiplier.LATENCY + 3))
         max_lat = 0
+        side_m1 = Signal(range(lanes + 1))      # registered: side - 1
+        m.d.sync += side_m1.eq(side - 1)
         with m.Switch(self.split):
             for idx, f in enumerate(cfg.splits):
                 with m.Case(idx):
@@ -172,6 +174,8 @@ class MLPEngine(wiring.Component):
         ceil_tiles = lambda d: (d + side - 1) >> log_side
         kt = Signal(range(cfg.max_dim + 1))
         nt = Signal(range(cfg.max_dim + 1))
+        kt_m1 = Signal.like(kt)
+        nt_m1 = Signal.like(nt)
         prev_out = Signal.like(desc.out_dim)
 
         # -- the tile sequencer (offers one tile descriptor at a time) -----
@@ -185,20 +189,35 @@ class MLPEngine(wiring.Component):
         seq_w = Signal(range(cfg.weight_words + lanes + 1))
         seq_p = Signal(range(cfg.param_words + 1))
         rows_left = Signal(range(cfg.max_rows + 1))
+        # Rows in the current block, and the cycles its tiles take, minus one;
+        # registered (a take is never followed by another in the next cycle,
+        # the loader is busy, so one cycle of delay is harmless).
         blk = Signal(range(cfg.acc_rows + 1))
-        m.d.comb += blk.eq(Mux(rows_left > cfg.acc_rows, cfg.acc_rows, rows_left))
+        blk_len_m1 = Signal(range(max(cfg.acc_rows, MIN_TILE_CYCLES)))
+        m.d.sync += [
+            blk.eq(Mux(rows_left > cfg.acc_rows, cfg.acc_rows, rows_left)),
+            blk_len_m1.eq(Mux(rows_left > cfg.acc_rows, cfg.acc_rows,
+                              Mux(rows_left < MIN_TILE_CYCLES, MIN_TILE_CYCLES,
+                                  rows_left)) - 1),
+        ]
 
         # Per-parity tile slots.
         FREE, LOADING, READY, STREAMING = range(4)
         slot_state = [Signal(2, name=f"slot{b}_state") for b in range(2)]
         slot_count = [Signal(range(cfg.acc_rows + 1), name=f"slot{b}_count")
                       for b in range(2)]
+        slot_len_m1 = [Signal.like(blk_len_m1, name=f"slot{b}_len_m1") for b in range(2)]
         slot_src = [Signal.like(seq_src, name=f"slot{b}_src") for b in range(2)]
         slot_dst = [Signal.like(seq_dst, name=f"slot{b}_dst") for b in range(2)]
         slot_first = [Signal(name=f"slot{b}_first") for b in range(2)]
         slot_last = [Signal(name=f"slot{b}_last") for b in range(2)]
-        countdown = [Signal(range(max_lat + REQUANT_LATENCY + 4),
-                            name=f"slot{b}_countdown") for b in range(2)]
+        # Set when a tile's last row is issued; the parity is free again once
+        # that row has left the array and the requantizer.
+        drain = lambda lat: lat + REQUANT_LATENCY + INJECT_LATENCY + 3
+        countdown = [Signal(range(drain(max_lat) + 1), name=f"slot{b}_countdown")
+                     for b in range(2)]
+        drain_cycles = Signal.like(countdown[0])
+        m.d.sync += drain_cycles.eq(drain(latency))
         params = [Signal(data.ArrayLayout(_PARAM, lanes), name=f"params{b}")
                   for b in range(2)]
         relu = Signal()
@@ -233,13 +252,14 @@ class MLPEngine(wiring.Component):
                     m.d.sync += [
                         slot_state[pb].eq(LOADING),
                         slot_count[pb].eq(blk),
+                        slot_len_m1[pb].eq(blk_len_m1),
                         slot_src[pb].eq(seq_src + seq_rb),
                         slot_dst[pb].eq(seq_dst + seq_rb),
                         slot_first[pb].eq(seq_k == 0),
-                        slot_last[pb].eq(seq_k == kt - 1),
+                        slot_last[pb].eq(seq_k == kt_m1),
                     ]
             m.d.sync += [ld_busy.eq(1), ld_left.eq(side), ld_slot.eq(b),
-                         ld_addr.eq(seq_w + side - 1), ld_par.eq(~ld_par)]
+                         ld_addr.eq(seq_w + side_m1), ld_par.eq(~ld_par)]
         for j, (_, prd) in enumerate(pmems):
             m.d.comb += prd.addr.eq(seq_p)
         m.d.sync += [ld_params_latch.eq(seq_take), ld_params_par.eq(ld_par)]
@@ -269,39 +289,50 @@ class MLPEngine(wiring.Component):
                     m.d.sync += slot_state[pb].eq(READY)
 
         # -- the streamer: rows of activations into the array -------------
+        # A tile takes at least MIN_TILE_CYCLES cycles (idle rows pad it), so
+        # a row's accumulator is never re-read while its last write is in
+        # flight: the read-modify-write needs no forwarding.
         st_par = Signal()
         st_row = Signal(range(max(cfg.acc_rows, MIN_TILE_CYCLES) + 1))
         st_issue = Signal()
         st_addr = Signal.like(seq_src)
         cur_state = Mux(st_par, slot_state[1], slot_state[0])
-        cur_count = Mux(st_par, slot_count[1], slot_count[0])
-        # A tile takes at least MIN_TILE_CYCLES cycles (idle rows pad it), so
-        # a row's accumulator is never re-read while its last write is in
-        # flight: the read-modify-write needs no forwarding.
-        cur_len = Mux(cur_count < MIN_TILE_CYCLES, MIN_TILE_CYCLES, cur_count)
-        m.d.comb += [
-            st_issue.eq((cur_state == READY) | (cur_state == STREAMING)),
-            st_addr.eq(Mux(st_par, slot_src[1], slot_src[0]) + st_row),
-        ]
+        # The current tile's fields, registered: reloaded from slot st_par
+        # while idle, and from the other slot as a tile ends (a slot's fields
+        # are written at its take, long before it is READY).
+        cur_count = Signal.like(slot_count[0])
+        cur_len_m1 = Signal.like(slot_len_m1[0])
+        cur_first = Signal()
+        cur_last = Signal()
+        def load_cur(par):
+            return [cur_count.eq(Mux(par, slot_count[1], slot_count[0])),
+                    cur_len_m1.eq(Mux(par, slot_len_m1[1], slot_len_m1[0])),
+                    cur_first.eq(Mux(par, slot_first[1], slot_first[0])),
+                    cur_last.eq(Mux(par, slot_last[1], slot_last[0])),
+                    st_addr.eq(Mux(par, slot_src[1], slot_src[0]))]
+        m.d.comb += st_issue.eq((cur_state == READY) | (cur_state == STREAMING))
         inj = Signal(data.StructLayout({"valid": 1, "par": 1, "row": range(cfg.acc_rows),
                                         "first": 1, "last": 1}))
         with m.If(st_issue):
-            last_row = st_row == cur_len - 1
+            last_row = st_row == cur_len_m1
             for pb in range(2):
                 with m.If(st_par == pb):
                     m.d.sync += slot_state[pb].eq(Mux(last_row, FREE, STREAMING))
                     with m.If(last_row):
-                        m.d.sync += countdown[pb].eq(
-                            latency + REQUANT_LATENCY + INJECT_LATENCY + 3)
+                        m.d.sync += countdown[pb].eq(drain_cycles)
             m.d.sync += st_row.eq(Mux(last_row, 0, st_row + 1))
             with m.If(last_row):
-                m.d.sync += st_par.eq(~st_par)
+                m.d.sync += [st_par.eq(~st_par), *load_cur(~st_par)]
+            with m.Else():
+                m.d.sync += st_addr.eq(st_addr + 1)
+        with m.Else():
+            m.d.sync += load_cur(st_par)
         m.d.sync += [
             inj.valid.eq(st_issue & (st_row < cur_count)),
             inj.par.eq(st_par),
             inj.row.eq(st_row),
-            inj.first.eq(Mux(st_par, slot_first[1], slot_first[0])),
-            inj.last.eq(Mux(st_par, slot_last[1], slot_last[0])),
+            inj.first.eq(cur_first),
+            inj.last.eq(cur_last),
         ]
 
         # Activation buffers: one reader and one writer each at a time.
@@ -565,13 +596,18 @@ class MLPEngine(wiring.Component):
                     seq_p.eq(desc.p_base), relu.eq(desc.relu),
                     src_buf.eq(layer[0]), dst_buf.eq(~layer[0]),
                 ]
+                m.next = "LAYER_PREPARE"
+            with m.State("LAYER_PREPARE"):
+                # kt, nt and the first block's length settle into registers.
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [cycles.eq(cycles + 1), kt_m1.eq(kt - 1), nt_m1.eq(nt - 1)]
                 m.next = "LAYER_RUN"
             with m.State("LAYER_RUN"):
                 m.d.comb += [self.busy.eq(1), seq_valid.eq(1)]
                 m.d.sync += cycles.eq(cycles + 1)
                 with m.If(seq_take):
-                    last_k = seq_k == kt - 1
-                    last_n = seq_n == nt - 1
+                    last_k = seq_k == kt_m1
+                    last_n = seq_n == nt_m1
                     m.d.sync += [seq_k.eq(Mux(last_k, 0, seq_k + 1)),
                                  seq_src.eq(Mux(last_k, 0, seq_src + rows)),
                                  seq_w.eq(seq_w + side)]
@@ -605,7 +641,7 @@ class MLPEngine(wiring.Component):
                 done_issuing = out_row == rows
                 m.d.comb += out_issue.eq(room & ~done_issuing)
                 with m.If(out_issue):
-                    last_chunk = out_chunk == nt - 1
+                    last_chunk = out_chunk == nt_m1
                     m.d.sync += [out_chunk.eq(Mux(last_chunk, 0, out_chunk + 1)),
                                  out_rd_addr.eq(Mux(last_chunk, out_row + 1,
                                                     out_rd_addr + rows))]

@@ -154,8 +154,8 @@ class SystolicArray(wiring.Component):
             for i in range(port.signature.lanes):
                 a, s = port.act[i], port.sel
                 for k in range(i):
-                    a_r = Signal(signed(8), name=f"skew{p}_{i}_{k}")
-                    s_r = Signal(name=f"skew{p}_{i}_{k}_sel")
+                    a_r = Signal(signed(8), name=f"skew{p}_{i}_{k}", reset_less=True)
+                    s_r = Signal(name=f"skew{p}_{i}_{k}_sel", reset_less=True)
                     m.d.sync += [a_r.eq(a), s_r.eq(s)]
                     a, s = a_r, s_r
                 acts.append(a)
@@ -164,12 +164,14 @@ class SystolicArray(wiring.Component):
             skewed_sel[p] = sels
 
         # Per-PE state.
-        def grid(name, shape=1):
-            return [[Signal(shape, name=f"{name}_{i}_{j}") for j in range(n)]
-                    for i in range(n)]
-        a_reg, s_reg = grid("a", signed(8)), grid("s")
-        w = [grid("w0", signed(8)), grid("w1", signed(8))]
-        ps = grid("ps", signed(pbits))
+        # Datapath registers have no reset: nothing reads them before a valid
+        # row or a weight load has passed, and the reset net stays small.
+        def grid(name, shape=1, reset_less=False):
+            return [[Signal(shape, name=f"{name}_{i}_{j}", reset_less=reset_less)
+                     for j in range(n)] for i in range(n)]
+        a_reg, s_reg = grid("a", signed(8), True), grid("s", 1, True)
+        w = [grid("w0", signed(8), True), grid("w1", signed(8), True)]
+        ps = grid("ps", signed(pbits), True)
         # Per-PE control chosen by the mode: does this PE start a sub-array
         # row (takes activations from a port) or column (takes weights from a
         # port, zero partial sum), and which port owns it.
@@ -223,7 +225,7 @@ class SystolicArray(wiring.Component):
                              mul.b.eq(Mux(s_in, w[1][i][j], w[0][i][j]))]
                 # A fabric register after the DSP: the product's path to the
                 # adder then stays local (measured on ECP5: 175 -> 220 MHz).
-                prod = Signal(signed(16), name=f"prod_{i}_{j}")
+                prod = Signal(signed(16), name=f"prod_{i}_{j}", reset_less=True)
                 m.d.sync += [
                     a_reg[i][j].eq(a_in),
                     s_reg[i][j].eq(s_in),
@@ -240,7 +242,7 @@ class SystolicArray(wiring.Component):
             for c in range(lanes):
                 v = outputs[p][c]
                 for k in range(lanes - c):
-                    v_r = Signal(signed(pbits), name=f"deskew{p}_{c}_{k}")
+                    v_r = Signal(signed(pbits), name=f"deskew{p}_{c}_{k}", reset_less=True)
                     m.d.sync += v_r.eq(v)
                     v = v_r
                 m.d.comb += port.psum[c].eq(v)
