@@ -171,7 +171,11 @@ class MLPEngine(wiring.Component):
         layer = Signal(range(cfg.max_layers + 1))
         m.d.comb += l_rd.addr.eq(layer)
         desc = l_rd.data
-        ceil_tiles = lambda d: (d + side - 1) >> log_side
+        # ceil(dim / side) in two registered steps: dim + side - 1, then >>.
+        in_plus = Signal(range(cfg.max_dim + lanes + 1))
+        out_plus = Signal.like(in_plus)
+        plus_dims = [in_plus.eq(desc.in_dim + side_m1),
+                     out_plus.eq(desc.out_dim + side_m1)]
         kt = Signal(range(cfg.max_dim + 1))
         nt = Signal(range(cfg.max_dim + 1))
         kt_m1 = Signal.like(kt)
@@ -515,7 +519,7 @@ class MLPEngine(wiring.Component):
                             with m.Else():
                                 m.d.sync += [rows.eq(r.rows), n_layers.eq(r.layers),
                                              layer.eq(0), cycles.eq(0)]
-                                m.next = "CHECK_TILES"
+                                m.next = "CHECK_DIMS"
                         with m.Case(Opcode.SET_SPLIT):
                             if self._engine != 0:
                                 fail(Status.NOT_AVAILABLE, cmd.op)
@@ -545,28 +549,45 @@ class MLPEngine(wiring.Component):
                         m.d.sync += cycles.eq(0)
                         m.next = "TRAILER"
 
-            # Check every layer before anything runs: four steps a layer.
+            # Check every layer before anything runs, a few steps a layer.
             need_w = Signal(range((cfg.max_dim + 1) ** 2 * lanes + cfg.weight_words + 1))
             need_src = Signal(range((cfg.max_dim + 1) * (cfg.max_rows + 1) + 1))
             need_dst = Signal.like(need_src)
             dims_ok = Signal()
             tiles = Signal(range((cfg.max_dim + 1) ** 2 + 1))
-            with m.State("CHECK_TILES"):
+            # The products run on pipelined multipliers (registered DSPs),
+            # not in one combinational cycle.
+            prods = {}
+            for name, a, b in (("tiles", kt, nt), ("src", kt, rows), ("dst", nt, rows)):
+                mul = PipelinedMultiplier(a_width=len(a) + 1, b_width=len(b) + 1,
+                                          target=cfg.dsp)
+                m.submodules[f"check_{name}"] = mul
+                m.d.comb += [mul.a.eq(a), mul.b.eq(b)]
+                prods[name] = mul.p
+            wait = Signal(range(PipelinedMultiplier.LATENCY + 1))
+            with m.State("CHECK_DIMS"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
                 m.d.sync += [
-                    kt.eq(ceil_tiles(desc.in_dim)), nt.eq(ceil_tiles(desc.out_dim)),
+                    *plus_dims,
                     dims_ok.eq((desc.in_dim != 0) & (desc.in_dim <= cfg.max_dim)
                                & (desc.out_dim != 0) & (desc.out_dim <= cfg.max_dim)
                                & ((layer == 0) | (desc.in_dim == prev_out))),
                 ]
+                m.next = "CHECK_TILES"
+            with m.State("CHECK_TILES"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += cycles.eq(cycles + 1)
+                m.d.sync += [kt.eq(in_plus >> log_side), nt.eq(out_plus >> log_side),
+                             wait.eq(0)]
                 m.next = "CHECK_PRODUCTS"
             with m.State("CHECK_PRODUCTS"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += cycles.eq(cycles + 1)
-                m.d.sync += [tiles.eq(kt * nt), need_src.eq(kt * rows),
-                             need_dst.eq(nt * rows)]
-                m.next = "CHECK_WEIGHTS"
+                m.d.sync += [cycles.eq(cycles + 1), wait.eq(wait + 1)]
+                with m.If(wait == PipelinedMultiplier.LATENCY):
+                    m.d.sync += [tiles.eq(prods["tiles"]), need_src.eq(prods["src"]),
+                                 need_dst.eq(prods["dst"])]
+                    m.next = "CHECK_WEIGHTS"
             with m.State("CHECK_WEIGHTS"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
@@ -584,18 +605,22 @@ class MLPEngine(wiring.Component):
                     m.next = "LAYER_SETUP"
                 with m.Else():
                     m.d.sync += [layer.eq(layer + 1), prev_out.eq(desc.out_dim)]
-                    m.next = "CHECK_TILES"
+                    m.next = "CHECK_DIMS"
 
             with m.State("LAYER_SETUP"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [
-                    cycles.eq(cycles + 1),
-                    kt.eq(ceil_tiles(desc.in_dim)), nt.eq(ceil_tiles(desc.out_dim)),
+                    cycles.eq(cycles + 1), *plus_dims,
                     seq_k.eq(0), seq_n.eq(0), seq_rb.eq(0), rows_left.eq(rows),
                     seq_src.eq(0), seq_dst.eq(0), seq_w.eq(desc.w_base),
                     seq_p.eq(desc.p_base), relu.eq(desc.relu),
                     src_buf.eq(layer[0]), dst_buf.eq(~layer[0]),
                 ]
+                m.next = "LAYER_TILES"
+            with m.State("LAYER_TILES"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [cycles.eq(cycles + 1), kt.eq(in_plus >> log_side),
+                             nt.eq(out_plus >> log_side)]
                 m.next = "LAYER_PREPARE"
             with m.State("LAYER_PREPARE"):
                 # kt, nt and the first block's length settle into registers.

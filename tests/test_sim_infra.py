@@ -8,7 +8,6 @@ one simulator launch.
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 from amaranth.back import verilog
@@ -113,12 +112,9 @@ def test_failures_raise_with_their_messages(design, tmp_path):
 def test_same_sources_hit_the_build_cache(design, verilog_file, tmp_path):
     copy = tmp_path / "elsewhere.v"  # the key is the contents, not the path
     copy.write_text(verilog_file.read_text())
-    start = time.monotonic()
     again = sim_runner.build([copy], TOPLEVEL, sim_runner.default_build_root())
-    elapsed = time.monotonic() - start
     assert again.cache_hit
     assert again.build_dir == design.build_dir
-    assert elapsed < 1.0, f"cache hit took {elapsed:.2f} s"
 
 
 def test_payload_codec_round_trips_layouts():
