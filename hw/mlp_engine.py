@@ -19,7 +19,9 @@ needs to stall: every row injected is a row whose result the engine takes.
 Commands and memory layouts: :mod:`hw.mlp_isa`.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from types import SimpleNamespace
+
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -27,7 +29,7 @@ from amaranth.lib.wiring import In, Out
 
 from .config import ArrayConfig, clog2
 from .mlp_isa import Opcode, Status, command_layout, response_layout
-from .primitives import PipelinedMultiplier
+from .primitives import BlockRAM, PipelinedMultiplier
 from .systolic import SubArrayPort, SystolicArray
 
 __all__ = ["MLPEngine", "REQUANT_LATENCY"]
@@ -133,31 +135,25 @@ class MLPEngine(wiring.Component):
                                      available.eq(1), latency.eq(lat)]
 
         # -- memories ------------------------------------------------------
+        # Block RAMs read with a latency of 2 (BlockRAM.LATENCY): the output
+        # is registered in the RAM itself where the target allows.
+        def block_ram(name, shape, depth):
+            ram = BlockRAM(width=Shape.cast(shape).width, depth=depth, target=cfg.dsp)
+            m.submodules[name] = ram
+            return (SimpleNamespace(addr=ram.w_addr, data=shape(ram.w_data), en=ram.w_en),
+                    SimpleNamespace(addr=ram.r_addr, data=shape(ram.r_data)))
+        assert BlockRAM.LATENCY == 2
+
         row_shape = data.ArrayLayout(signed(8), lanes)
-        m.submodules.wmem = wmem = Memory(shape=row_shape,
-                                          depth=cfg.weight_words, init=[])
-        w_wr = wmem.write_port()
-        w_rd = wmem.read_port()
-        pmems = []
-        for j in range(lanes):
-            m.submodules[f"pmem{j}"] = pm = Memory(
-                shape=_PARAM, depth=cfg.param_words, init=[])
-            pmems.append((pm.write_port(), pm.read_port()))
+        w_wr, w_rd = block_ram("wmem", row_shape, cfg.weight_words)
+        pmems = [block_ram(f"pmem{j}", _PARAM, cfg.param_words) for j in range(lanes)]
         layer_shape = args.layer.shape()
         m.submodules.ltab = ltab = Memory(shape=layer_shape,
                                           depth=cfg.max_layers, init=[])
         l_wr = ltab.write_port()
         l_rd = ltab.read_port(domain="comb")
-        acts = []
-        for b in range(2):
-            m.submodules[f"act{b}"] = am = Memory(shape=row_shape,
-                                                  depth=act_words, init=[])
-            acts.append((am.write_port(), am.read_port()))
-        m.submodules.acc = accm = Memory(
-            shape=data.ArrayLayout(signed(32), lanes), depth=cfg.acc_rows,
-            init=[])
-        acc_wr = accm.write_port()
-        acc_rd = accm.read_port()
+        acts = [block_ram(f"act{b}", row_shape, act_words) for b in range(2)]
+        acc_wr, acc_rd = block_ram("acc", data.ArrayLayout(signed(32), lanes), cfg.acc_rows)
 
         # -- run-wide registers ---------------------------------------------
         rows = Signal(range(cfg.max_rows + 1))
@@ -266,7 +262,10 @@ class MLPEngine(wiring.Component):
                          ld_addr.eq(seq_w + side_m1), ld_par.eq(~ld_par)]
         for j, (_, prd) in enumerate(pmems):
             m.d.comb += prd.addr.eq(seq_p)
-        m.d.sync += [ld_params_latch.eq(seq_take), ld_params_par.eq(ld_par)]
+        # The parameters arrive two cycles after the take.
+        take_d, par_d = Signal(), Signal()
+        m.d.sync += [take_d.eq(seq_take), par_d.eq(ld_par),
+                     ld_params_latch.eq(take_d), ld_params_par.eq(par_d)]
         with m.If(ld_params_latch):
             for pb in range(2):
                 with m.If(ld_params_par == pb):
@@ -277,14 +276,13 @@ class MLPEngine(wiring.Component):
             m.d.sync += [ld_addr.eq(ld_addr - 1), ld_left.eq(ld_left - 1)]
             with m.If(ld_left == 1):
                 m.d.sync += ld_busy.eq(0)
-        # Read issued (cycle c), RAM output (c+1), registered (c+2): shift.
+        # Read issued (cycle c), registered RAM output (c+2): shift.
         rd_busy, rd_slot, rd_last = Signal(), Signal(), Signal()
-        w_q = Signal(row_shape)
         m.d.sync += [rd_busy.eq(ld_busy), rd_slot.eq(ld_slot),
                      rd_last.eq(ld_busy & (ld_left == 1)),
                      ld_shift.eq(rd_busy), ld_shift_buf.eq(rd_slot),
-                     ld_shift_last.eq(rd_last), w_q.eq(w_rd.data)]
-        m.d.comb += [self.array.weights.eq(w_q),
+                     ld_shift_last.eq(rd_last)]
+        m.d.comb += [self.array.weights.eq(w_rd.data),
                      self.array.w_load.eq(ld_shift),
                      self.array.w_buf.eq(ld_shift_buf)]
         with m.If(ld_shift_last):
@@ -360,11 +358,9 @@ class MLPEngine(wiring.Component):
             with m.Elif(dst_we & (dst_buf == b)):
                 m.d.comb += [awr.addr.eq(dst_addr), awr.data.eq(dst_data),
                              awr.en.eq(1)]
-        # Every RAM output goes straight into a register (an ECP5 block RAM
-        # without output register takes 5.8 ns from clock to data); the
-        # activations are registered once more before they enter the array.
-        act_q = [Signal(row_shape, name=f"act{b}_q") for b in range(2)]
-        m.d.sync += [act_q[b].eq(acts[b][1].data) for b in range(2)]
+        # Read data is registered (in the RAM); the activations are
+        # registered once more before they enter the array.
+        act_q = [acts[b][1].data for b in range(2)]
         inj_d = Signal.like(inj)
         inj_dd = Signal.like(inj)
         act_out = Signal(row_shape)
@@ -396,8 +392,7 @@ class MLPEngine(wiring.Component):
                 with m.Case(lat):
                     m.d.comb += [exit_meta.eq(taps[lat]), pre_meta.eq(taps[lat - 2])]
         m.d.comb += acc_rd.addr.eq(pre_meta.row)
-        acc_q_in = Signal.like(acc_rd.data)
-        m.d.sync += acc_q_in.eq(acc_rd.data)
+        acc_q_in = acc_rd.data
         acc_new = Signal(data.ArrayLayout(signed(32), lanes))
         for j in range(lanes):
             psum = self.array.psum[j]

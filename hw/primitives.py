@@ -6,11 +6,12 @@ synthesis tool would not infer one (``synth_ecp5`` maps ``$mul`` to a
 combinational MULT18X18D and leaves the surrounding registers in the fabric).
 """
 
-from amaranth.hdl import ClockSignal, Instance, Module, Signal, signed
+from amaranth.hdl import ClockSignal, Instance, Module, Signal, signed, unsigned
+from amaranth.lib.memory import Memory
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["PipelinedMultiplier"]
+__all__ = ["PipelinedMultiplier", "BlockRAM"]
 
 
 class PipelinedMultiplier(wiring.Component):
@@ -163,4 +164,130 @@ class PipelinedMultiplier(wiring.Component):
             i_RST0=0,
             **ports,
         )
+        return m
+
+
+class BlockRAM(wiring.Component):
+    """Simple dual-port RAM: one write port, one read port with a latency of
+    :attr:`LATENCY` cycles (address register, then output register).
+
+    On ECP5 Yosys maps memories to DP16KD without the output register, whose
+    5.8 ns clock-to-data then bounds the whole design; ``target="ecp5"``
+    instantiates DP16KD blocks (1024 x 18 each, tiled over width and depth)
+    with ``REGMODE_B = "OUTREG"``. ``"generic"`` is an Amaranth ``Memory``
+    with a register after its read port: the same latency and contents.
+    The contents start undefined; reading and writing one address in the
+    same cycle returns undefined data (callers never do).
+
+    Attributes
+    ----------
+    w_addr, w_data, w_en : In
+    r_addr : In
+    r_data : Out(width)
+        The word at the ``r_addr`` of :attr:`LATENCY` cycles earlier.
+    """
+
+    LATENCY = 2
+    TARGETS = ("generic", "ecp5")
+    _BLOCK_DEPTH = 1024
+    _BLOCK_WIDTH = 18
+
+    def __init__(self, *, width, depth, target="generic"):
+        for name, v in (("width", width), ("depth", depth)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, not {v!r}")
+        if target not in self.TARGETS:
+            raise ValueError(f"target must be one of {self.TARGETS!r}, not {target!r}")
+        self._width, self._depth, self._target = width, depth, target
+        super().__init__({
+            "w_addr": In(range(depth)), "w_data": In(width), "w_en": In(1),
+            "r_addr": In(range(depth)), "r_data": Out(width),
+        })
+
+    @property
+    def width(self):
+        return self._width
+
+    @property
+    def depth(self):
+        return self._depth
+
+    def elaborate(self, platform):
+        if self._target == "ecp5":
+            return self._elaborate_ecp5()
+        m = Module()
+        m.submodules.mem = mem = Memory(shape=unsigned(self._width), depth=self._depth,
+                                        init=[])
+        wr, rd = mem.write_port(), mem.read_port()
+        q = Signal(self._width, reset_less=True)
+        m.d.comb += [wr.addr.eq(self.w_addr), wr.data.eq(self.w_data), wr.en.eq(self.w_en),
+                     rd.addr.eq(self.r_addr)]
+        m.d.sync += q.eq(rd.data)
+        m.d.comb += self.r_data.eq(q)
+        return m
+
+    def _elaborate_ecp5(self):
+        m = Module()
+        bd, bw = self._BLOCK_DEPTH, self._BLOCK_WIDTH
+        banks = -(-self._depth // bd)
+        cols = -(-self._width // bw)
+        w_data = Signal(cols * bw)
+        m.d.comb += w_data.eq(self.w_data)
+        # Which bank the read data comes from, delayed like the data.
+        r_bank = Signal(range(banks))
+        r_bank_q = [Signal(range(banks)), Signal(range(banks))]
+        m.d.comb += r_bank.eq(self.r_addr[10:] if banks > 1 else 0)
+        m.d.sync += [r_bank_q[0].eq(r_bank), r_bank_q[1].eq(r_bank_q[0])]
+        outs = []
+        for b in range(banks):
+            out = Signal(cols * bw, name=f"bank{b}_q")
+            outs.append(out)
+            w_en = Signal(name=f"bank{b}_we")
+            if banks > 1:
+                m.d.comb += w_en.eq(self.w_en & (self.w_addr[10:] == b))
+            else:
+                m.d.comb += w_en.eq(self.w_en)
+            for c in range(cols):
+                ports = {
+                    "i_CLKA": ClockSignal(), "i_CLKB": ClockSignal(),
+                    "i_WEA": w_en, "i_CEA": 1, "i_OCEA": 1, "i_RSTA": 0,
+                    "i_WEB": 0, "i_CEB": 1, "i_OCEB": 1, "i_RSTB": 0,
+                }
+                for k in range(3):
+                    ports[f"i_CSA{k}"] = 0
+                    ports[f"i_CSB{k}"] = 0
+                # x18: the word address sits on AD[13:4]; AD[1:0] are the
+                # byte enables of a write (both on), AD[3:2] unused.
+                for k in range(14):
+                    if k < 2:
+                        ports[f"i_ADA{k}"] = 1
+                        ports[f"i_ADB{k}"] = 0
+                    elif k < 4:
+                        ports[f"i_ADA{k}"] = 0
+                        ports[f"i_ADB{k}"] = 0
+                    else:
+                        bit = k - 4
+                        ports[f"i_ADA{k}"] = self.w_addr[bit] if bit < len(self.w_addr) else 0
+                        ports[f"i_ADB{k}"] = self.r_addr[bit] if bit < len(self.r_addr) else 0
+                for k in range(bw):
+                    ports[f"i_DIA{k}"] = w_data[c * bw + k]
+                    ports[f"i_DIB{k}"] = 0
+                    ports[f"o_DOB{k}"] = out[c * bw + k]
+                m.submodules[f"ram_{b}_{c}"] = Instance(
+                    "DP16KD",
+                    p_DATA_WIDTH_A=bw, p_DATA_WIDTH_B=bw,
+                    p_REGMODE_A="NOREG", p_REGMODE_B="OUTREG",
+                    p_RESETMODE="SYNC", p_ASYNC_RESET_RELEASE="SYNC",
+                    p_CSDECODE_A="0b000", p_CSDECODE_B="0b000",
+                    p_WRITEMODE_A="NORMAL", p_WRITEMODE_B="NORMAL",
+                    p_GSR="DISABLED",
+                    **ports)
+        sel = outs[0]
+        if banks > 1:
+            sel = Signal(cols * bw)
+            with m.Switch(r_bank_q[1]):
+                for b in range(banks):
+                    with m.Case(b):
+                        m.d.comb += sel.eq(outs[b])
+        m.d.comb += self.r_data.eq(sel[:self._width])
         return m
