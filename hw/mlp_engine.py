@@ -346,14 +346,19 @@ class MLPEngine(wiring.Component):
         dst_addr = Signal.like(seq_dst)
         dst_data = Signal(row_shape)
         dst_buf = Signal()
+        # Commands write the memories from registers, a cycle after they are
+        # taken: the RAMs' write ports are then driven by flip-flops only.
+        # (A RUN reads nothing before its second cycle.)
         cmd_act_we = Signal()
+        cmd_act = Signal.like(args.act)
+        write_regs = [w_wr, l_wr] + [pw for pw, _ in pmems]
         for b, (awr, ard) in enumerate(acts):
             with m.If(src_buf == b):
                 m.d.comb += ard.addr.eq(st_addr)
             with m.Else():
                 m.d.comb += ard.addr.eq(out_rd_addr)
-            with m.If(cmd_act_we & (args.act.buf == b)):
-                m.d.comb += [awr.addr.eq(args.act.addr), awr.data.eq(args.act.data),
+            with m.If(cmd_act_we & (cmd_act.buf == b)):
+                m.d.comb += [awr.addr.eq(cmd_act.addr), awr.data.eq(cmd_act.data),
                              awr.en.eq(1)]
             with m.Elif(dst_we & (dst_buf == b)):
                 m.d.comb += [awr.addr.eq(dst_addr), awr.data.eq(dst_data),
@@ -467,6 +472,7 @@ class MLPEngine(wiring.Component):
             m.d.sync += [err_status.eq(status), err_info.eq(info)]
             m.next = "ERROR"
 
+        m.d.sync += [cmd_act_we.eq(0), *(w.en.eq(0) for w in write_regs)]
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -474,7 +480,7 @@ class MLPEngine(wiring.Component):
                     with m.Switch(cmd.op):
                         with m.Case(Opcode.WRITE_WEIGHTS):
                             with m.If(args.weights.addr < cfg.weight_words):
-                                m.d.comb += [w_wr.addr.eq(args.weights.addr),
+                                m.d.sync += [w_wr.addr.eq(args.weights.addr),
                                              w_wr.data.eq(args.weights.data),
                                              w_wr.en.eq(1)]
                             with m.Else():
@@ -483,7 +489,7 @@ class MLPEngine(wiring.Component):
                             p = args.param
                             with m.If((p.addr < cfg.param_words) & (p.lane < lanes)):
                                 for j, (pwr, _) in enumerate(pmems):
-                                    m.d.comb += [
+                                    m.d.sync += [
                                         pwr.addr.eq(p.addr),
                                         pwr.data.bias.eq(p.bias),
                                         pwr.data.mult.eq(p.mult),
@@ -493,12 +499,12 @@ class MLPEngine(wiring.Component):
                                 fail(Status.BAD_ADDRESS, cmd.op)
                         with m.Case(Opcode.WRITE_ACT):
                             with m.If(args.act.addr < act_words):
-                                m.d.comb += cmd_act_we.eq(1)
+                                m.d.sync += [cmd_act_we.eq(1), cmd_act.eq(args.act)]
                             with m.Else():
                                 fail(Status.BAD_ADDRESS, cmd.op)
                         with m.Case(Opcode.SET_LAYER):
                             with m.If(args.layer.index < cfg.max_layers):
-                                m.d.comb += [l_wr.addr.eq(args.layer.index),
+                                m.d.sync += [l_wr.addr.eq(args.layer.index),
                                              l_wr.data.eq(args.layer),
                                              l_wr.en.eq(1)]
                             with m.Else():
