@@ -92,6 +92,17 @@ def cmd_bench(args):
         if not all(l["exact"] for l in report["layers"]):
             print("error: some outputs differ from the golden model", file=sys.stderr)
             return 1
+    elif args.what == "topk":
+        from benchmarks.topk import DEFAULT_VARIANTS, bench_topk, format_topk
+        variants = list(DEFAULT_VARIANTS)
+        own = (cfg.topk.k_max, cfg.topk.lanes, cfg.topk.score_bits)
+        rows = bench_topk(variants + [cfg.topk] * (own not in variants),
+                          synth=not args.no_synth, list_len=args.list_len,
+                          lists=args.lists, freq_mhz=args.freq,
+                          workdir=args.workdir or "build/bench-topk",
+                          progress=lambda s: print(s, flush=True))
+        print(format_topk(rows))
+        _write_json(args.json, rows)
     return 0
 
 
@@ -163,11 +174,21 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1, help="placement seed")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("bench", help="benchmarks (cycles, utilization)")
-    p.add_argument("what", choices=["array"])
+    p = sub.add_parser("bench", help="benchmarks (cycles, utilization, resources, Fmax)")
+    p.add_argument("what", choices=["array", "topk"],
+                   help="array: MLP layers on the systolic array; topk: the top-k "
+                        "filter at K_max 64/256/512, 16/32-bit scores, and the preset's own")
     _add_config_args(p)
     p.add_argument("--json", metavar="PATH")
-    p.add_argument("--rows", type=int, nargs="+", default=[512, 4096])
+    p.add_argument("--rows", type=int, nargs="+", default=[512, 4096],
+                   help="array: rows per layer run")
+    p.add_argument("--no-synth", action="store_true",
+                   help="topk: simulation only (synthesis takes minutes per variant)")
+    p.add_argument("--list-len", type=int, default=4096, help="topk: pairs per list")
+    p.add_argument("--lists", type=int, default=3, help="topk: lists back to back")
+    p.add_argument("--freq", type=float, default=200.0,
+                   help="topk: clock constraint for place and route, MHz")
+    p.add_argument("--workdir", help="topk: synthesis work directory")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("run", help="run a sample MLP through the simulated engine")
