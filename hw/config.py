@@ -24,7 +24,7 @@ from pathlib import Path
 
 import tomli_w
 
-__all__ = ["ArrayConfig", "TopKConfig", "Config", "PRESETS", "ceil_div", "clog2"]
+__all__ = ["ArrayConfig", "TopKConfig", "EmbeddingConfig", "Config", "PRESETS", "ceil_div", "clog2"]
 
 
 def clog2(n: int) -> int:
@@ -176,6 +176,83 @@ class TopKConfig:
 
 
 @dataclass(frozen=True)
+class EmbeddingConfig:
+    """The embedding lookup unit (MicroRec): ``channels`` AXI4 read masters
+    in front of HBM or DDR, ``onchip_banks`` on-chip banks for small tables,
+    row-wise int8/int4 rows dequantized and sum-pooled.
+
+    A row in memory (see :mod:`host.embedding`) is an 8-byte header (scale
+    and bias, int32 little-endian, ``frac_bits`` fractional bits) followed by
+    the codes (one byte per element for int8; two elements per byte, low
+    nibble first, for int4), padded to whole ``data_bits`` beats; one AXI
+    burst reads one row. Up to ``outstanding`` bursts are in flight per
+    channel, each with its own AXI ID (so ``outstanding <= 2**id_bits``).
+    """
+
+    channels: int = 4           #: AXI4 read masters, 1 .. 32
+    data_bits: int = 256        #: AXI data width: 64 .. 1024, a power of two
+    addr_bits: int = 32         #: AXI address width
+    id_bits: int = 5            #: AXI ID width
+    outstanding: int = 32       #: bursts in flight per channel, a power of two
+    onchip_banks: int = 2       #: on-chip banks for small tables (0: none)
+    onchip_words: int = 512     #: ``data_bits`` words per on-chip bank
+    max_tables: int = 32        #: table descriptors
+    max_dim: int = 64           #: elements per row (and per pooled vector)
+    max_bag: int = 64           #: rows per bag
+    frac_bits: int = 24         #: fractional bits of the row scale and bias
+
+    def __post_init__(self):
+        _check_int("embedding.channels", self.channels, 1, 32)
+        _check_int("embedding.data_bits", self.data_bits, 64, 1024)
+        if not _is_pow2(self.data_bits):
+            raise ValueError(f"embedding.data_bits: must be a power of two, not "
+                             f"{self.data_bits!r}")
+        _check_int("embedding.addr_bits", self.addr_bits, 12, 64)
+        _check_int("embedding.id_bits", self.id_bits, 1, 16)
+        _check_int("embedding.outstanding", self.outstanding, 1, 1024)
+        if not _is_pow2(self.outstanding):
+            raise ValueError(f"embedding.outstanding: must be a power of two, not "
+                             f"{self.outstanding!r}")
+        if self.outstanding > 1 << self.id_bits:
+            raise ValueError(f"embedding.outstanding: {self.outstanding} bursts in "
+                             f"flight need distinct AXI IDs, more than id_bits = "
+                             f"{self.id_bits} gives")
+        _check_int("embedding.onchip_banks", self.onchip_banks, 0, 64)
+        _check_int("embedding.onchip_words", self.onchip_words, 16, 1 << 20)
+        _check_int("embedding.max_tables", self.max_tables, 1, 4096)
+        _check_int("embedding.max_dim", self.max_dim, 1, 4096)
+        _check_int("embedding.max_bag", self.max_bag, 1, 1 << 16)
+        _check_int("embedding.frac_bits", self.frac_bits, 0, 31)
+
+    @property
+    def bus_bytes(self) -> int:
+        return self.data_bits // 8
+
+    def row_bytes(self, dim: int, bits: int) -> int:
+        """Header and codes of one row of ``dim`` elements, ``bits`` 8 or 4."""
+        if bits not in (4, 8):
+            raise ValueError(f"bits: must be 8 or 4, not {bits!r}")
+        return 8 + (dim if bits == 8 else ceil_div(dim, 2))
+
+    def row_beats(self, dim: int, bits: int) -> int:
+        """Bus beats (the AXI burst length) of one row."""
+        return ceil_div(self.row_bytes(dim, bits), self.bus_bytes)
+
+    @property
+    def max_row_beats(self) -> int:
+        return self.row_beats(self.max_dim, 8)
+
+    #: Width of one dequantized element, code * scale + bias: an unsigned
+    #: 8-bit code times an int32 scale plus an int32 bias fits 41 bits.
+    value_bits = 41
+
+    @property
+    def acc_bits(self) -> int:
+        """Width of a pooled element: an exact sum of ``max_bag`` values."""
+        return self.value_bits + clog2(self.max_bag + 1)
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole accelerator. See :class:`ArrayConfig` for the array fields."""
 
@@ -185,9 +262,11 @@ class Config:
     clock_mhz: float = 200.0
     array: ArrayConfig = field(default_factory=ArrayConfig)
     topk: TopKConfig = field(default_factory=TopKConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
 
     def __post_init__(self):
-        for name, cls in (("array", ArrayConfig), ("topk", TopKConfig)):
+        for name, cls in (("array", ArrayConfig), ("topk", TopKConfig),
+                          ("embedding", EmbeddingConfig)):
             if isinstance(getattr(self, name), dict):
                 object.__setattr__(self, name, _build(cls, getattr(self, name), name))
         if not isinstance(self.name, str) or not self.name:
@@ -251,6 +330,9 @@ class Config:
             "engine_lanes": [a.engine_lanes(e) for e in range(a.engines)],
             "act_words": [a.act_words(e) for e in range(a.engines)],
             "psum_bits": a.psum_bits,
+            "embedding_bus_bytes": self.embedding.bus_bytes,
+            "embedding_max_row_beats": self.embedding.max_row_beats,
+            "embedding_acc_bits": self.embedding.acc_bits,
         }
         return json.dumps(d, indent=2) + "\n"
 
@@ -269,6 +351,9 @@ class Config:
         for f in fields(TopKConfig):
             v = getattr(self.topk, f.name)
             lines.append(f"#define RECACCEL_TOPK_{f.name.upper()} {int(v)}")
+        for f in fields(EmbeddingConfig):
+            v = getattr(self.embedding, f.name)
+            lines.append(f"#define RECACCEL_EMBEDDING_{f.name.upper()} {int(v)}")
         lines.append(f"#define RECACCEL_ARRAY_SUB_ARRAYS {a.sub_arrays}")
         lines += ["", f"#endif /* {guard} */", ""]
         return "\n".join(lines)
@@ -291,7 +376,10 @@ PRESETS: dict[str, Config] = {
     "tiny": Config(name="tiny", clock_mhz=100.0, array=ArrayConfig(
         dim=4, block=2, splits=(1, 2), engines=4, acc_rows=16, max_rows=64,
         max_dim=64, weight_words=1024, param_words=64, max_layers=4),
-        topk=TopKConfig(k_max=8, lanes=2, score_bits=8, id_bits=8)),
+        topk=TopKConfig(k_max=8, lanes=2, score_bits=8, id_bits=8),
+        embedding=EmbeddingConfig(channels=2, data_bits=64, addr_bits=20, id_bits=3,
+                                  outstanding=8, onchip_banks=1, onchip_words=64,
+                                  max_tables=8, max_dim=16, max_bag=8)),
     # The demo: a 16x16 array that splits into 4 x 8x8.
     "default": Config(name="default", clock_mhz=200.0, array=ArrayConfig(
         dim=16, block=4, splits=(1, 2), engines=2, acc_rows=128,
@@ -308,5 +396,18 @@ PRESETS: dict[str, Config] = {
         dim=8, block=4, splits=(1, 2), engines=2, acc_rows=64, max_rows=128,
         max_dim=256, weight_words=2048, param_words=64, max_layers=8,
         dsp="ecp5"),
-        topk=TopKConfig(k_max=64, lanes=1, score_bits=16, id_bits=16)),
+        topk=TopKConfig(k_max=64, lanes=1, score_bits=16, id_bits=16),
+        embedding=EmbeddingConfig(channels=1, data_bits=64, addr_bits=24, id_bits=4,
+                                  outstanding=16, onchip_banks=1, onchip_words=512,
+                                  max_tables=16, max_dim=32, max_bag=32)),
+    # MicroRec on an Alveo U280: 32 HBM pseudo-channels of 256 bits, enough
+    # bursts in flight per channel to cover ~300 cycles of latency at one
+    # row per cycle or two, and on-chip banks for the small tables.
+    "microrec-u280": Config(name="microrec-u280", clock_mhz=200.0, array=ArrayConfig(
+        dim=16, block=4, splits=(1, 2), engines=2, acc_rows=128,
+        max_rows=512, max_dim=512, weight_words=16384, param_words=256,
+        max_layers=8),
+        embedding=EmbeddingConfig(channels=32, data_bits=256, addr_bits=28, id_bits=8,
+                                  outstanding=256, onchip_banks=8, onchip_words=4096,
+                                  max_tables=64, max_dim=64, max_bag=64)),
 }

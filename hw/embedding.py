@@ -1,0 +1,568 @@
+"""The embedding lookup unit (MicroRec): bags of row lookups in, sum-pooled
+vectors out, rows read in parallel over AXI4 memory channels and on-chip
+banks, dequantized from row-wise int8/int4.
+
+Units
+    ``channels`` AXI4 read masters (ports ``m0``, ``m1``, ...) and
+    ``onchip_banks`` on-chip banks; a table lives on one unit, given by its
+    descriptor. Unit ``u < channels`` is channel ``u``; unit ``channels + b``
+    is bank ``b``.
+
+Descriptors (:func:`descriptor_layout`, written through ``desc``)
+    Per table: ``valid``, ``onchip``, ``unit`` (channel or bank number),
+    ``base`` (first beat of the table, in ``data_bits`` beats), ``rows``,
+    ``dim`` (elements), ``bits4`` (int4 codes, else int8) and ``row_beats``
+    (beats per row: the burst length). :mod:`host.table_compiler` writes
+    them. Rewriting a descriptor while its table has lookups in flight is
+    undefined.
+
+Rows (see :class:`~hw.config.EmbeddingConfig`)
+    Bytes 0-3 of a row: the scale, bytes 4-7: the bias (int32, little
+    endian, ``frac_bits`` fractional bits); then the codes: element ``p`` of
+    an int8 row is byte ``8 + p``; of an int4 row, the low (``p`` even) or
+    high nibble of byte ``8 + p // 2``. Element ``p`` of a row is
+    ``code * scale + bias`` (exact, :attr:`~hw.config.EmbeddingConfig.value_bits`
+    bits), and the pooled element is the exact sum over the bag
+    (:attr:`~hw.config.EmbeddingConfig.acc_bits` bits), in units of
+    ``2**-frac_bits``; elements ``p >= dim`` are zero.
+
+Lookups in (:func:`lookup_layout`, stream ``i``)
+    One row per beat: ``table``, ``id``; ``last`` ends the bag. A beat with
+    ``empty`` set carries no row (so ``empty, last`` alone is an empty bag,
+    whose pooled vector is zero). The table of a bag is that of its first
+    beat.
+
+Pooled vectors out (:func:`pooled_layout`, stream ``o``)
+    One beat per bag, in the order the bags came: ``status`` and ``pooled``
+    (``max_dim`` elements). A bag with a bad status has a zero vector:
+    ``BAD_TABLE`` (no such table, or a descriptor not valid or pointing to a
+    unit that does not exist), ``BAD_ID`` (an id at or past ``rows``, or a
+    row past the end of the unit's address space), ``BAD_BAG`` (more than
+    ``max_bag`` rows, or a beat naming another table than the bag's first),
+    ``MEM_ERROR`` (the memory answered a read of the bag with SLVERR or
+    DECERR). No row of a bad table or past the end of a table is ever read.
+
+How it works
+------------
+A front end checks each lookup against its table's descriptor, computes the
+row's address and queues it to the table's unit. A unit issues one AXI
+burst per row, each with its own ID (a slot; up to ``outstanding`` in
+flight), takes every R beat as it comes (``rready`` is always high: there
+is room for every burst in flight) into a reorder buffer indexed by ID, and
+reads the rows back out in issue order into its pooling pipeline: the
+header beat gives scale and bias, every byte lane is dequantized and added
+to its element's accumulator, and at the end of a bag the vector goes to
+the unit's output queue. The output takes the units' vectors in the order
+of the bags. R beats of different bursts must not interleave (AXI4 allows
+it; HBM and DDR controllers that reorder return whole bursts).
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .axi import AXI4ReadSignature, Burst, Resp
+from .config import EmbeddingConfig, clog2
+
+__all__ = ["Status", "descriptor_layout", "lookup_layout", "pooled_layout",
+           "bank_write_layout", "EmbeddingLookup"]
+
+#: Width of a lookup's row id.
+ID_BITS = 32
+
+
+class Status(enum.Enum, shape=3):
+    OK = 0
+    BAD_ID = 1
+    BAD_TABLE = 2
+    BAD_BAG = 3
+    MEM_ERROR = 4
+
+
+def _units(cfg: EmbeddingConfig) -> int:
+    return cfg.channels + cfg.onchip_banks
+
+
+def _slot_beats(cfg: EmbeddingConfig) -> int:
+    """Reorder-buffer words per slot: the longest row, to a power of two."""
+    return 1 << clog2(cfg.max_row_beats) if cfg.max_row_beats > 1 else 1
+
+
+def descriptor_layout(cfg: EmbeddingConfig) -> data.StructLayout:
+    return data.StructLayout({
+        "valid": 1,
+        "onchip": 1,
+        "unit": unsigned(clog2(max(cfg.channels, cfg.onchip_banks, 1))),
+        "base": unsigned(cfg.addr_bits),
+        "rows": unsigned(ID_BITS),
+        "dim": unsigned(clog2(cfg.max_dim + 1)),
+        "bits4": 1,
+        "row_beats": unsigned(clog2(cfg.max_row_beats + 1)),
+    })
+
+
+def desc_write_layout(cfg: EmbeddingConfig) -> data.StructLayout:
+    return data.StructLayout({"table": unsigned(clog2(cfg.max_tables)),
+                              "desc": descriptor_layout(cfg)})
+
+
+def lookup_layout(cfg: EmbeddingConfig) -> data.StructLayout:
+    return data.StructLayout({
+        "table": unsigned(clog2(cfg.max_tables)),
+        "id": unsigned(ID_BITS),
+        "last": 1,
+        "empty": 1,
+    })
+
+
+def pooled_layout(cfg: EmbeddingConfig) -> data.StructLayout:
+    return data.StructLayout({
+        "status": Status,
+        "pooled": data.ArrayLayout(signed(cfg.acc_bits), cfg.max_dim),
+    })
+
+
+def bank_write_layout(cfg: EmbeddingConfig) -> data.StructLayout:
+    return data.StructLayout({
+        "bank": unsigned(clog2(max(cfg.onchip_banks, 1))),
+        "addr": unsigned(clog2(cfg.onchip_words)),
+        "data": unsigned(cfg.data_bits),
+    })
+
+
+def _entry_layout(cfg):
+    # A row (or a bag end without a row) queued to a unit.
+    return data.StructLayout({
+        "read": 1,
+        "addr": unsigned(cfg.addr_bits),        # in beats
+        "beats": unsigned(clog2(cfg.max_row_beats + 1)),
+        "bits4": 1,
+        "dim": unsigned(clog2(cfg.max_dim + 1)),
+        "last": 1,
+        "status": Status,
+    })
+
+
+def _meta_layout(cfg):
+    return data.StructLayout({"entry": _entry_layout(cfg),
+                              "slot": unsigned(clog2(cfg.outstanding))})
+
+
+class _BankResponder(wiring.Component):
+    """An on-chip bank behind the same AXI4 read interface as a channel:
+    bursts are served in order, a beat a cycle; a burst past the end of the
+    bank reads nothing and answers SLVERR."""
+
+    def __init__(self, cfg: EmbeddingConfig):
+        self._cfg = cfg
+        super().__init__({
+            "axi": In(AXI4ReadSignature(addr_width=cfg.addr_bits, data_width=cfg.data_bits,
+                                        id_width=cfg.id_bits)),
+            "w_addr": In(unsigned(clog2(cfg.onchip_words))),
+            "w_data": In(unsigned(cfg.data_bits)),
+            "w_en": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, axi = self._cfg, self.axi
+        shift = clog2(cfg.bus_bytes)
+        m.submodules.ram = ram = Memory(shape=cfg.data_bits, depth=cfg.onchip_words, init=[])
+        wp = ram.write_port()
+        rp = ram.read_port()
+        m.d.comb += [wp.addr.eq(self.w_addr), wp.data.eq(self.w_data), wp.en.eq(self.w_en)]
+        busy = Signal()
+        word = Signal(cfg.addr_bits - shift + 1)
+        left = Signal(8)
+        rid = Signal(cfg.id_bits)
+        bad = Signal()
+        m.d.comb += axi.arready.eq(~busy)
+        with m.If(axi.arvalid & ~busy):
+            start = axi.araddr[shift:]
+            m.d.sync += [busy.eq(1), word.eq(start), left.eq(axi.arlen), rid.eq(axi.arid),
+                         bad.eq(start + axi.arlen >= cfg.onchip_words)]
+        # One beat a cycle while busy and the previous beat was taken.
+        out_valid = Signal()
+        step = busy & (~out_valid | axi.rready)
+        m.d.comb += [rp.addr.eq(word), rp.en.eq(step)]
+        with m.If(step):
+            m.d.sync += [word.eq(word + 1), left.eq(left - 1), out_valid.eq(1),
+                         axi.rid.eq(rid), axi.rlast.eq(left == 0),
+                         axi.rresp.eq(Mux(bad, Resp.SLVERR, Resp.OKAY))]
+            with m.If(left == 0):
+                m.d.sync += busy.eq(0)
+        with m.Elif(axi.rready):
+            m.d.sync += out_valid.eq(0)
+        m.d.comb += [axi.rvalid.eq(out_valid), axi.rdata.eq(Mux(bad, 0, rp.data))]
+        # rp.data is valid while out_valid (the port is enabled only on a step)
+        return m
+
+
+class _Unit(wiring.Component):
+    """One channel (or bank): issue, reorder buffer, pooling.
+
+    ``entries`` in (rows and bag ends, in bag order), ``axi`` out, pooled
+    vectors out on ``o`` in the same order.
+    """
+
+    OUT_DEPTH = 4
+
+    def __init__(self, cfg: EmbeddingConfig):
+        self._cfg = cfg
+        super().__init__({
+            "entries": In(stream.Signature(_entry_layout(cfg))),
+            "axi": Out(AXI4ReadSignature(addr_width=cfg.addr_bits, data_width=cfg.data_bits,
+                                         id_width=cfg.id_bits)),
+            "o": Out(stream.Signature(pooled_layout(cfg))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, axi = self._cfg, self.axi
+        n_slots = cfg.outstanding
+        slot_beats = _slot_beats(cfg)
+        beat_bits = clog2(slot_beats)
+        W = cfg.bus_bytes
+        entry_l = _entry_layout(cfg)
+        meta_l = _meta_layout(cfg)
+
+        # -- issue: one AR per row, ID = slot (allocated in order) ----------
+        m.submodules.meta = meta = SyncFIFOBuffered(width=meta_l.size, depth=n_slots + 4)
+        alloc = Signal(clog2(n_slots) + 1)      # slots allocated (mod 2 n)
+        free = Signal(clog2(n_slots) + 1)       # slots retired (mod 2 n)
+        in_flight = Signal(range(n_slots + 1))
+        m.d.comb += in_flight.eq((alloc - free)[:len(alloc)])
+        ent = self.entries.payload
+        ar_busy = Signal()                      # an AR waits for arready
+        need_slot = ent.read
+        can = (meta.w_rdy & ~ar_busy & (~need_slot | (in_flight < n_slots)))
+        m.d.comb += self.entries.ready.eq(can)
+        slot = alloc[:clog2(n_slots)] if n_slots > 1 else Const(0, 1)
+        m.d.comb += [meta.w_en.eq(self.entries.valid & can),
+                     meta.w_data.eq(Cat(ent, slot))]
+        with m.If(self.entries.valid & can & ent.read):
+            m.d.sync += [alloc.eq(alloc + 1), ar_busy.eq(1),
+                         axi.araddr.eq(ent.addr << clog2(W)),
+                         axi.arlen.eq(ent.beats - 1),
+                         axi.arid.eq(slot)]
+        with m.If(ar_busy & axi.arready):
+            m.d.sync += ar_busy.eq(0)
+        m.d.comb += [axi.arvalid.eq(ar_busy), axi.arsize.eq(clog2(W)),
+                     axi.arburst.eq(Burst.INCR)]
+
+        # -- responses: every beat into the reorder buffer -------------------
+        m.submodules.rob = rob = Memory(shape=cfg.data_bits, depth=n_slots * slot_beats,
+                                        init=[])
+        wp = rob.write_port()
+        rp = rob.read_port()
+        done = Signal(n_slots)                  # slot's burst complete
+        err = Signal(n_slots)                   # slot's burst had an error response
+        r_beat = Signal(beat_bits + 1)
+        r_err = Signal()
+        m.d.comb += axi.rready.eq(1)
+        rid = axi.rid[:clog2(n_slots)] if n_slots > 1 else Const(0, 1)
+        set_done = Signal(n_slots)
+        set_err = Signal(n_slots)
+        in_range = r_beat < slot_beats
+        m.d.comb += [wp.addr.eq(Cat(r_beat[:beat_bits], rid) if beat_bits else rid),
+                     wp.data.eq(axi.rdata),
+                     wp.en.eq(axi.rvalid & in_range)]
+        with m.If(axi.rvalid):
+            bad_beat = (axi.rresp != Resp.OKAY) | ~in_range
+            with m.If(axi.rlast):
+                m.d.sync += [r_beat.eq(0), r_err.eq(0)]
+                m.d.comb += [set_done.eq(1 << rid), set_err.eq((r_err | bad_beat) << rid)]
+            with m.Else():
+                m.d.sync += [r_beat.eq(r_beat + 1), r_err.eq(r_err | bad_beat)]
+
+        # -- readout in issue order --------------------------------------------
+        head = Signal(meta_l)
+        m.d.comb += head.eq(meta.r_data)
+        cur_valid = Signal()
+        cur = Signal(meta_l)
+        cur_err = Signal()
+        beat = Signal(beat_bits + 1)
+        finishing = cur_valid & (beat == cur.entry.beats - 1)
+        clear_done = Signal(n_slots)
+        # Bag ends in flight to the output queue (credit).
+        ends = Signal(range(self.OUT_DEPTH + 1))
+        end_issued = Signal()
+        end_popped = Signal()
+        credit_ok = ends < self.OUT_DEPTH
+        head_done = (done >> head.slot)[0]
+        take_read = (meta.r_rdy & head.entry.read & head_done & (~cur_valid | finishing)
+                     & (~head.entry.last | credit_ok))
+        take_none = meta.r_rdy & ~head.entry.read & ~cur_valid & (~head.entry.last | credit_ok)
+        m.d.comb += meta.r_en.eq(take_read | take_none)
+        with m.If(take_read):
+            m.d.sync += [cur_valid.eq(1), cur.eq(head), beat.eq(0),
+                         cur_err.eq((err >> head.slot)[0])]
+        with m.Elif(finishing):
+            m.d.sync += cur_valid.eq(0)
+        with m.If(cur_valid & ~finishing):
+            m.d.sync += beat.eq(beat + 1)
+        with m.If(finishing):
+            m.d.sync += free.eq(free + 1)
+            m.d.comb += clear_done.eq(1 << cur.slot)
+        m.d.sync += [done.eq((done | set_done) & ~clear_done),
+                     err.eq((err & ~clear_done) | set_err)]
+        m.d.comb += rp.addr.eq(Cat(beat[:beat_bits], cur.slot) if beat_bits else cur.slot)
+
+        # Token to the pooler, aligned with the RAM's registered read data.
+        tok_valid = Signal()
+        tok_data = Signal()         # a row beat (else a bag end alone)
+        tok_first = Signal()
+        tok_beat = Signal(beat_bits + 1)
+        tok_end = Signal()          # the bag ends with this token
+        tok_bits4 = Signal()
+        tok_dim = Signal(clog2(cfg.max_dim + 1))
+        tok_status = Signal(Status)
+        tok_err = Signal()
+        m.d.sync += [tok_valid.eq((cur_valid) | take_none & head.entry.last),
+                     tok_data.eq(cur_valid),
+                     tok_first.eq(beat == 0), tok_beat.eq(beat),
+                     tok_end.eq(Mux(cur_valid, finishing & cur.entry.last, 1)),
+                     tok_bits4.eq(cur.entry.bits4), tok_dim.eq(cur.entry.dim),
+                     tok_status.eq(Mux(cur_valid, cur.entry.status, head.entry.status)),
+                     tok_err.eq(cur_valid & cur_err)]
+        m.d.comb += end_issued.eq(((cur_valid & finishing & cur.entry.last)
+                                   | (take_none & head.entry.last)))
+
+        # -- pooling --------------------------------------------------------
+        # Stage 1: scale and bias of the row (from its header beat).
+        row = rp.data
+        hdr_scale = row[0:32].as_signed()
+        hdr_bias = row[32:64].as_signed()
+        scale = Signal(signed(32))
+        bias = Signal(signed(32))
+        with m.If(tok_valid & tok_data & tok_first):
+            m.d.sync += [scale.eq(hdr_scale), bias.eq(hdr_bias)]
+        use_scale = Mux(tok_first, hdr_scale, scale)
+        use_bias = Mux(tok_first, hdr_bias, bias)
+        # Stage 2: every lane dequantized, as int8 and as two int4 codes.
+        vb = cfg.value_bits
+        v8 = [Signal(signed(vb), name=f"v8_{l}") for l in range(W)]
+        v4 = [[Signal(signed(vb), name=f"v4_{l}_{n}") for n in range(2)] for l in range(W)]
+        for l in range(W):
+            byte = row[8 * l:8 * l + 8]
+            m.d.sync += [v8[l].eq(byte * use_scale + use_bias),
+                         v4[l][0].eq(byte[0:4] * use_scale + use_bias),
+                         v4[l][1].eq(byte[4:8] * use_scale + use_bias)]
+        p_valid = Signal()
+        p_data = Signal()
+        p_beat = Signal(beat_bits + 1)
+        p_end = Signal()
+        p_bits4 = Signal()
+        p_dim = Signal(clog2(cfg.max_dim + 1))
+        p_status = Signal(Status)
+        p_err = Signal()
+        m.d.sync += [p_valid.eq(tok_valid), p_data.eq(tok_data & tok_valid),
+                     p_beat.eq(tok_beat), p_end.eq(tok_valid & tok_end),
+                     p_bits4.eq(tok_bits4), p_dim.eq(tok_dim), p_status.eq(tok_status),
+                     p_err.eq(tok_valid & tok_err)]
+        # Stage 3: accumulate; at a bag end, the sum goes out and restarts.
+        acc = [Signal(signed(cfg.acc_bits), name=f"acc{p}") for p in range(cfg.max_dim)]
+        bag_err = Signal()
+        out_vec = Signal(data.ArrayLayout(signed(cfg.acc_bits), cfg.max_dim))
+        out_status = Signal(Status)
+        out_valid = Signal()
+        for p in range(cfg.max_dim):
+            b8 = 8 + p
+            b4 = 8 + p // 2
+            sel8 = ~p_bits4 & (p_beat == b8 // W)
+            sel4 = p_bits4 & (p_beat == b4 // W)
+            upd = Mux(p_data & (p < p_dim),
+                      Mux(sel8, v8[b8 % W], Mux(sel4, v4[b4 % W][p % 2], 0)), 0)
+            nxt = acc[p] + upd
+            with m.If(p_valid):
+                m.d.sync += acc[p].eq(Mux(p_end, 0, nxt))
+            with m.If(p_end):
+                m.d.sync += out_vec[p].eq(nxt)
+        final_err = bag_err | p_err
+        with m.If(p_valid):
+            m.d.sync += bag_err.eq(Mux(p_end, 0, final_err))
+        m.d.sync += out_valid.eq(p_end)
+        with m.If(p_end):
+            m.d.sync += out_status.eq(Mux(p_status != Status.OK, p_status,
+                                          Mux(final_err, Status.MEM_ERROR, Status.OK)))
+        # Output queue: a bad bag's vector is zero.
+        m.submodules.out = out = SyncFIFOBuffered(width=pooled_layout(cfg).size,
+                                                  depth=self.OUT_DEPTH)
+        m.d.comb += [out.w_en.eq(out_valid),
+                     out.w_data.eq(Cat(out_status,
+                                       Mux(out_status == Status.OK, out_vec, 0))),
+                     self.o.valid.eq(out.r_rdy), self.o.payload.eq(out.r_data),
+                     out.r_en.eq(self.o.ready), end_popped.eq(out.r_rdy & self.o.ready)]
+        m.d.sync += ends.eq(ends + end_issued - end_popped)
+        return m
+
+
+class EmbeddingLookup(wiring.Component):
+    """Embedding lookup unit. See the module documentation.
+
+    Parameters
+    ----------
+    config : EmbeddingConfig
+
+    Attributes
+    ----------
+    i : In(stream.Signature(lookup_layout(config)))
+    o : Out(stream.Signature(pooled_layout(config)))
+    desc : In(stream.Signature(desc_write_layout(config)))
+        Descriptor writes (always ready).
+    bank_w : In(stream.Signature(bank_write_layout(config)))
+        On-chip bank writes (always ready); only with ``onchip_banks > 0``.
+    m0, m1, ... : Out(AXI4ReadSignature(...))
+        One AXI4 read master per channel.
+    """
+
+    def __init__(self, config: EmbeddingConfig):
+        if not isinstance(config, EmbeddingConfig):
+            raise TypeError(f"config must be an EmbeddingConfig, not {config!r}")
+        self._config = config
+        members = {
+            "i": In(stream.Signature(lookup_layout(config))),
+            "o": Out(stream.Signature(pooled_layout(config))),
+            "desc": In(stream.Signature(desc_write_layout(config))),
+        }
+        if config.onchip_banks:
+            members["bank_w"] = In(stream.Signature(bank_write_layout(config)))
+        for c in range(config.channels):
+            members[f"m{c}"] = Out(AXI4ReadSignature(
+                addr_width=config.addr_bits, data_width=config.data_bits,
+                id_width=config.id_bits))
+        super().__init__(members)
+
+    @property
+    def config(self):
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        n_units = _units(cfg)
+        unit_bits = clog2(n_units)
+        entry_l = _entry_layout(cfg)
+        desc_l = descriptor_layout(cfg)
+
+        units = []
+        for u in range(n_units):
+            unit = _Unit(cfg)
+            m.submodules[f"unit{u}"] = unit
+            units.append(unit)
+            if u < cfg.channels:
+                wiring.connect(m, unit.axi, wiring.flipped(getattr(self, f"m{u}")))
+            else:
+                bank = _BankResponder(cfg)
+                m.submodules[f"bank{u - cfg.channels}"] = bank
+                wiring.connect(m, unit.axi, bank.axi)
+                w = self.bank_w.payload
+                m.d.comb += [bank.w_addr.eq(w.addr), bank.w_data.eq(w.data),
+                             bank.w_en.eq(self.bank_w.valid & (w.bank == u - cfg.channels))]
+        if cfg.onchip_banks:
+            m.d.comb += self.bank_w.ready.eq(1)
+
+        # -- descriptors --------------------------------------------------
+        m.submodules.descs = descs = Memory(shape=desc_l, depth=cfg.max_tables, init=[])
+        dwp = descs.write_port()
+        drp = descs.read_port(domain="comb")
+        m.d.comb += [dwp.addr.eq(self.desc.payload.table), dwp.data.eq(self.desc.payload.desc),
+                     dwp.en.eq(self.desc.valid), self.desc.ready.eq(1)]
+
+        # -- front: F1 registers the beat and its descriptor ----------------
+        f1 = Signal(lookup_layout(cfg))
+        f1_desc = Signal(desc_l)
+        f1_valid = Signal()
+        f1_table_ok = Signal()
+        f2_ready = Signal()
+        m.d.comb += self.i.ready.eq(~f1_valid | f2_ready)
+        m.d.comb += drp.addr.eq(self.i.payload.table)
+        with m.If(self.i.ready):
+            m.d.sync += [f1_valid.eq(self.i.valid), f1.eq(self.i.payload),
+                         f1_desc.eq(drp.data),
+                         f1_table_ok.eq(self.i.payload.table < cfg.max_tables)]
+
+        # F2: checks, address, the bag's unit and status.
+        in_bag = Signal()
+        bag_table = Signal.like(f1.table)
+        bag_unit = Signal(unit_bits)
+        bag_count = Signal(range(cfg.max_bag + 2))
+        bag_status = Signal(Status)
+        d = f1_desc
+        unit_ok = Mux(d.onchip, d.unit < cfg.onchip_banks, d.unit < cfg.channels)
+        table_good = f1_table_ok & d.valid & unit_ok
+        first = ~in_bag
+        this_unit = Mux(table_good, Mux(d.onchip, cfg.channels + d.unit, d.unit), 0)
+        unit = Mux(first, this_unit, bag_unit)
+        row = ~f1.empty
+        # the row's beats [addr, addr + row_beats) must lie inside the table
+        # and inside the unit's address space (checked with an extra bit)
+        addr = Signal(cfg.addr_bits + ID_BITS + 8)
+        m.d.comb += addr.eq(d.base + f1.id * d.row_beats)
+        space = (1 << cfg.addr_bits) // cfg.bus_bytes
+        id_ok = (f1.id < d.rows) & (addr + d.row_beats <= space) & (d.row_beats != 0)
+        status = Signal(Status)
+        prior = Mux(first, Status.OK, bag_status)
+        with m.If(prior != Status.OK):
+            m.d.comb += status.eq(prior)
+        with m.Elif(first & ~table_good):
+            m.d.comb += status.eq(Status.BAD_TABLE)
+        with m.Elif(row & ~first & (f1.table != bag_table)):
+            m.d.comb += status.eq(Status.BAD_BAG)
+        with m.Elif(row & (bag_count >= cfg.max_bag)):
+            m.d.comb += status.eq(Status.BAD_BAG)
+        with m.Elif(row & ~id_ok):
+            m.d.comb += status.eq(Status.BAD_ID)
+        with m.Else():
+            m.d.comb += status.eq(Status.OK)
+        entry = Signal(entry_l)
+        m.d.comb += [entry.read.eq(row & (status == Status.OK)),
+                     entry.addr.eq(addr), entry.beats.eq(d.row_beats),
+                     entry.bits4.eq(d.bits4), entry.dim.eq(d.dim),
+                     entry.last.eq(f1.last), entry.status.eq(status)]
+
+        # The bag order, for the output.
+        m.submodules.order = order = SyncFIFOBuffered(width=unit_bits,
+                                                      depth=max(16, 8 * n_units))
+        unit_ready = Signal()
+        m.d.comb += unit_ready.eq(Cat(*(u.entries.ready for u in units)).bit_select(unit, 1))
+        go = f1_valid & unit_ready & (~f1.last | order.w_rdy)
+        m.d.comb += f2_ready.eq(go)
+        # Only rows to read and bag ends go to the unit (an empty beat, or a
+        # row of a bag already bad, is dropped here).
+        send = go & (entry.read | f1.last)
+        for u, un in enumerate(units):
+            m.d.comb += [un.entries.valid.eq(send & (unit == u)), un.entries.payload.eq(entry)]
+        m.d.comb += [order.w_en.eq(go & f1.last), order.w_data.eq(unit)]
+        with m.If(go):
+            with m.If(f1.last):
+                m.d.sync += [in_bag.eq(0), bag_count.eq(0), bag_status.eq(Status.OK)]
+            with m.Else():
+                m.d.sync += [in_bag.eq(1), bag_status.eq(status),
+                             bag_count.eq(bag_count + row)]
+                with m.If(first):
+                    m.d.sync += [bag_table.eq(f1.table), bag_unit.eq(this_unit)]
+
+        # -- output in bag order --------------------------------------------
+        head = order.r_data
+        sel_valid = Cat(*(u.o.valid for u in units)).bit_select(head, 1)
+        pick = order.r_rdy & sel_valid & (~self.o.valid | self.o.ready)
+        m.d.comb += order.r_en.eq(pick)
+        for u, un in enumerate(units):
+            m.d.comb += un.o.ready.eq(pick & (head == u))
+        payloads = [un.o.payload for un in units]
+        with m.If(pick):
+            m.d.sync += [self.o.valid.eq(1),
+                         self.o.payload.eq(_select(payloads, head))]
+        with m.Elif(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        return m
+
+
+def _select(values, index):
+    if len(values) == 1:
+        return values[0]
+    width = len(Cat(values[0]))
+    return data.ArrayLayout(unsigned(width), len(values))(Cat(*values))[index]
