@@ -192,8 +192,11 @@ class EmbeddingConfig:
     channels: int = 4           #: AXI4 read masters, 1 .. 32
     data_bits: int = 256        #: AXI data width: 64 .. 1024, a power of two
     addr_bits: int = 32         #: AXI address width
-    id_bits: int = 5            #: AXI ID width
-    outstanding: int = 32       #: bursts in flight per channel, a power of two
+    id_bits: int = 8            #: AXI ID width
+    #: Bursts in flight per channel, a power of two: at least the memory
+    #: latency times the row rate (Little's law), e.g. 256 for 200 cycles at
+    #: a one-beat row a cycle.
+    outstanding: int = 256
     onchip_banks: int = 2       #: on-chip banks for small tables (0: none)
     onchip_words: int = 512     #: ``data_bits`` words per on-chip bank
     max_tables: int = 32        #: table descriptors

@@ -6,7 +6,10 @@ Units
     ``channels`` AXI4 read masters (ports ``m0``, ``m1``, ...) and
     ``onchip_banks`` on-chip banks; a table lives on one unit, given by its
     descriptor. Unit ``u < channels`` is channel ``u``; unit ``channels + b``
-    is bank ``b``.
+    is bank ``b``. Every unit has its own lookup stream ``i<u>`` and pooled
+    stream ``o<u>`` and works independently of the others, so that all of
+    them run in parallel (MicroRec): the host (or the stage that issues the
+    lookups) sends a bag to the unit its table lives on.
 
 Descriptors (:func:`descriptor_layout`, written through ``desc``)
     Per table: ``valid``, ``onchip``, ``unit`` (channel or bank number),
@@ -26,17 +29,17 @@ Rows (see :class:`~hw.config.EmbeddingConfig`)
     (:attr:`~hw.config.EmbeddingConfig.acc_bits` bits), in units of
     ``2**-frac_bits``; elements ``p >= dim`` are zero.
 
-Lookups in (:func:`lookup_layout`, stream ``i``)
+Lookups in (:func:`lookup_layout`, stream ``i<u>``)
     One row per beat: ``table``, ``id``; ``last`` ends the bag. A beat with
     ``empty`` set carries no row (so ``empty, last`` alone is an empty bag,
     whose pooled vector is zero). The table of a bag is that of its first
     beat.
 
-Pooled vectors out (:func:`pooled_layout`, stream ``o``)
-    One beat per bag, in the order the bags came: ``status`` and ``pooled``
+Pooled vectors out (:func:`pooled_layout`, stream ``o<u>``)
+    One beat per bag, in the order the unit's bags came: ``status`` and ``pooled``
     (``max_dim`` elements). A bag with a bad status has a zero vector:
-    ``BAD_TABLE`` (no such table, or a descriptor not valid or pointing to a
-    unit that does not exist), ``BAD_ID`` (an id at or past ``rows``, or a
+    ``BAD_TABLE`` (no such table, a descriptor not valid, or a table that
+    lives on another unit), ``BAD_ID`` (an id at or past ``rows``, or a
     row past the end of the unit's address space), ``BAD_BAG`` (more than
     ``max_bag`` rows, or a beat naming another table than the bag's first),
     ``MEM_ERROR`` (the memory answered a read of the bag with SLVERR or
@@ -44,16 +47,16 @@ Pooled vectors out (:func:`pooled_layout`, stream ``o``)
 
 How it works
 ------------
-A front end checks each lookup against its table's descriptor, computes the
-row's address and queues it to the table's unit. A unit issues one AXI
+Per unit, a front end checks each lookup against its table's descriptor
+(every unit holds a copy of the descriptors), computes the row's address
+and queues it; the unit issues one AXI
 burst per row, each with its own ID (a slot; up to ``outstanding`` in
 flight), takes every R beat as it comes (``rready`` is always high: there
 is room for every burst in flight) into a reorder buffer indexed by ID, and
 reads the rows back out in issue order into its pooling pipeline: the
 header beat gives scale and bias, every byte lane is dequantized and added
 to its element's accumulator, and at the end of a bag the vector goes to
-the unit's output queue. The output takes the units' vectors in the order
-of the bags. R beats of different bursts must not interleave (AXI4 allows
+the unit's output queue. R beats of different bursts must not interleave (AXI4 allows
 it; HBM and DDR controllers that reorder return whole bursts).
 """
 
@@ -201,26 +204,31 @@ class _BankResponder(wiring.Component):
 
 
 class _Unit(wiring.Component):
-    """One channel (or bank): issue, reorder buffer, pooling.
+    """One channel (or bank): front end, issue, reorder buffer, pooling.
 
-    ``entries`` in (rows and bag ends, in bag order), ``axi`` out, pooled
-    vectors out on ``o`` in the same order.
+    Lookups in on ``i``, ``axi`` out, pooled vectors out on ``o`` in the
+    order of the bags; ``index`` is the unit's number (for the table check).
     """
 
     OUT_DEPTH = 4
 
-    def __init__(self, cfg: EmbeddingConfig):
+    def __init__(self, cfg: EmbeddingConfig, index: int):
         self._cfg = cfg
+        self._index = index
         super().__init__({
-            "entries": In(stream.Signature(_entry_layout(cfg))),
+            "i": In(stream.Signature(lookup_layout(cfg))),
+            "desc": In(desc_write_layout(cfg)),
+            "desc_en": In(1),
             "axi": Out(AXI4ReadSignature(addr_width=cfg.addr_bits, data_width=cfg.data_bits,
                                          id_width=cfg.id_bits)),
             "o": Out(stream.Signature(pooled_layout(cfg))),
         })
+        self.entries = stream.Signature(_entry_layout(cfg)).create(path=("entries",))
 
     def elaborate(self, platform):
         m = Module()
         cfg, axi = self._cfg, self.axi
+        self._front(m)
         n_slots = cfg.outstanding
         slot_beats = _slot_beats(cfg)
         beat_bits = clog2(slot_beats)
@@ -237,18 +245,21 @@ class _Unit(wiring.Component):
         ent = self.entries.payload
         ar_busy = Signal()                      # an AR waits for arready
         need_slot = ent.read
-        can = (meta.w_rdy & ~ar_busy & (~need_slot | (in_flight < n_slots)))
+        # The AR register takes a new burst while it is empty or handing its
+        # burst over: a burst a cycle.
+        can = (meta.w_rdy & (~need_slot | ((~ar_busy | axi.arready)
+                                           & (in_flight < n_slots))))
         m.d.comb += self.entries.ready.eq(can)
         slot = alloc[:clog2(n_slots)] if n_slots > 1 else Const(0, 1)
         m.d.comb += [meta.w_en.eq(self.entries.valid & can),
                      meta.w_data.eq(Cat(ent, slot))]
+        with m.If(ar_busy & axi.arready):
+            m.d.sync += ar_busy.eq(0)
         with m.If(self.entries.valid & can & ent.read):
             m.d.sync += [alloc.eq(alloc + 1), ar_busy.eq(1),
                          axi.araddr.eq(ent.addr << clog2(W)),
                          axi.arlen.eq(ent.beats - 1),
                          axi.arid.eq(slot)]
-        with m.If(ar_busy & axi.arready):
-            m.d.sync += ar_busy.eq(0)
         m.d.comb += [axi.arvalid.eq(ar_busy), axi.arsize.eq(clog2(W)),
                      axi.arburst.eq(Burst.INCR)]
 
@@ -398,78 +409,18 @@ class _Unit(wiring.Component):
         m.d.sync += ends.eq(ends + end_issued - end_popped)
         return m
 
-
-class EmbeddingLookup(wiring.Component):
-    """Embedding lookup unit. See the module documentation.
-
-    Parameters
-    ----------
-    config : EmbeddingConfig
-
-    Attributes
-    ----------
-    i : In(stream.Signature(lookup_layout(config)))
-    o : Out(stream.Signature(pooled_layout(config)))
-    desc : In(stream.Signature(desc_write_layout(config)))
-        Descriptor writes (always ready).
-    bank_w : In(stream.Signature(bank_write_layout(config)))
-        On-chip bank writes (always ready); only with ``onchip_banks > 0``.
-    m0, m1, ... : Out(AXI4ReadSignature(...))
-        One AXI4 read master per channel.
-    """
-
-    def __init__(self, config: EmbeddingConfig):
-        if not isinstance(config, EmbeddingConfig):
-            raise TypeError(f"config must be an EmbeddingConfig, not {config!r}")
-        self._config = config
-        members = {
-            "i": In(stream.Signature(lookup_layout(config))),
-            "o": Out(stream.Signature(pooled_layout(config))),
-            "desc": In(stream.Signature(desc_write_layout(config))),
-        }
-        if config.onchip_banks:
-            members["bank_w"] = In(stream.Signature(bank_write_layout(config)))
-        for c in range(config.channels):
-            members[f"m{c}"] = Out(AXI4ReadSignature(
-                addr_width=config.addr_bits, data_width=config.data_bits,
-                id_width=config.id_bits))
-        super().__init__(members)
-
-    @property
-    def config(self):
-        return self._config
-
-    def elaborate(self, platform):
-        m = Module()
-        cfg = self._config
-        n_units = _units(cfg)
-        unit_bits = clog2(n_units)
+    def _front(self, m):
+        """Checks each lookup against its table's descriptor and queues rows
+        and bag ends on ``self.entries``."""
+        cfg = self._cfg
         entry_l = _entry_layout(cfg)
         desc_l = descriptor_layout(cfg)
-
-        units = []
-        for u in range(n_units):
-            unit = _Unit(cfg)
-            m.submodules[f"unit{u}"] = unit
-            units.append(unit)
-            if u < cfg.channels:
-                wiring.connect(m, unit.axi, wiring.flipped(getattr(self, f"m{u}")))
-            else:
-                bank = _BankResponder(cfg)
-                m.submodules[f"bank{u - cfg.channels}"] = bank
-                wiring.connect(m, unit.axi, bank.axi)
-                w = self.bank_w.payload
-                m.d.comb += [bank.w_addr.eq(w.addr), bank.w_data.eq(w.data),
-                             bank.w_en.eq(self.bank_w.valid & (w.bank == u - cfg.channels))]
-        if cfg.onchip_banks:
-            m.d.comb += self.bank_w.ready.eq(1)
-
         # -- descriptors --------------------------------------------------
         m.submodules.descs = descs = Memory(shape=desc_l, depth=cfg.max_tables, init=[])
         dwp = descs.write_port()
         drp = descs.read_port(domain="comb")
-        m.d.comb += [dwp.addr.eq(self.desc.payload.table), dwp.data.eq(self.desc.payload.desc),
-                     dwp.en.eq(self.desc.valid), self.desc.ready.eq(1)]
+        m.d.comb += [dwp.addr.eq(self.desc.table), dwp.data.eq(self.desc.desc),
+                     dwp.en.eq(self.desc_en)]
 
         # -- front: F1 registers the beat and its descriptor ----------------
         f1 = Signal(lookup_layout(cfg))
@@ -487,15 +438,16 @@ class EmbeddingLookup(wiring.Component):
         # F2: checks, address, the bag's unit and status.
         in_bag = Signal()
         bag_table = Signal.like(f1.table)
-        bag_unit = Signal(unit_bits)
         bag_count = Signal(range(cfg.max_bag + 2))
         bag_status = Signal(Status)
         d = f1_desc
-        unit_ok = Mux(d.onchip, d.unit < cfg.onchip_banks, d.unit < cfg.channels)
+        u = self._index
+        if u < cfg.channels:
+            unit_ok = ~d.onchip & (d.unit == u)
+        else:
+            unit_ok = d.onchip & (d.unit == u - cfg.channels)
         table_good = f1_table_ok & d.valid & unit_ok
         first = ~in_bag
-        this_unit = Mux(table_good, Mux(d.onchip, cfg.channels + d.unit, d.unit), 0)
-        unit = Mux(first, this_unit, bag_unit)
         row = ~f1.empty
         # the row's beats [addr, addr + row_beats) must lie inside the table
         # and inside the unit's address space (checked with an extra bit)
@@ -523,19 +475,13 @@ class EmbeddingLookup(wiring.Component):
                      entry.bits4.eq(d.bits4), entry.dim.eq(d.dim),
                      entry.last.eq(f1.last), entry.status.eq(status)]
 
-        # The bag order, for the output.
-        m.submodules.order = order = SyncFIFOBuffered(width=unit_bits,
-                                                      depth=max(16, 8 * n_units))
-        unit_ready = Signal()
-        m.d.comb += unit_ready.eq(Cat(*(u.entries.ready for u in units)).bit_select(unit, 1))
-        go = f1_valid & unit_ready & (~f1.last | order.w_rdy)
-        m.d.comb += f2_ready.eq(go)
-        # Only rows to read and bag ends go to the unit (an empty beat, or a
-        # row of a bag already bad, is dropped here).
-        send = go & (entry.read | f1.last)
-        for u, un in enumerate(units):
-            m.d.comb += [un.entries.valid.eq(send & (unit == u)), un.entries.payload.eq(entry)]
-        m.d.comb += [order.w_en.eq(go & f1.last), order.w_data.eq(unit)]
+        # Only rows to read and bag ends are queued (an empty beat, or a row
+        # of a bag already bad, is dropped here).
+        entries = self.entries
+        queue = entry.read | f1.last
+        go = f1_valid & (entries.ready | ~queue)
+        m.d.comb += [f2_ready.eq(go), entries.valid.eq(f1_valid & queue),
+                     entries.payload.eq(entry)]
         with m.If(go):
             with m.If(f1.last):
                 m.d.sync += [in_bag.eq(0), bag_count.eq(0), bag_status.eq(Status.OK)]
@@ -543,26 +489,69 @@ class EmbeddingLookup(wiring.Component):
                 m.d.sync += [in_bag.eq(1), bag_status.eq(status),
                              bag_count.eq(bag_count + row)]
                 with m.If(first):
-                    m.d.sync += [bag_table.eq(f1.table), bag_unit.eq(this_unit)]
+                    m.d.sync += bag_table.eq(f1.table)
 
-        # -- output in bag order --------------------------------------------
-        head = order.r_data
-        sel_valid = Cat(*(u.o.valid for u in units)).bit_select(head, 1)
-        pick = order.r_rdy & sel_valid & (~self.o.valid | self.o.ready)
-        m.d.comb += order.r_en.eq(pick)
-        for u, un in enumerate(units):
-            m.d.comb += un.o.ready.eq(pick & (head == u))
-        payloads = [un.o.payload for un in units]
-        with m.If(pick):
-            m.d.sync += [self.o.valid.eq(1),
-                         self.o.payload.eq(_select(payloads, head))]
-        with m.Elif(self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
+
+class EmbeddingLookup(wiring.Component):
+    """Embedding lookup unit. See the module documentation.
+
+    Parameters
+    ----------
+    config : EmbeddingConfig
+
+    Attributes
+    ----------
+    i0, i1, ... : In(stream.Signature(lookup_layout(config)))
+        Lookups of unit ``u`` (its tables only).
+    o0, o1, ... : Out(stream.Signature(pooled_layout(config)))
+        Pooled vectors of unit ``u``, in the order of its bags.
+    desc : In(stream.Signature(desc_write_layout(config)))
+        Descriptor writes (always ready).
+    bank_w : In(stream.Signature(bank_write_layout(config)))
+        On-chip bank writes (always ready); only with ``onchip_banks > 0``.
+    m0, m1, ... : Out(AXI4ReadSignature(...))
+        One AXI4 read master per channel.
+    """
+
+    def __init__(self, config: EmbeddingConfig):
+        if not isinstance(config, EmbeddingConfig):
+            raise TypeError(f"config must be an EmbeddingConfig, not {config!r}")
+        self._config = config
+        members = {"desc": In(stream.Signature(desc_write_layout(config)))}
+        for u in range(_units(config)):
+            members[f"i{u}"] = In(stream.Signature(lookup_layout(config)))
+            members[f"o{u}"] = Out(stream.Signature(pooled_layout(config)))
+        if config.onchip_banks:
+            members["bank_w"] = In(stream.Signature(bank_write_layout(config)))
+        for c in range(config.channels):
+            members[f"m{c}"] = Out(AXI4ReadSignature(
+                addr_width=config.addr_bits, data_width=config.data_bits,
+                id_width=config.id_bits))
+        super().__init__(members)
+
+    @property
+    def config(self):
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        for u in range(_units(cfg)):
+            unit = _Unit(cfg, u)
+            m.submodules[f"unit{u}"] = unit
+            wiring.connect(m, wiring.flipped(getattr(self, f"i{u}")), unit.i)
+            wiring.connect(m, unit.o, wiring.flipped(getattr(self, f"o{u}")))
+            m.d.comb += [unit.desc.eq(self.desc.payload), unit.desc_en.eq(self.desc.valid)]
+            if u < cfg.channels:
+                wiring.connect(m, unit.axi, wiring.flipped(getattr(self, f"m{u}")))
+            else:
+                bank = _BankResponder(cfg)
+                m.submodules[f"bank{u - cfg.channels}"] = bank
+                wiring.connect(m, unit.axi, bank.axi)
+                w = self.bank_w.payload
+                m.d.comb += [bank.w_addr.eq(w.addr), bank.w_data.eq(w.data),
+                             bank.w_en.eq(self.bank_w.valid & (w.bank == u - cfg.channels))]
+        m.d.comb += self.desc.ready.eq(1)
+        if cfg.onchip_banks:
+            m.d.comb += self.bank_w.ready.eq(1)
         return m
-
-
-def _select(values, index):
-    if len(values) == 1:
-        return values[0]
-    width = len(Cat(values[0]))
-    return data.ArrayLayout(unsigned(width), len(values))(Cat(*values))[index]

@@ -41,7 +41,9 @@ def row_words(cfg, scale, bias, codes, bits):
 def test_bank_lookups():
     cfg = CFG
     rng = np.random.default_rng(1)
+    # table 2 lives on channel 0: a lookup of it on the bank's stream is BAD_TABLE
     tables = [dict(rows=10, dim=16, bits=8), dict(rows=8, dim=5, bits=4)]
+    unit = cfg.channels         # bank 0
     words, descs = [], []
     for t in tables:
         t["data"] = make_rows(rng, t["rows"], t["dim"], t["bits"])
@@ -51,18 +53,19 @@ def test_bank_lookups():
         descs.append({"valid": 1, "onchip": 1, "unit": 0, "base": base, "rows": t["rows"],
                       "dim": t["dim"], "bits4": int(t["bits"] == 4),
                       "row_beats": cfg.row_beats(t["dim"], t["bits"])})
+    descs.append({**descs[0], "onchip": 0})
     assert len(words) <= cfg.onchip_words
     dut = EmbeddingLookup(cfg)
     prng = random.Random(2)
     bags = []
     for _ in range(40):
-        table = prng.randrange(3)
+        table = prng.randrange(4)
         n = prng.randrange(0, 5)
         ids = [prng.randrange(12) for _ in range(n)]
         bags.append((table, ids))
 
     def golden(table, ids):
-        if table >= len(tables):
+        if table >= len(tables):    # no such table, or not on this unit
             return Status.BAD_TABLE, np.zeros(cfg.max_dim, np.int64)
         t = tables[table]
         if any(i >= t["rows"] for i in ids):
@@ -78,12 +81,13 @@ def test_bank_lookups():
             await stream_put(ctx, dut.bank_w, {"bank": 0, "addr": a, "data": w})
         for i, d in enumerate(descs):
             await stream_put(ctx, dut.desc, {"table": i, "desc": d})
+        i_port = getattr(dut, f"i{unit}")
         for table, ids in bags:
             if not ids:
-                await stream_put(ctx, dut.i, {"table": table, "id": 0, "last": 1, "empty": 1},
+                await stream_put(ctx, i_port, {"table": table, "id": 0, "last": 1, "empty": 1},
                                  rng=prng, idle=0.3)
             for n, i in enumerate(ids):
-                await stream_put(ctx, dut.i, {"table": table, "id": i,
+                await stream_put(ctx, i_port, {"table": table, "id": i,
                                               "last": int(n == len(ids) - 1), "empty": 0},
                                  rng=prng, idle=0.3)
 
@@ -91,7 +95,7 @@ def test_bank_lookups():
 
     async def check(ctx):
         for n, (table, ids) in enumerate(bags):
-            got = await stream_get(ctx, dut.o, rng=prng, stall=0.3)
+            got = await stream_get(ctx, getattr(dut, f"o{unit}"), rng=prng, stall=0.3)
             status, want = golden(table, ids)
             assert got.status == status, (n, table, ids, got.status)
             assert [got.pooled[p] for p in range(cfg.max_dim)] == want.tolist(), (n, table, ids)
