@@ -14,9 +14,11 @@ Units
 Descriptors (:func:`descriptor_layout`, written through ``desc``)
     Per table: ``valid``, ``onchip``, ``unit`` (channel or bank number),
     ``base`` (first beat of the table, in ``data_bits`` beats), ``rows``,
-    ``dim`` (elements), ``bits4`` (int4 codes, else int8) and ``row_beats``
-    (beats per row: the burst length). :mod:`host.table_compiler` writes
-    them. Rewriting a descriptor while its table has lookups in flight is
+    ``dim`` (elements), ``bits4`` (int4 codes, else int8), ``row_beats``
+    (beats per row: the burst length) and ``stride_shift``: row ``id``
+    starts at beat ``base + (id << stride_shift)``. With a power-of-two
+    stride and a base aligned to it, no burst crosses a 4 KiB boundary
+    (AXI4 forbids it). :mod:`host.table_compiler` writes them. Rewriting a descriptor while its table has lookups in flight is
     undefined.
 
 Rows (see :class:`~hw.config.EmbeddingConfig`)
@@ -103,6 +105,7 @@ def descriptor_layout(cfg: EmbeddingConfig) -> data.StructLayout:
         "dim": unsigned(clog2(cfg.max_dim + 1)),
         "bits4": 1,
         "row_beats": unsigned(clog2(cfg.max_row_beats + 1)),
+        "stride_shift": unsigned(clog2(clog2(cfg.max_row_beats) + 2)),
     })
 
 
@@ -452,20 +455,20 @@ class _Unit(wiring.Component):
         # the row's beats [addr, addr + row_beats) must lie inside the table
         # and inside the unit's address space (checked with an extra bit)
         addr = Signal(cfg.addr_bits + ID_BITS + 8)
-        m.d.comb += addr.eq(d.base + f1.id * d.row_beats)
+        m.d.comb += addr.eq(d.base + (f1.id << d.stride_shift))
         space = (1 << cfg.addr_bits) // cfg.bus_bytes
         id_ok = (f1.id < d.rows) & (addr + d.row_beats <= space) & (d.row_beats != 0)
+        # A bag's status is its worst problem: BAD_TABLE, then BAD_BAG, then
+        # BAD_ID (then, in the unit, MEM_ERROR).
         status = Signal(Status)
         prior = Mux(first, Status.OK, bag_status)
-        with m.If(prior != Status.OK):
-            m.d.comb += status.eq(prior)
-        with m.Elif(first & ~table_good):
+        with m.If((prior == Status.BAD_TABLE) | (first & ~table_good)):
             m.d.comb += status.eq(Status.BAD_TABLE)
-        with m.Elif(row & ~first & (f1.table != bag_table)):
+        with m.Elif((prior == Status.BAD_BAG)
+                    | (row & ((~first & (f1.table != bag_table))
+                              | (bag_count >= cfg.max_bag)))):
             m.d.comb += status.eq(Status.BAD_BAG)
-        with m.Elif(row & (bag_count >= cfg.max_bag)):
-            m.d.comb += status.eq(Status.BAD_BAG)
-        with m.Elif(row & ~id_ok):
+        with m.Elif((prior == Status.BAD_ID) | (row & ~id_ok)):
             m.d.comb += status.eq(Status.BAD_ID)
         with m.Else():
             m.d.comb += status.eq(Status.OK)

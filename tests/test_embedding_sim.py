@@ -32,7 +32,7 @@ def row_words(cfg, scale, bias, codes, bits):
         padded = list(codes) + [0] * (dim % 2)
         raw += bytes(int(padded[2 * i]) | int(padded[2 * i + 1]) << 4
                      for i in range(len(padded) // 2))
-    beats = cfg.row_beats(dim, bits)
+    beats = 1 << (cfg.row_beats(dim, bits) - 1).bit_length()     # the stride
     raw += bytes(beats * cfg.bus_bytes - len(raw))
     return [int.from_bytes(raw[b * cfg.bus_bytes:(b + 1) * cfg.bus_bytes], "little")
             for b in range(beats)]
@@ -42,7 +42,7 @@ def test_bank_lookups():
     cfg = CFG
     rng = np.random.default_rng(1)
     # table 2 lives on channel 0: a lookup of it on the bank's stream is BAD_TABLE
-    tables = [dict(rows=10, dim=16, bits=8), dict(rows=8, dim=5, bits=4)]
+    tables = [dict(rows=8, dim=16, bits=8), dict(rows=8, dim=5, bits=4)]
     unit = cfg.channels         # bank 0
     words, descs = [], []
     for t in tables:
@@ -52,7 +52,8 @@ def test_bank_lookups():
             words += row_words(cfg, t["data"][0][r], t["data"][1][r], t["data"][2][r], t["bits"])
         descs.append({"valid": 1, "onchip": 1, "unit": 0, "base": base, "rows": t["rows"],
                       "dim": t["dim"], "bits4": int(t["bits"] == 4),
-                      "row_beats": cfg.row_beats(t["dim"], t["bits"])})
+                      "row_beats": cfg.row_beats(t["dim"], t["bits"]),
+                      "stride_shift": (cfg.row_beats(t["dim"], t["bits"]) - 1).bit_length()})
     descs.append({**descs[0], "onchip": 0})
     assert len(words) <= cfg.onchip_words
     dut = EmbeddingLookup(cfg)

@@ -1,0 +1,243 @@
+"""cocotb tests of the embedding lookup unit (:mod:`hw.embedding`) against the
+golden model (:mod:`host.embedding`), with an AXI4 memory model
+(:mod:`sim.axi_mem`) on every channel.
+
+:func:`build_embedding` (plain Python) builds the cached Verilator model of
+an :class:`~hw.config.EmbeddingConfig`. Configuration of the tests (JSON
+through ``RECACCEL_TB_CONFIG``): ``embedding`` (the config fields), ``seed``,
+``idle``, ``backpressure`` (input idle and output stall probabilities),
+``latency`` ([min, max] cycles), ``r_gaps``, ``ar_backpressure``, ``bags``
+per unit, ``errors`` (error ranges in the channels' memories).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import cocotb
+import numpy as np
+
+from host.embedding import (EmbeddingStatus, FixedPointTable, pack_hw_rows, pool_rows)
+from host.packing import Packer
+from hw.config import Config, EmbeddingConfig
+from hw.embedding import (bank_write_layout, desc_write_layout, lookup_layout,
+                          pooled_layout)
+from sim import runner
+from sim.axi_mem import AxiReadMemory
+from sim.build import design_verilog
+from sim.runner import read_tb_config
+from sim.streams import StreamSink, StreamSource, random_pauses, reset, start_clock
+
+__all__ = ["TOPLEVEL", "build_embedding"]
+
+TOPLEVEL = "embedding_lookup"
+
+
+def build_embedding(config: EmbeddingConfig, *, waves: bool = False):
+    """The Verilator build of ``EmbeddingLookup(config)``: ``(runner, toplevel)``."""
+    from hw.embedding import EmbeddingLookup
+    name = "emb-" + "-".join(f"{v:d}" for v in dataclasses.astuple(config))
+    cfg = Config(name=name, embedding=config)
+    src = design_verilog(cfg, lambda c: EmbeddingLookup(c.embedding), TOPLEVEL, "embedding")
+    build_dir = runner.default_build_root() / "builds" / f"{TOPLEVEL}-{name}"
+    return runner.build([src], TOPLEVEL, build_dir, waves=waves), TOPLEVEL
+
+
+def stride_beats(cfg: EmbeddingConfig, dim: int, bits: int) -> int:
+    return 1 << (cfg.row_beats(dim, bits) - 1).bit_length()
+
+
+@dataclasses.dataclass
+class Table:
+    index: int
+    unit: int
+    table: FixedPointTable
+    base: int               # in beats
+    byte_base: int
+
+    @property
+    def rows(self):
+        return self.table.rows
+
+
+def random_table(cfg: EmbeddingConfig, rng: np.random.Generator, rows: int) -> FixedPointTable:
+    bits = int(rng.choice([8, 4]))
+    dim = int(rng.integers(1, cfg.max_dim + 1))
+    lim = 1 << min(31, cfg.frac_bits + 4)
+    return FixedPointTable(codes=rng.integers(0, 1 << bits, (rows, dim)).astype(np.uint8),
+                           scale_q=rng.integers(-lim, lim, rows),
+                           bias_q=rng.integers(-(1 << 31), 1 << 31, rows) // 4,
+                           bits=bits, frac_bits=cfg.frac_bits)
+
+
+class EmbeddingBench:
+    def __init__(self, dut, tb: dict):
+        self.dut = dut
+        self.tb = tb
+        cfg = self.cfg = EmbeddingConfig(**tb["embedding"])
+        self.rng = np.random.default_rng(tb["seed"])
+        self.prng = random.Random(tb["seed"])
+        start_clock(dut, 10)
+        n_units = cfg.channels + cfg.onchip_banks
+        # Tables: two per unit (banks: what fits), placed at stride-aligned bases.
+        self.tables: list[Table] = []
+        self.memories = [bytearray() for _ in range(cfg.channels)]
+        self.bank_words: list[list[int]] = [[] for _ in range(cfg.onchip_banks)]
+        for u in range(n_units):
+            for _ in range(2):
+                if len(self.tables) >= cfg.max_tables:
+                    break
+                t = random_table(cfg, self.rng, int(self.rng.integers(1, 24)))
+                stride = stride_beats(cfg, t.dim, t.bits)
+                rows = np.zeros((t.rows, stride * cfg.bus_bytes), np.uint8)
+                packed = pack_hw_rows(t, cfg)
+                rows[:, :packed.shape[1]] = packed
+                if u < cfg.channels:
+                    mem = self.memories[u]
+                    base = -(-len(mem) // (stride * cfg.bus_bytes)) * stride
+                    mem.extend(bytes(base * cfg.bus_bytes - len(mem)))
+                    mem.extend(rows.tobytes())
+                else:
+                    words = self.bank_words[u - cfg.channels]
+                    base = -(-len(words) // stride) * stride
+                    if (base + t.rows * stride) > cfg.onchip_words:
+                        continue
+                    words.extend([0] * (base - len(words)))
+                    flat = rows.reshape(-1, cfg.bus_bytes)
+                    words.extend(int.from_bytes(w.tobytes(), "little") for w in flat)
+                self.tables.append(Table(len(self.tables), u, t, base,
+                                         base * cfg.bus_bytes))
+        # error ranges: the second half of some channel's first table
+        self.error_rows: dict[int, set] = {}
+        mems = []
+        for c in range(cfg.channels):
+            mems.append(np.frombuffer(bytes(self.memories[c]) + bytes(cfg.bus_bytes), np.uint8))
+        self.axi = []
+        for c in range(cfg.channels):
+            errors = []
+            if tb.get("errors"):
+                t = next(t for t in self.tables if t.unit == c)
+                stride_bytes = stride_beats(cfg, t.table.dim, t.table.bits) * cfg.bus_bytes
+                half = t.rows // 2
+                errors.append((t.byte_base + half * stride_bytes,
+                               t.byte_base + t.rows * stride_bytes))
+                self.error_rows[t.index] = set(range(half, t.rows))
+            self.axi.append(AxiReadMemory(
+                dut, f"m{c}", dut.clk, memory=mems[c], reset=dut.rst,
+                latency=tuple(tb["latency"]), seed=tb["seed"] * 97 + c,
+                ar_backpressure=tb["ar_backpressure"], r_gaps=tb["r_gaps"],
+                error_ranges=errors))
+        self.desc = StreamSource(dut, "desc", dut.clk, reset=dut.rst)
+        self.bank_w = (StreamSource(dut, "bank_w", dut.clk, reset=dut.rst)
+                       if cfg.onchip_banks else None)
+        self.src = []
+        self.sink = []
+        for u in range(n_units):
+            idle = random_pauses(random.Random(tb["seed"] * 31 + u), tb["idle"]) \
+                if tb["idle"] else None
+            bp = random_pauses(random.Random(tb["seed"] * 37 + u), tb["backpressure"]) \
+                if tb["backpressure"] else None
+            self.src.append(StreamSource(dut, f"i{u}", dut.clk, reset=dut.rst, idle=idle))
+            self.sink.append(StreamSink(dut, f"o{u}", dut.clk, reset=dut.rst, backpressure=bp))
+        self.lookup = Packer(lookup_layout(cfg))
+        self.pooled = Packer(pooled_layout(cfg))
+
+    async def load(self):
+        cfg = self.cfg
+        await reset(self.dut, self.dut.clk, 3)
+        dp = Packer(desc_write_layout(cfg))
+        for t in self.tables:
+            onchip = t.unit >= cfg.channels
+            beats = cfg.row_beats(t.table.dim, t.table.bits)
+            self.desc.send_nowait(dp.pack({"table": t.index, "desc": {
+                "valid": 1, "onchip": int(onchip),
+                "unit": t.unit - cfg.channels if onchip else t.unit,
+                "base": t.base, "rows": t.rows, "dim": t.table.dim,
+                "bits4": int(t.table.bits == 4), "row_beats": beats,
+                "stride_shift": (beats - 1).bit_length()}}))
+        if self.bank_w is not None:
+            bp = Packer(bank_write_layout(cfg))
+            for b, words in enumerate(self.bank_words):
+                for a, w in enumerate(words):
+                    self.bank_w.send_nowait(bp.pack({"bank": b, "addr": a, "data": w}))
+            await self.bank_w.wait_idle()
+        await self.desc.wait_idle()
+
+    def golden(self, unit: int, table: int, ids: list[int]):
+        cfg = self.cfg
+        zero = np.zeros(cfg.max_dim, np.int64)
+        t = self.tables[table] if table < len(self.tables) else None
+        if t is None or t.unit != unit:
+            return EmbeddingStatus.BAD_TABLE, zero
+        if len(ids) > cfg.max_bag:
+            return EmbeddingStatus.BAD_BAG, zero
+        if any(i >= t.rows for i in ids):
+            return EmbeddingStatus.BAD_ID, zero
+        if any(i in self.error_rows.get(table, ()) for i in ids):
+            return EmbeddingStatus.MEM_ERROR, zero
+        ft = t.table
+        pooled = pool_rows(ft.codes[ids], ft.scale_q[ids], ft.bias_q[ids], [0, len(ids)])
+        out = zero.copy()
+        out[:ft.dim] = pooled[0]
+        return EmbeddingStatus.OK, out
+
+    def random_bag(self, unit: int):
+        cfg, r = self.cfg, self.prng
+        mine = [t for t in self.tables if t.unit == unit]
+        if not mine or r.random() < 0.05:
+            table = r.choice([t.index for t in self.tables if t.unit != unit]
+                             + [len(self.tables), (1 << max(1, (cfg.max_tables - 1)
+                                                            .bit_length())) - 1])
+            rows = 4
+        else:
+            t = r.choice(mine)
+            table, rows = t.index, t.rows
+        n = r.choice([0, 1, 1, 2, 3, r.randrange(0, cfg.max_bag + 1)])
+        if r.random() < 0.03:
+            n = cfg.max_bag + 1
+        ids = [r.randrange(rows) if r.random() > 0.04 else rows + r.randrange(3)
+               for _ in range(n)]
+        return table, ids
+
+    def send_bag(self, unit: int, table: int, ids: list[int]):
+        src, pack = self.src[unit], self.lookup.pack
+        if not ids:
+            src.send_nowait(pack({"table": table, "id": 0, "last": 1, "empty": 1}))
+        for n, i in enumerate(ids):
+            if self.prng.random() < 0.05:      # an empty beat mid-bag carries nothing
+                src.send_nowait(pack({"table": table, "id": 0, "last": 0, "empty": 1}))
+            src.send_nowait(pack({"table": table, "id": i,
+                                  "last": int(n == len(ids) - 1), "empty": 0}))
+
+    async def check_unit(self, unit: int, bags):
+        for n, (table, ids) in enumerate(bags):
+            got = self.pooled.unpack(await self.sink[unit].recv())
+            status, want = self.golden(unit, table, ids)
+            where = f"unit {unit} bag {n} (table {table}, ids {ids})"
+            assert int(got["status"].value if hasattr(got["status"], "value")
+                       else got["status"]) == status, \
+                f"{where}: status {got['status']}, want {status.name}"
+            assert list(got["pooled"]) == want.tolist(), f"{where}: pooled differs"
+
+
+@cocotb.test(timeout_time=40, timeout_unit="ms")
+async def test_random_bags(dut):
+    """Random tables on every channel and bank, random bags (empty, long,
+    bad ids, unknown tables) on every unit at once, with idle cycles,
+    backpressure, random memory latency, AR backpressure and R gaps."""
+    tb = read_tb_config()
+    bench = EmbeddingBench(dut, tb)
+    await bench.load()
+    n_units = len(bench.src)
+    plans = []
+    for u in range(n_units):
+        bags = [bench.random_bag(u) for _ in range(tb["bags"])]
+        for table, ids in bags:
+            bench.send_bag(u, table, ids)
+        plans.append(bags)
+    checks = [cocotb.start_soon(bench.check_unit(u, plans[u])) for u in range(n_units)]
+    for c in checks:
+        await c
+    for m in bench.axi:
+        m.check()
