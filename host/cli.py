@@ -103,6 +103,11 @@ def cmd_bench(args):
                           progress=lambda s: print(s, flush=True))
         print(format_topk(rows))
         _write_json(args.json, rows)
+    elif args.what == "lookup":
+        from benchmarks.lookup import bench_lookup, format_lookup
+        report = bench_lookup(cfg.embedding, latency=args.latency)
+        print(format_lookup(report))
+        _write_json(args.json, report)
     return 0
 
 
@@ -175,9 +180,10 @@ def main(argv=None):
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("bench", help="benchmarks (cycles, utilization, resources, Fmax)")
-    p.add_argument("what", choices=["array", "topk"],
+    p.add_argument("what", choices=["array", "topk", "lookup"],
                    help="array: MLP layers on the systolic array; topk: the top-k "
-                        "filter at K_max 64/256/512, 16/32-bit scores, and the preset's own")
+                        "filter at K_max 64/256/512, 16/32-bit scores, and the preset's own; "
+                        "lookup: the embedding unit's row rate against the channels' peak")
     _add_config_args(p)
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--rows", type=int, nargs="+", default=[512, 4096],
@@ -189,6 +195,7 @@ def main(argv=None):
     p.add_argument("--freq", type=float, default=200.0,
                    help="topk: clock constraint for place and route, MHz")
     p.add_argument("--workdir", help="topk: synthesis work directory")
+    p.add_argument("--latency", type=int, default=200, help="lookup: memory latency, cycles")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("run", help="run a sample MLP through the simulated engine")

