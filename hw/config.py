@@ -226,6 +226,15 @@ class EmbeddingConfig:
         _check_int("embedding.max_dim", self.max_dim, 1, 4096)
         _check_int("embedding.max_bag", self.max_bag, 1, 1 << 16)
         _check_int("embedding.frac_bits", self.frac_bits, 0, 31)
+        if self.max_row_beats > 256:
+            raise ValueError(f"embedding.max_dim: a row of {self.max_dim} int8 elements "
+                             f"takes {self.max_row_beats} beats, more than an AXI4 burst "
+                             f"(256); lower max_dim or raise data_bits")
+        stride = 1 << (self.max_row_beats - 1).bit_length()
+        if stride * self.bus_bytes > 4096:
+            raise ValueError(f"embedding.max_dim: a row of {self.max_dim} int8 elements "
+                             f"spans {stride} beats of {self.bus_bytes} bytes apart, more "
+                             f"than an AXI burst may (4 KiB); lower max_dim or data_bits")
 
     @property
     def bus_bytes(self) -> int:

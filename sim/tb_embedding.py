@@ -72,7 +72,15 @@ def random_table(cfg: EmbeddingConfig, rng: np.random.Generator, rows: int) -> F
 
 
 class EmbeddingBench:
-    def __init__(self, dut, tb: dict):
+    """Tables placed on the units, the memory models, the streams, and the
+    golden answer of every bag.
+
+    ``tables`` is a list of ``(unit, FixedPointTable)``; by default two
+    random tables per unit (banks: what fits). With ``tb["errors"]`` the
+    second half of each channel's first table answers SLVERR.
+    """
+
+    def __init__(self, dut, tb: dict, tables=None):
         self.dut = dut
         self.tb = tb
         cfg = self.cfg = EmbeddingConfig(**tb["embedding"])
@@ -80,51 +88,46 @@ class EmbeddingBench:
         self.prng = random.Random(tb["seed"])
         start_clock(dut, 10)
         n_units = cfg.channels + cfg.onchip_banks
-        # Tables: two per unit (banks: what fits), placed at stride-aligned bases.
+        if tables is None:
+            tables = [(u, random_table(cfg, self.rng, int(self.rng.integers(1, 24))))
+                      for u in range(n_units) for _ in range(2)][:cfg.max_tables]
         self.tables: list[Table] = []
-        self.memories = [bytearray() for _ in range(cfg.channels)]
+        memories = [bytearray() for _ in range(cfg.channels)]
         self.bank_words: list[list[int]] = [[] for _ in range(cfg.onchip_banks)]
-        for u in range(n_units):
-            for _ in range(2):
-                if len(self.tables) >= cfg.max_tables:
-                    break
-                t = random_table(cfg, self.rng, int(self.rng.integers(1, 24)))
-                stride = stride_beats(cfg, t.dim, t.bits)
-                rows = np.zeros((t.rows, stride * cfg.bus_bytes), np.uint8)
-                packed = pack_hw_rows(t, cfg)
-                rows[:, :packed.shape[1]] = packed
-                if u < cfg.channels:
-                    mem = self.memories[u]
-                    base = -(-len(mem) // (stride * cfg.bus_bytes)) * stride
-                    mem.extend(bytes(base * cfg.bus_bytes - len(mem)))
-                    mem.extend(rows.tobytes())
-                else:
-                    words = self.bank_words[u - cfg.channels]
-                    base = -(-len(words) // stride) * stride
-                    if (base + t.rows * stride) > cfg.onchip_words:
-                        continue
-                    words.extend([0] * (base - len(words)))
-                    flat = rows.reshape(-1, cfg.bus_bytes)
-                    words.extend(int.from_bytes(w.tobytes(), "little") for w in flat)
-                self.tables.append(Table(len(self.tables), u, t, base,
-                                         base * cfg.bus_bytes))
-        # error ranges: the second half of some channel's first table
+        for u, t in tables:
+            stride = stride_beats(cfg, t.dim, t.bits)
+            rows = np.zeros((t.rows, stride * cfg.bus_bytes), np.uint8)
+            packed = pack_hw_rows(t, cfg)
+            rows[:, :packed.shape[1]] = packed
+            if u < cfg.channels:
+                mem = memories[u]
+                base = -(-len(mem) // (stride * cfg.bus_bytes)) * stride
+                mem.extend(bytes(base * cfg.bus_bytes - len(mem)))
+                mem.extend(rows.tobytes())
+            else:
+                words = self.bank_words[u - cfg.channels]
+                base = -(-len(words) // stride) * stride
+                if (base + t.rows * stride) > cfg.onchip_words:
+                    continue
+                words.extend([0] * (base - len(words)))
+                flat = rows.reshape(-1, cfg.bus_bytes)
+                words.extend(int.from_bytes(w.tobytes(), "little") for w in flat)
+            self.tables.append(Table(len(self.tables), u, t, base, base * cfg.bus_bytes))
         self.error_rows: dict[int, set] = {}
-        mems = []
-        for c in range(cfg.channels):
-            mems.append(np.frombuffer(bytes(self.memories[c]) + bytes(cfg.bus_bytes), np.uint8))
         self.axi = []
         for c in range(cfg.channels):
             errors = []
-            if tb.get("errors"):
-                t = next(t for t in self.tables if t.unit == c)
+            mine = [t for t in self.tables if t.unit == c]
+            if tb.get("errors") and mine:
+                t = mine[0]
                 stride_bytes = stride_beats(cfg, t.table.dim, t.table.bits) * cfg.bus_bytes
                 half = t.rows // 2
                 errors.append((t.byte_base + half * stride_bytes,
                                t.byte_base + t.rows * stride_bytes))
                 self.error_rows[t.index] = set(range(half, t.rows))
+            memory = np.frombuffer(bytes(memories[c]) + bytes(cfg.bus_bytes), np.uint8)
             self.axi.append(AxiReadMemory(
-                dut, f"m{c}", dut.clk, memory=mems[c], reset=dut.rst,
+                dut, f"m{c}", dut.clk, memory=memory, reset=dut.rst,
                 latency=tuple(tb["latency"]), seed=tb["seed"] * 97 + c,
                 ar_backpressure=tb["ar_backpressure"], r_gaps=tb["r_gaps"],
                 error_ranges=errors))
@@ -257,19 +260,14 @@ async def bench_uniform(dut):
     cfg = EmbeddingConfig(**tb["embedding"])
     tb = {**tb, "idle": 0.0, "backpressure": 0.0, "r_gaps": 0.0, "ar_backpressure": 0.0,
           "latency": [spec["latency"], spec["latency"]], "errors": False}
-    bench = EmbeddingBench.__new__(EmbeddingBench)
-    # Tables of the benchmark's shape, one per channel (banks unused).
-    rng = np.random.default_rng(tb["seed"])
-    bench.rng, bench.prng = rng, random.Random(tb["seed"])
+    rng = np.random.default_rng(tb["seed"] + 1)
     dim, rows = cfg.max_dim, spec["rows"]
-    tables = []
-    for c in range(cfg.channels):
-        lim = 1 << min(31, cfg.frac_bits + 4)
-        tables.append(FixedPointTable(rng.integers(0, 256, (rows, dim)).astype(np.uint8),
-                                      rng.integers(-lim, lim, rows),
-                                      rng.integers(-(1 << 29), 1 << 29, rows), 8,
-                                      cfg.frac_bits))
-    _init_bench(bench, dut, tb, cfg, tables)
+    lim = 1 << min(31, cfg.frac_bits + 4)
+    tables = [(c, FixedPointTable(rng.integers(0, 256, (rows, dim)).astype(np.uint8),
+                                  rng.integers(-lim, lim, rows),
+                                  rng.integers(-(1 << 29), 1 << 29, rows), 8, cfg.frac_bits))
+              for c in range(cfg.channels)]
+    bench = EmbeddingBench(dut, tb, tables)
     await bench.load()
     beats = cfg.row_beats(dim, 8)
     clk = dut.clk
@@ -309,27 +307,3 @@ async def bench_uniform(dut):
     with open(tb["report"], "w") as f:
         json.dump(report, f, indent=2)
 
-
-def _init_bench(bench, dut, tb, cfg, tables):
-    """Set up an :class:`EmbeddingBench` around the given per-channel tables."""
-    bench.dut, bench.tb, bench.cfg = dut, tb, cfg
-    start_clock(dut, 10)
-    bench.tables, bench.error_rows, bench.bank_words = [], {}, []
-    mems = []
-    for c, t in enumerate(tables):
-        stride = stride_beats(cfg, t.dim, t.bits)
-        rows = np.zeros((t.rows, stride * cfg.bus_bytes), np.uint8)
-        packed = pack_hw_rows(t, cfg)
-        rows[:, :packed.shape[1]] = packed
-        bench.tables.append(Table(c, c, t, 0, 0))
-        mems.append(np.ascontiguousarray(rows.reshape(-1)))
-    bench.axi = [AxiReadMemory(dut, f"m{c}", dut.clk, memory=mems[c], reset=dut.rst,
-                               latency=tuple(tb["latency"]), seed=tb["seed"] * 97 + c)
-                 for c in range(cfg.channels)]
-    bench.desc = StreamSource(dut, "desc", dut.clk, reset=dut.rst)
-    bench.bank_w = None
-    n_units = cfg.channels + cfg.onchip_banks
-    bench.src = [StreamSource(dut, f"i{u}", dut.clk, reset=dut.rst) for u in range(n_units)]
-    bench.sink = [StreamSink(dut, f"o{u}", dut.clk, reset=dut.rst) for u in range(n_units)]
-    bench.lookup = Packer(lookup_layout(cfg))
-    bench.pooled = Packer(pooled_layout(cfg))
