@@ -106,6 +106,11 @@ def descriptor_layout(cfg: EmbeddingConfig) -> data.StructLayout:
         "bits4": 1,
         "row_beats": unsigned(clog2(cfg.max_row_beats + 1)),
         "stride_shift": unsigned(clog2(clog2(cfg.max_row_beats) + 2)),
+        # A Cartesian product of two tables: each row is two segments.
+        "merged": 1,
+        "seg_beats": unsigned(clog2(cfg.max_row_beats + 1)),
+        "dim_b": unsigned(clog2(cfg.max_dim + 1)),
+        "bits4_b": 1,
     })
 
 
@@ -148,6 +153,10 @@ def _entry_layout(cfg):
         "dim": unsigned(clog2(cfg.max_dim + 1)),
         "last": 1,
         "status": Status,
+        "merged": 1,
+        "seg_beats": unsigned(clog2(cfg.max_row_beats + 1)),
+        "dim_b": unsigned(clog2(cfg.max_dim + 1)),
+        "bits4_b": 1,
     })
 
 
@@ -304,10 +313,14 @@ class _Unit(wiring.Component):
         ends = Signal(range(self.OUT_DEPTH + 1))
         end_issued = Signal()
         end_popped = Signal()
-        credit_ok = ends < self.OUT_DEPTH
+        # (counting the end the current row may issue in this very cycle)
+        ends_now = ends + (cur_valid & cur.entry.last & finishing)
+        credit_ok = ends_now < self.OUT_DEPTH
+        credit2_ok = ends_now < self.OUT_DEPTH - 1
         head_done = (done >> head.slot)[0]
         take_read = (meta.r_rdy & head.entry.read & head_done & (~cur_valid | finishing)
-                     & (~head.entry.last | credit_ok))
+                     & (~head.entry.last
+                        | Mux(head.entry.merged, credit2_ok, credit_ok)))
         take_none = meta.r_rdy & ~head.entry.read & ~cur_valid & (~head.entry.last | credit_ok)
         m.d.comb += meta.r_en.eq(take_read | take_none)
         with m.If(take_read):
@@ -334,15 +347,22 @@ class _Unit(wiring.Component):
         tok_dim = Signal(clog2(cfg.max_dim + 1))
         tok_status = Signal(Status)
         tok_err = Signal()
+        # The second segment of a merged row starts at beat seg_beats, with
+        # its own header, and ends a vector of its own.
+        ce = cur.entry
+        in_b = ce.merged & (beat >= ce.seg_beats)
+        seg_end = finishing | (ce.merged & (beat == ce.seg_beats - 1))
+        cur_end = cur_valid & ce.last & seg_end
         m.d.sync += [tok_valid.eq((cur_valid) | take_none & head.entry.last),
                      tok_data.eq(cur_valid),
-                     tok_first.eq(beat == 0), tok_beat.eq(beat),
-                     tok_end.eq(Mux(cur_valid, finishing & cur.entry.last, 1)),
-                     tok_bits4.eq(cur.entry.bits4), tok_dim.eq(cur.entry.dim),
-                     tok_status.eq(Mux(cur_valid, cur.entry.status, head.entry.status)),
+                     tok_first.eq((beat == 0) | (ce.merged & (beat == ce.seg_beats))),
+                     tok_beat.eq(beat - Mux(in_b, ce.seg_beats, 0)),
+                     tok_end.eq(Mux(cur_valid, ce.last & seg_end, 1)),
+                     tok_bits4.eq(Mux(in_b, ce.bits4_b, ce.bits4)),
+                     tok_dim.eq(Mux(in_b, ce.dim_b, ce.dim)),
+                     tok_status.eq(Mux(cur_valid, ce.status, head.entry.status)),
                      tok_err.eq(cur_valid & cur_err)]
-        m.d.comb += end_issued.eq(((cur_valid & finishing & cur.entry.last)
-                                   | (take_none & head.entry.last)))
+        m.d.comb += end_issued.eq(cur_end | (take_none & head.entry.last))
 
         # -- pooling --------------------------------------------------------
         # Stage 1: scale and bias of the row (from its header beat).
@@ -440,6 +460,7 @@ class _Unit(wiring.Component):
 
         # F2: checks, address, the bag's unit and status.
         in_bag = Signal()
+        bag_merged = Signal()
         bag_table = Signal.like(f1.table)
         bag_count = Signal(range(cfg.max_bag + 2))
         bag_status = Signal(Status)
@@ -451,6 +472,7 @@ class _Unit(wiring.Component):
             unit_ok = d.onchip & (d.unit == u - cfg.channels)
         table_good = f1_table_ok & d.valid & unit_ok
         first = ~in_bag
+        merged = Mux(first, table_good & d.merged, bag_merged)
         row = ~f1.empty
         # the row's beats [addr, addr + row_beats) must lie inside the table
         # and inside the unit's address space (checked with an extra bit)
@@ -466,7 +488,7 @@ class _Unit(wiring.Component):
             m.d.comb += status.eq(Status.BAD_TABLE)
         with m.Elif((prior == Status.BAD_BAG)
                     | (row & ((~first & (f1.table != bag_table))
-                              | (bag_count >= cfg.max_bag)))):
+                              | (bag_count >= Mux(merged, 1, cfg.max_bag))))):
             m.d.comb += status.eq(Status.BAD_BAG)
         with m.Elif((prior == Status.BAD_ID) | (row & ~id_ok)):
             m.d.comb += status.eq(Status.BAD_ID)
@@ -476,15 +498,23 @@ class _Unit(wiring.Component):
         m.d.comb += [entry.read.eq(row & (status == Status.OK)),
                      entry.addr.eq(addr), entry.beats.eq(d.row_beats),
                      entry.bits4.eq(d.bits4), entry.dim.eq(d.dim),
-                     entry.last.eq(f1.last), entry.status.eq(status)]
+                     entry.last.eq(f1.last), entry.status.eq(status),
+                     entry.merged.eq(merged), entry.seg_beats.eq(d.seg_beats),
+                     entry.dim_b.eq(d.dim_b), entry.bits4_b.eq(d.bits4_b)]
 
         # Only rows to read and bag ends are queued (an empty beat, or a row
         # of a bag already bad, is dropped here).
+        # A merged table's bag gives two vectors: a bag end without a row is
+        # queued twice (the beat is held for a cycle).
         entries = self.entries
         queue = entry.read | f1.last
-        go = f1_valid & (entries.ready | ~queue)
+        twice = f1.last & ~entry.read & merged
+        again = Signal()            # the first of the two went last cycle
+        go = f1_valid & (entries.ready | ~queue) & (~twice | again)
         m.d.comb += [f2_ready.eq(go), entries.valid.eq(f1_valid & queue),
                      entries.payload.eq(entry)]
+        with m.If(f1_valid & twice & entries.ready):
+            m.d.sync += again.eq(~again)
         with m.If(go):
             with m.If(f1.last):
                 m.d.sync += [in_bag.eq(0), bag_count.eq(0), bag_status.eq(Status.OK)]
@@ -492,7 +522,7 @@ class _Unit(wiring.Component):
                 m.d.sync += [in_bag.eq(1), bag_status.eq(status),
                              bag_count.eq(bag_count + row)]
                 with m.If(first):
-                    m.d.sync += bag_table.eq(f1.table)
+                    m.d.sync += [bag_table.eq(f1.table), bag_merged.eq(merged)]
 
 
 class EmbeddingLookup(wiring.Component):

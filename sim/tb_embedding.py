@@ -307,3 +307,99 @@ async def bench_uniform(dut):
     with open(tb["report"], "w") as f:
         json.dump(report, f, indent=2)
 
+
+
+@cocotb.test(timeout_time=40, timeout_unit="ms")
+async def test_compiled_tables(dut):
+    """End to end with the table compiler: float tables (8- and 4-bit, some
+    one-hot and small enough to be merged by Cartesian product, some on
+    chip), the compiler's images, descriptors and lookup streams, against
+    :func:`host.table_compiler.golden_stream`. Random stalls everywhere and
+    an error range on channel 0."""
+    from host.table_compiler import (MergePolicy, TableSpec, bank_writes, build_lookup_stream,
+                                     compile_tables, descriptor_writes, golden_stream)
+    tb = read_tb_config()
+    cfg = EmbeddingConfig(**tb["embedding"])
+    rng = np.random.default_rng(tb["seed"])
+    prng = random.Random(tb["seed"])
+    specs = []
+    for n in range(min(cfg.max_tables, 7)):
+        one_hot = n < 4
+        rows = int(rng.integers(2, 6)) if one_hot else int(rng.integers(20, 200))
+        dim = int(rng.integers(1, 9)) if one_hot else int(rng.integers(1, cfg.max_dim + 1))
+        specs.append(TableSpec(f"f{n}", rng.normal(0, 1, (rows, dim)).astype(np.float32),
+                               bits=int(rng.choice([8, 4])),
+                               pooling_factor=1.0 if one_hot else 3.0))
+    compiled = compile_tables(specs, cfg, merge=MergePolicy(max_growth=1.0))
+    amap = compiled.address_map
+    items = tb["bags"]
+    bags = {}
+    for s in specs:
+        t, _ = amap.feature(s.name)
+        rows = amap.tables[t].rows
+        if s.pooling_factor == 1.0 and amap.tables[t].merged:
+            bags[s.name] = [[prng.randrange(s.data.shape[0])] for _ in range(items)]
+        else:
+            bags[s.name] = [[prng.randrange(s.data.shape[0] + (prng.random() < 0.03))
+                             for _ in range(prng.choice([0, 1, 2, 3, 5]))]
+                            for _ in range(items)]
+    stream = build_lookup_stream(amap, bags)
+    errors = {}
+    if len(compiled.channel_images[0]):
+        size = len(compiled.channel_images[0])
+        errors = {0: [(size - size // 4, size)]}
+    status, vectors = golden_stream(compiled, stream, errors)
+    assert any(t.merged for t in amap.tables), "no table was merged"
+
+    start_clock(dut, 10)
+    await reset(dut, dut.clk, 3)
+    axi = []
+    for c in range(cfg.channels):
+        memory = np.concatenate([compiled.channel_images[c],
+                                 np.zeros(cfg.bus_bytes, np.uint8)])
+        axi.append(AxiReadMemory(dut, f"m{c}", dut.clk, memory=memory, reset=dut.rst,
+                                 latency=tuple(tb["latency"]), seed=tb["seed"] + c,
+                                 ar_backpressure=tb["ar_backpressure"], r_gaps=tb["r_gaps"],
+                                 error_ranges=errors.get(c, ())))
+    desc = StreamSource(dut, "desc", dut.clk, reset=dut.rst)
+    for w in descriptor_writes(amap, cfg):
+        desc.send_nowait(w)
+    if cfg.onchip_banks:
+        bank_w = StreamSource(dut, "bank_w", dut.clk, reset=dut.rst)
+        for w in bank_writes(compiled):
+            bank_w.send_nowait(w)
+        await bank_w.wait_idle()
+    await desc.wait_idle()
+    lookup, pooled = Packer(lookup_layout(cfg)), Packer(pooled_layout(cfg))
+    n_units = cfg.channels + cfg.onchip_banks
+
+    async def unit(u):
+        src = StreamSource(dut, f"i{u}", dut.clk, reset=dut.rst,
+                           idle=random_pauses(random.Random(tb["seed"] + 7 * u), tb["idle"]))
+        sink = StreamSink(dut, f"o{u}", dut.clk, reset=dut.rst,
+                          backpressure=random_pauses(random.Random(tb["seed"] + 11 * u),
+                                                     tb["backpressure"]))
+        mine = stream.unit_bags(u)
+        for k in mine:
+            ids = stream.bag_ids(k).tolist()
+            table = int(stream.table[k])
+            if not ids:
+                src.send_nowait(lookup.pack({"table": table, "id": 0, "last": 1, "empty": 1}))
+            for n, i in enumerate(ids):
+                src.send_nowait(lookup.pack({"table": table, "id": i,
+                                             "last": int(n == len(ids) - 1), "empty": 0}))
+        for k in mine:
+            for seg, want in enumerate(vectors[k]):
+                got = pooled.unpack(await sink.recv())
+                where = f"unit {u} bag {k} segment {seg} (table {stream.table[k]})"
+                got_status = int(getattr(got["status"], "value", got["status"]))
+                assert got_status == status[k], f"{where}: status {got_status}, want {status[k]}"
+                full = np.zeros(cfg.max_dim, np.int64)
+                full[:want.size] = want
+                assert list(got["pooled"]) == full.tolist(), f"{where}: pooled differs"
+
+    tasks = [cocotb.start_soon(unit(u)) for u in range(n_units)]
+    for t in tasks:
+        await t
+    for m in axi:
+        m.check()

@@ -18,14 +18,24 @@ def emb_build():
     return TINY, sim_runner, top
 
 
-def run_tb(emb_build, tmp_path, **overrides):
+#: A wider bus, so that two small rows fit one burst and tables get merged.
+WIDE = dataclasses.replace(TINY, data_bits=128)
+
+
+@pytest.fixture(scope="session")
+def wide_build():
+    sim_runner, top = build_embedding(WIDE)
+    return WIDE, sim_runner, top
+
+
+def run_tb(emb_build, tmp_path, test="test_random_bags", **overrides):
     cfg, sim_runner, top = emb_build
     tb = {"embedding": dataclasses.asdict(cfg), "seed": 1, "idle": 0.3,
           "backpressure": 0.3, "latency": [5, 40], "r_gaps": 0.2,
           "ar_backpressure": 0.2, "bags": 150, "errors": False, **overrides}
     env = runner.write_tb_config(tmp_path / "tb.json", tb)
     return runner.run(sim_runner, test_module="sim.tb_embedding", toplevel=top,
-                      test_filter="test_random_bags$", extra_env=env,
+                      test_filter=f"{test}$", extra_env=env,
                       results_xml=tmp_path / "results.xml")
 
 
@@ -37,3 +47,11 @@ def test_random_bags(emb_build, tmp_path, seed):
 def test_hbm_latency_and_error_responses(emb_build, tmp_path):
     assert len(run_tb(emb_build, tmp_path, seed=3, latency=[100, 300], bags=60,
                       errors=True)) == 1
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_compiled_tables(wide_build, tmp_path, seed):
+    """The table compiler's images, descriptors and streams, merged tables
+    included, against its golden model."""
+    assert len(run_tb(wide_build, tmp_path, test="test_compiled_tables", seed=seed,
+                      bags=80)) == 1
