@@ -10,8 +10,9 @@ received; ``peak_rows_per_cycle`` is what the channels can deliver (a beat
 a cycle each: ``channels / row_beats``); ``round_latency_cycles`` is one
 lookup round alone (a one-row bag on every channel, the unit idle before).
 
-:func:`cartesian_report` applies the table compiler's Cartesian merging to
-the table-size lists of PAPERS.md.
+The Cartesian report (merging the table-size lists of MicroRec, Criteo
+Kaggle and Terabyte) is :mod:`benchmarks.cartesian`; ``recaccel bench
+lookup`` prints both.
 """
 
 from __future__ import annotations

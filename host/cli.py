@@ -105,9 +105,12 @@ def cmd_bench(args):
         _write_json(args.json, rows)
     elif args.what == "lookup":
         from benchmarks.lookup import bench_lookup, format_lookup
+        from benchmarks.cartesian import cartesian_report, format_cartesian
         report = bench_lookup(cfg.embedding, latency=args.latency)
         print(format_lookup(report))
-        _write_json(args.json, report)
+        cartesian = cartesian_report()
+        print(format_cartesian(cartesian))
+        _write_json(args.json, {**report, "cartesian": cartesian})
     return 0
 
 

@@ -57,11 +57,19 @@ produce two pooled vectors. The heuristic (PAPERS.md, MicroRec), on when a
    the same smallest;
 3. the smallest tables (merged or not) then go on chip, as above.
 
-Merging is off by default: the unit (hw/embedding.py) has no two-segment
-rows yet, so a merged table has no descriptor (:func:`pack_descriptor`
-says so) and is served by the golden model only. The descriptor needs
-``merged``, ``seg_beats`` (beats of the first segment), ``dim_b`` and
-``bits4_b``; :func:`descriptor_values` already fills them.
+Steps 1 and 2 need only the tables' sizes: :func:`plan_merges` runs them on
+:class:`TableShape` s (rows, dim, bits, pooling factor), and
+:func:`compile_tables` calls it with the shapes of the quantized tables.
+Storage is counted in the units of a :class:`RowLayout`: by default the
+compiler's own (an :class:`~hw.config.EmbeddingConfig`: beats, rows a
+power-of-two stride apart, at most ``max_row_beats`` per burst); another
+layout (say MicroRec's dense 32-bit rows) plans the same way in its units.
+
+Merging is off by default (pass a :class:`MergePolicy`). The unit
+(hw/embedding.py) reads a merged row in one burst and answers its bag with
+two vectors, one per segment; the descriptor's ``merged``, ``seg_beats``
+(beats of the first segment), ``dim_b`` and ``bits4_b`` describe it. A
+merged table's bag is one row: longer bags are ``BAD_BAG``.
 
 Lookup stream
 -------------
@@ -80,7 +88,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -94,7 +102,8 @@ from .embedding import (EmbeddingStatus, RowwiseTable, bag_status, pack_hw_rows,
 from .packing import Packer
 
 __all__ = [
-    "TableSpec", "MergePolicy", "Segment", "TableEntry", "AddressMap", "CompiledTables",
+    "TableSpec", "MergePolicy", "TableShape", "RowLayout", "BurstLayout", "plan_merges",
+    "Segment", "TableEntry", "AddressMap", "CompiledTables",
     "LookupStream", "compile_tables", "stride_beats", "descriptor_values",
     "pack_descriptor", "unpack_descriptor", "descriptor_words", "descriptor_writes",
     "bank_writes", "bags_from_lists", "build_lookup_stream", "golden_stream",
@@ -202,6 +211,133 @@ class MergePolicy:
 
     small_rows: int = 4096
     max_growth: float = 0.05
+
+
+@dataclass(frozen=True)
+class TableShape:
+    """A table by its sizes alone: what :func:`plan_merges` needs.
+
+    Parameters
+    ----------
+    rows, dim : int
+        Rows and elements per row, at least 1.
+    bits : int
+        Bits per element (8 or 4 for the compiler's layout; another
+        :class:`RowLayout` may take others, e.g. 32).
+    pooling_factor : float
+        Expected ids per item; exactly 1 is a one-hot feature, which may be
+        merged (as :class:`TableSpec`).
+    """
+
+    rows: int
+    dim: int
+    bits: int = 8
+    pooling_factor: float = 1.0
+
+    def __post_init__(self):
+        for name in ("rows", "dim", "bits"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"table shape: {name} must be an integer >= 1, not {v!r}")
+        pf = self.pooling_factor
+        if isinstance(pf, bool) or not isinstance(pf, (int, float)) or \
+                not math.isfinite(pf) or pf < 0:
+            raise ValueError(f"table shape: pooling_factor must be a finite number >= 0, "
+                             f"not {pf!r}")
+
+
+class RowLayout(Protocol):
+    """How rows take memory, for merge planning.
+
+    A row of ``dim`` ``bits``-bit elements takes ``row_units(dim, bits)``
+    units of ``unit_bytes`` bytes; rows of ``u`` units lie
+    ``stride_units(u)`` units apart; one lookup reads at most
+    ``max_row_units`` units. A merged row is its two rows one after the
+    other (``u_a + u_b`` units).
+    """
+
+    @property
+    def unit_bytes(self) -> int: ...
+
+    @property
+    def max_row_units(self) -> int: ...
+
+    def row_units(self, dim: int, bits: int) -> int: ...
+
+    def stride_units(self, row_units: int) -> int: ...
+
+
+@dataclass(frozen=True)
+class BurstLayout:
+    """The compiler's layout (the Layout section above): units are bus beats, rows
+    of :mod:`host.embedding` hardware rows a power-of-two number of beats
+    apart, one burst of at most ``max_row_beats`` per lookup."""
+
+    cfg: EmbeddingConfig
+
+    @property
+    def unit_bytes(self) -> int:
+        return self.cfg.bus_bytes
+
+    @property
+    def max_row_units(self) -> int:
+        return self.cfg.max_row_beats
+
+    def row_units(self, dim: int, bits: int) -> int:
+        return self.cfg.row_beats(dim, bits)
+
+    def stride_units(self, row_units: int) -> int:
+        return stride_beats(row_units)
+
+
+def plan_merges(shapes: Sequence[TableShape], layout: EmbeddingConfig | RowLayout,
+                policy: MergePolicy | None) -> list[tuple[int, int]]:
+    """MicroRec's merge heuristic on sizes alone (steps 1 and 2 of Merging).
+
+    Parameters
+    ----------
+    shapes : sequence of TableShape
+        One per feature.
+    layout : EmbeddingConfig or RowLayout
+        Where storage and burst lengths are counted; a config means the
+        compiler's layout, :class:`BurstLayout` of it.
+    policy : MergePolicy or None
+        None plans no merges.
+
+    Returns
+    -------
+    list of (int, int)
+        Pairs ``(small, large)`` of indices into ``shapes``, in the order
+        taken; each index in at most one pair. :func:`compile_tables` merges
+        exactly these.
+    """
+    if policy is None:
+        return []
+    if isinstance(layout, EmbeddingConfig):
+        layout = BurstLayout(layout)
+    shapes = list(shapes)
+    rows = [s.rows for s in shapes]
+    units = [layout.row_units(s.dim, s.bits) for s in shapes]
+    stride = layout.stride_units
+    budget = policy.max_growth * sum(r * stride(u) for r, u in zip(rows, units))
+    # A candidate's row must leave room in the burst for a partner.
+    cand = sorted((f for f, s in enumerate(shapes)
+                   if s.pooling_factor == 1 and rows[f] <= policy.small_rows
+                   and units[f] < layout.max_row_units),
+                  key=lambda f: (rows[f], f))
+    pairs = []
+    i, j = 0, len(cand) - 1
+    while i < j:
+        a, b = cand[i], cand[j]
+        merged = units[a] + units[b]
+        growth = (rows[a] * rows[b] * stride(merged)
+                  - rows[a] * stride(units[a]) - rows[b] * stride(units[b]))
+        if merged <= layout.max_row_units and growth <= budget:
+            pairs.append((a, b))
+            budget -= growth
+            i += 1
+        j -= 1
+    return pairs
 
 
 @dataclass(frozen=True)
@@ -372,9 +508,6 @@ def descriptor_values(entry: TableEntry, bus_bytes: int) -> dict:
 
 def _hw_descriptor(entry: TableEntry, cfg: EmbeddingConfig) -> dict:
     names = {name for name, _ in descriptor_layout(cfg)}
-    if entry.merged and "merged" not in names:
-        raise ValueError(f"table {entry.name!r} is merged (two segments), which "
-                         f"hw.embedding.descriptor_layout does not describe yet")
     return {k: v for k, v in descriptor_values(entry, cfg.bus_bytes).items() if k in names}
 
 
@@ -384,8 +517,7 @@ def pack_descriptor(entry: TableEntry, cfg: EmbeddingConfig) -> int:
     Raises
     ------
     ValueError
-        For a merged table while the layout has no ``merged`` field, or a
-        value that does not fit its field.
+        For a value that does not fit its field.
     """
     try:
         return Packer(descriptor_layout(cfg)).pack(_hw_descriptor(entry, cfg))
@@ -486,34 +618,6 @@ class _Physical:
         return stride_beats(self.row_beats)
 
 
-def _merge_pairs(specs, hw_rows, cfg: EmbeddingConfig, policy: MergePolicy | None):
-    """Pairs ``(small, large)`` of feature indices to merge (MicroRec)."""
-    if policy is None:
-        return []
-    bus = cfg.bus_bytes
-    rows = [r.shape[0] for r in hw_rows]
-    beats = [r.shape[1] // bus for r in hw_rows]
-    budget = policy.max_growth * sum(r * stride_beats(b) for r, b in zip(rows, beats))
-    # A candidate's row must leave at least one beat of the burst for a partner.
-    cand = sorted((f for f, s in enumerate(specs)
-                   if s.pooling_factor == 1 and rows[f] <= policy.small_rows
-                   and beats[f] < cfg.max_row_beats),
-                  key=lambda f: (rows[f], f))
-    pairs = []
-    i, j = 0, len(cand) - 1
-    while i < j:
-        a, b = cand[i], cand[j]
-        merged = beats[a] + beats[b]
-        growth = (rows[a] * rows[b] * stride_beats(merged)
-                  - rows[a] * stride_beats(beats[a]) - rows[b] * stride_beats(beats[b]))
-        if merged <= cfg.max_row_beats and growth <= budget:
-            pairs.append((a, b))
-            budget -= growth
-            i += 1
-        j -= 1
-    return pairs
-
-
 def _align(x: int, a: int) -> int:
     return -(-x // a) * a
 
@@ -572,8 +676,7 @@ def compile_tables(specs: Sequence[TableSpec], cfg: EmbeddingConfig,
         the place of its first feature).
     cfg : hw.config.EmbeddingConfig
     merge : MergePolicy, optional
-        MicroRec merging with this policy; none by default (the unit cannot
-        serve merged tables yet, see the module docstring).
+        MicroRec merging with this policy; none by default.
 
     Raises
     ------
@@ -616,7 +719,8 @@ def compile_tables(specs: Sequence[TableSpec], cfg: EmbeddingConfig,
         if s.frequencies is not None:
             freqs[s.name] = np.asarray(s.frequencies)
 
-    pairs = _merge_pairs(specs, hw_rows, cfg, merge)
+    pairs = plan_merges([TableShape(rows, dim, bits, s.pooling_factor)
+                         for (rows, dim, bits, _), s in zip(shapes, specs)], cfg, merge)
     partner = dict(pairs)
     absorbed = {b for _, b in pairs}
     phys, phys_names = [], []
@@ -807,7 +911,8 @@ def _run_table(compiled: CompiledTables, t: int, offsets, ids, error_ranges=None
     """One table's bags: statuses and one pooled array per segment."""
     entry = compiled.address_map.tables[t]
     cfg = compiled.config
-    status = bag_status(offsets, ids, entry.rows, cfg.max_bag)
+    # A merged table's bag is one row (the unit answers BAD_BAG past it).
+    status = bag_status(offsets, ids, entry.rows, 1 if entry.merged else cfg.max_bag)
     lengths = np.diff(offsets)
     read = np.repeat(status == EmbeddingStatus.OK, lengths)    # bad bags read nothing
     if error_ranges and entry.kind == "channel" and entry.unit in error_ranges:
