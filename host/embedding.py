@@ -87,7 +87,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .numerics import MULT_BITS, SHIFT_BITS
+from .numerics import check_requant_params
 from .quantize import quantize_multiplier
 
 __all__ = [
@@ -596,13 +596,7 @@ def requantize_pooled(pooled, mult, shift) -> np.ndarray:
         0 .. 63.
     """
     p = np.asarray(pooled, dtype=np.int64)
-    mult = np.asarray(mult, dtype=np.int64)
-    shift = np.asarray(shift, dtype=np.int64)
-    if np.any((mult < 1) | (mult >= 1 << MULT_BITS)):
-        raise ValueError(f"mult must be in 1..{(1 << MULT_BITS) - 1}")
-    if np.any((shift < 0) | (shift >= 1 << SHIFT_BITS)):
-        raise ValueError(f"shift must be in 0..{(1 << SHIFT_BITS) - 1}")
-    mult, shift = np.broadcast_arrays(mult, shift)
+    mult, shift = np.broadcast_arrays(*check_requant_params(mult, shift))
     peak = int(np.abs(p).max(initial=0)) * int(mult.max(initial=1))
     if peak < 1 << 62:
         prod = p * mult

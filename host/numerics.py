@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MULT_BITS", "SHIFT_BITS", "wrap_int32", "requantize",
+__all__ = ["MULT_BITS", "SHIFT_BITS", "wrap_int32", "check_requant_params", "requantize",
            "QuantLayer", "int8_layer", "int8_mlp", "float_mlp", "save_layers",
            "load_layers"]
 
@@ -45,16 +45,22 @@ def wrap_int32(v: np.ndarray) -> np.ndarray:
             & np.uint64(0xFFFF_FFFF)).astype(np.uint32).view(np.int32)
 
 
-def requantize(acc, bias, mult, shift, relu: bool) -> np.ndarray:
-    """int32 accumulators to int8, per output channel (last axis)."""
-    acc = np.asarray(acc, dtype=np.int64)
-    bias = np.asarray(bias, dtype=np.int64)
+def check_requant_params(mult, shift) -> tuple[np.ndarray, np.ndarray]:
+    """``mult`` and ``shift`` as int64 arrays, checked against their fields."""
     mult = np.asarray(mult, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)
     if np.any((mult < 1) | (mult >= 1 << MULT_BITS)):
         raise ValueError(f"mult must be in 1..{(1 << MULT_BITS) - 1}")
     if np.any((shift < 0) | (shift >= 1 << SHIFT_BITS)):
         raise ValueError(f"shift must be in 0..{(1 << SHIFT_BITS) - 1}")
+    return mult, shift
+
+
+def requantize(acc, bias, mult, shift, relu: bool) -> np.ndarray:
+    """int32 accumulators to int8, per output channel (last axis)."""
+    acc = np.asarray(acc, dtype=np.int64)
+    bias = np.asarray(bias, dtype=np.int64)
+    mult, shift = check_requant_params(mult, shift)
     p = (acc + bias) * mult                      # |p| < 2**49: fits int64
     half = np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0)
     r = np.right_shift(p + half, shift)          # arithmetic shift: floor
