@@ -3,7 +3,8 @@
 ``recaccel generate --preset P -o DIR`` writes::
 
     DIR/recaccel_top.v          the top level (today: the MLP cluster)
-    DIR/blocks/*.v              each block on its own (array, engines)
+    DIR/blocks/*.v              each block on its own (array, engines, top-k
+                                filter, embedding lookup unit)
     DIR/files.f                 the file list, top level first
     DIR/config.json             the config with its derived values
     DIR/recaccel_config.h       the same as C #defines
@@ -16,9 +17,11 @@ import re
 from pathlib import Path
 
 from .config import Config
+from .embedding import EmbeddingLookup
 from .mlp_cluster import MLPCluster
 from .mlp_engine import MLPEngine
 from .systolic import SystolicArray
+from .topk import TopKFilter
 from .verilog import to_verilog
 
 __all__ = ["TOP_NAME", "top_component", "generate", "constraint_texts"]
@@ -63,6 +66,8 @@ def generate(cfg: Config, outdir: str | Path, *, blocks: bool = True) -> list[Pa
                             reverse=True):
             e = next(e for e in range(cfg.array.engines) if cfg.array.engine_lanes(e) == lanes)
             parts[f"mlp_engine_{lanes}"] = MLPEngine(cfg.array, engine=e)
+        parts["topk_filter"] = TopKFilter(cfg.topk)
+        parts["embedding_lookup"] = EmbeddingLookup(cfg.embedding)
         for name, comp in parts.items():
             path = outdir / "blocks" / f"{name}.v"
             path.write_text(to_verilog(comp, name))
