@@ -71,8 +71,8 @@ from amaranth.lib.wiring import In, Out
 from .axi import AXI4ReadSignature, Burst, Resp
 from .config import EmbeddingConfig, clog2
 
-__all__ = ["Status", "descriptor_layout", "lookup_layout", "pooled_layout",
-           "bank_write_layout", "EmbeddingLookup"]
+__all__ = ["ID_BITS", "Status", "descriptor_layout", "desc_write_layout", "lookup_layout",
+           "pooled_layout", "bank_write_layout", "EmbeddingLookup"]
 
 #: Width of a lookup's row id.
 ID_BITS = 32
