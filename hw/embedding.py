@@ -193,15 +193,14 @@ class _BankResponder(wiring.Component):
         left = Signal(8)
         rid = Signal(cfg.id_bits)
         bad = Signal()
-        m.d.comb += axi.arready.eq(~busy)
-        with m.If(axi.arvalid & ~busy):
-            start = axi.araddr[shift:]
-            m.d.sync += [busy.eq(1), word.eq(start), left.eq(axi.arlen), rid.eq(axi.arid),
-                         bad.eq(start + axi.arlen >= cfg.onchip_words)]
-        # One beat a cycle while busy and the previous beat was taken.
+        # One beat a cycle while busy and the previous beat was taken; the
+        # next burst is accepted on the last beat of the current one, so
+        # bursts follow each other without a gap.
         out_valid = Signal()
         step = busy & (~out_valid | axi.rready)
-        m.d.comb += [rp.addr.eq(word), rp.en.eq(step)]
+        last_step = step & (left == 0)
+        accept = axi.arvalid & (~busy | last_step)
+        m.d.comb += [axi.arready.eq(~busy | last_step), rp.addr.eq(word), rp.en.eq(step)]
         with m.If(step):
             m.d.sync += [word.eq(word + 1), left.eq(left - 1), out_valid.eq(1),
                          axi.rid.eq(rid), axi.rlast.eq(left == 0),
@@ -210,8 +209,17 @@ class _BankResponder(wiring.Component):
                 m.d.sync += busy.eq(0)
         with m.Elif(axi.rready):
             m.d.sync += out_valid.eq(0)
-        m.d.comb += [axi.rvalid.eq(out_valid), axi.rdata.eq(Mux(bad, 0, rp.data))]
-        # rp.data is valid while out_valid (the port is enabled only on a step)
+        with m.If(accept):
+            start = axi.araddr[shift:]
+            m.d.sync += [busy.eq(1), word.eq(start), left.eq(axi.arlen), rid.eq(axi.arid),
+                         bad.eq(start + axi.arlen >= cfg.onchip_words)]
+        # The beat on the output is of the burst it was read for (bad may
+        # already be the next burst's): its own flag, registered with it.
+        out_bad = Signal()
+        with m.If(step):
+            m.d.sync += out_bad.eq(bad)
+        # (rp.data holds while out_valid: the port is enabled only on a step)
+        m.d.comb += [axi.rvalid.eq(out_valid), axi.rdata.eq(Mux(out_bad, 0, rp.data))]
         return m
 
 

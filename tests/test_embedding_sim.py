@@ -55,17 +55,24 @@ def test_bank_lookups():
                       "row_beats": cfg.row_beats(t["dim"], t["bits"]),
                       "stride_shift": (cfg.row_beats(t["dim"], t["bits"]) - 1).bit_length()})
     descs.append({**descs[0], "onchip": 0})
+    # table 3: on the bank but past its end (a bad descriptor): every read
+    # answers SLVERR, so its bags are MEM_ERROR, and nothing is read outside
+    descs.append({**descs[0], "base": cfg.onchip_words - 2})
     assert len(words) <= cfg.onchip_words
     dut = EmbeddingLookup(cfg)
     prng = random.Random(2)
     bags = []
     for _ in range(40):
-        table = prng.randrange(4)
+        table = prng.randrange(5)
         n = prng.randrange(0, 5)
         ids = [prng.randrange(12) for _ in range(n)]
         bags.append((table, ids))
 
     def golden(table, ids):
+        if table == 3:              # reads past the bank's end
+            if any(i >= descs[3]["rows"] for i in ids):
+                return Status.BAD_ID, np.zeros(cfg.max_dim, np.int64)
+            return (Status.MEM_ERROR if ids else Status.OK), np.zeros(cfg.max_dim, np.int64)
         if table >= len(tables):    # no such table, or not on this unit
             return Status.BAD_TABLE, np.zeros(cfg.max_dim, np.int64)
         t = tables[table]
