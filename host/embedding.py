@@ -87,7 +87,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .numerics import check_requant_params
+from .numerics import check_requant_params, round_shift
 from .quantize import quantize_multiplier
 
 __all__ = [
@@ -598,14 +598,9 @@ def requantize_pooled(pooled, mult, shift) -> np.ndarray:
     p = np.asarray(pooled, dtype=np.int64)
     mult, shift = np.broadcast_arrays(*check_requant_params(mult, shift))
     peak = int(np.abs(p).max(initial=0)) * int(mult.max(initial=1))
-    if peak < 1 << 62:
-        prod = p * mult
-        half = np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0)
-        r = np.right_shift(prod + half, shift)
-    else:
-        prod = p.astype(object) * mult.astype(object)
-        half = np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0).astype(object)
-        r = (prod + half) >> shift.astype(object)
+    # Python integers where the product could overflow int64.
+    prod = p * mult if peak < 1 << 62 else p.astype(object) * mult.astype(object)
+    r = round_shift(prod, shift)
     return np.clip(r, -128, 127).astype(np.int8)
 
 

@@ -149,7 +149,8 @@ from .datasets import ML100K_ITEMS, ML100K_USERS
 from .embedding import (EmbeddingStatus, FixedPointTable, RowwiseTable, pooled_lookup,
                         pooled_output_params, quantize_8bit, quantize_nbit,
                         requantize_pooled, to_fixed_point)
-from .numerics import QuantLayer, check_requant_params, int8_mlp, requantize, wrap_int32
+from .numerics import (QuantLayer, check_requant_params, int8_mlp, requantize, round_shift,
+                       wrap_int32)
 from .quantize import QuantizedMLP, calibrate_mlp, quantize_multiplier
 
 __all__ = [
@@ -859,9 +860,7 @@ def requantize_wide(acc, bias, mult, shift, bits: int) -> np.ndarray:
     acc = np.asarray(acc, dtype=np.int64)
     bias = np.asarray(bias, dtype=np.int64)
     mult, shift = check_requant_params(mult, shift)
-    p = (acc + bias) * mult                      # |p| < 2**49: fits int64
-    half = np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0)
-    r = np.right_shift(p + half, shift)
+    r = round_shift((acc + bias) * mult, shift)  # |p| < 2**49: fits int64
     return np.clip(r, -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
 
 

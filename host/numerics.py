@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MULT_BITS", "SHIFT_BITS", "wrap_int32", "check_requant_params", "requantize",
+__all__ = ["MULT_BITS", "SHIFT_BITS", "wrap_int32", "check_requant_params", "round_shift",
+           "requantize",
            "QuantLayer", "int8_layer", "int8_mlp", "float_mlp", "save_layers",
            "load_layers"]
 
@@ -56,14 +57,24 @@ def check_requant_params(mult, shift) -> tuple[np.ndarray, np.ndarray]:
     return mult, shift
 
 
+def round_shift(p, shift) -> np.ndarray:
+    """``(p + 2**(shift-1)) >> shift``: the requantizer's rounding, half up
+    (towards +inf), arithmetic shift, no rounding term when ``shift == 0``.
+    ``p`` is an int64 array, or an object array of Python ints where int64
+    would overflow."""
+    shift = np.asarray(shift, dtype=np.int64)
+    half = np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0)
+    if np.asarray(p).dtype == object:
+        return (p + half.astype(object)) >> shift.astype(object)
+    return np.right_shift(p + half, shift)
+
+
 def requantize(acc, bias, mult, shift, relu: bool) -> np.ndarray:
     """int32 accumulators to int8, per output channel (last axis)."""
     acc = np.asarray(acc, dtype=np.int64)
     bias = np.asarray(bias, dtype=np.int64)
     mult, shift = check_requant_params(mult, shift)
-    p = (acc + bias) * mult                      # |p| < 2**49: fits int64
-    half = np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0)
-    r = np.right_shift(p + half, shift)          # arithmetic shift: floor
+    r = round_shift((acc + bias) * mult, shift)  # |p| < 2**49: fits int64
     if relu:
         r = np.maximum(r, 0)
     return np.clip(r, -128, 127).astype(np.int8)

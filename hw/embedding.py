@@ -253,7 +253,6 @@ class _Unit(wiring.Component):
         slot_beats = _slot_beats(cfg)
         beat_bits = clog2(slot_beats)
         W = cfg.bus_bytes
-        entry_l = _entry_layout(cfg)
         meta_l = _meta_layout(cfg)
 
         # -- issue: one AR per row, ID = slot (allocated in order) ----------

@@ -71,6 +71,32 @@ def random_table(cfg: EmbeddingConfig, rng: np.random.Generator, rows: int) -> F
                            bits=bits, frac_bits=cfg.frac_bits)
 
 
+def bag_beats(table: int, ids, row_tables=None, *, rng=None, empty_rate=0.0):
+    """The lookup beats of one bag (dicts of :func:`hw.embedding.lookup_layout`):
+    an empty bag is one ``empty, last`` beat; ``row_tables`` names each row's
+    table (default: the bag's); with ``rng``, an empty beat (which carries
+    nothing) goes before a row with probability ``empty_rate``."""
+    if not len(ids):
+        return [{"table": table, "id": 0, "last": 1, "empty": 1}]
+    beats = []
+    for n, i in enumerate(ids):
+        if rng is not None and rng.random() < empty_rate:
+            beats.append({"table": table, "id": 0, "last": 0, "empty": 1})
+        beats.append({"table": table if row_tables is None else row_tables[n], "id": int(i),
+                      "last": int(n == len(ids) - 1), "empty": 0})
+    return beats
+
+
+def check_pooled(got: dict, status: int, want, max_dim: int, where: str):
+    """An unpacked output beat against the golden status and vector (``want``
+    is the table's ``dim`` elements; the rest must be zero)."""
+    got_status = int(getattr(got["status"], "value", got["status"]))
+    assert got_status == int(status), f"{where}: status {got_status}, want {int(status)}"
+    full = np.zeros(max_dim, np.int64)
+    full[:len(want)] = want
+    assert list(got["pooled"]) == full.tolist(), f"{where}: pooled differs"
+
+
 class EmbeddingBench:
     """Tables placed on the units, the memory models, the streams, and the
     golden answer of every bag.
@@ -167,13 +193,13 @@ class EmbeddingBench:
             await self.bank_w.wait_idle()
         await self.desc.wait_idle()
 
-    def golden(self, unit: int, table: int, ids: list[int]):
+    def golden(self, unit: int, table: int, ids: list[int], row_tables=None):
         cfg = self.cfg
         zero = np.zeros(cfg.max_dim, np.int64)
         t = self.tables[table] if table < len(self.tables) else None
         if t is None or t.unit != unit:
             return EmbeddingStatus.BAD_TABLE, zero
-        if len(ids) > cfg.max_bag:
+        if len(ids) > cfg.max_bag or any(rt != table for rt in row_tables or ()):
             return EmbeddingStatus.BAD_BAG, zero
         if any(i >= t.rows for i in ids):
             return EmbeddingStatus.BAD_ID, zero
@@ -201,27 +227,21 @@ class EmbeddingBench:
             n = cfg.max_bag + 1
         ids = [r.randrange(rows) if r.random() > 0.04 else rows + r.randrange(3)
                for _ in range(n)]
-        return table, ids
+        row_tables = [table] * n
+        if n >= 2 and r.random() < 0.04:       # a row of another table mid-bag
+            row_tables[r.randrange(1, n)] = r.randrange(len(self.tables) + 1)
+        return table, ids, row_tables
 
-    def send_bag(self, unit: int, table: int, ids: list[int]):
-        src, pack = self.src[unit], self.lookup.pack
-        if not ids:
-            src.send_nowait(pack({"table": table, "id": 0, "last": 1, "empty": 1}))
-        for n, i in enumerate(ids):
-            if self.prng.random() < 0.05:      # an empty beat mid-bag carries nothing
-                src.send_nowait(pack({"table": table, "id": 0, "last": 0, "empty": 1}))
-            src.send_nowait(pack({"table": table, "id": i,
-                                  "last": int(n == len(ids) - 1), "empty": 0}))
+    def send_bag(self, unit: int, table: int, ids: list[int], row_tables=None):
+        for beat in bag_beats(table, ids, row_tables, rng=self.prng, empty_rate=0.05):
+            self.src[unit].send_nowait(self.lookup.pack(beat))
 
     async def check_unit(self, unit: int, bags):
-        for n, (table, ids) in enumerate(bags):
+        for n, bag in enumerate(bags):
             got = self.pooled.unpack(await self.sink[unit].recv())
-            status, want = self.golden(unit, table, ids)
-            where = f"unit {unit} bag {n} (table {table}, ids {ids})"
-            assert int(got["status"].value if hasattr(got["status"], "value")
-                       else got["status"]) == status, \
-                f"{where}: status {got['status']}, want {status.name}"
-            assert list(got["pooled"]) == want.tolist(), f"{where}: pooled differs"
+            status, want = self.golden(unit, *bag)
+            check_pooled(got, status, want, self.cfg.max_dim,
+                         f"unit {unit} bag {n} (table {bag[0]}, ids {bag[1]})")
 
 
 @cocotb.test(timeout_time=40, timeout_unit="ms")
@@ -236,8 +256,8 @@ async def test_random_bags(dut):
     plans = []
     for u in range(n_units):
         bags = [bench.random_bag(u) for _ in range(tb["bags"])]
-        for table, ids in bags:
-            bench.send_bag(u, table, ids)
+        for bag in bags:
+            bench.send_bag(u, *bag)
         plans.append(bags)
     checks = [cocotb.start_soon(bench.check_unit(u, plans[u])) for u in range(n_units)]
     for c in checks:
@@ -285,8 +305,8 @@ async def bench_uniform(dut):
         for c in range(cfg.channels):
             bags = [(c, [int(i)]) for i in rng.integers(0, rows, lookups)]
             for table, ids in bags:
-                bench.src[c].send_nowait(bench.lookup.pack(
-                    {"table": table, "id": ids[0], "last": 1, "empty": 0}))
+                for beat in bag_beats(table, ids):
+                    bench.src[c].send_nowait(bench.lookup.pack(beat))
             plans.append(bags)
         start = cycle
         checks = [cocotb.start_soon(bench.check_unit(c, plans[c])) for c in range(cfg.channels)]
@@ -381,22 +401,12 @@ async def test_compiled_tables(dut):
                                                      tb["backpressure"]))
         mine = stream.unit_bags(u)
         for k in mine:
-            ids = stream.bag_ids(k).tolist()
-            table = int(stream.table[k])
-            if not ids:
-                src.send_nowait(lookup.pack({"table": table, "id": 0, "last": 1, "empty": 1}))
-            for n, i in enumerate(ids):
-                src.send_nowait(lookup.pack({"table": table, "id": i,
-                                             "last": int(n == len(ids) - 1), "empty": 0}))
+            for beat in bag_beats(int(stream.table[k]), stream.bag_ids(k)):
+                src.send_nowait(lookup.pack(beat))
         for k in mine:
             for seg, want in enumerate(vectors[k]):
-                got = pooled.unpack(await sink.recv())
-                where = f"unit {u} bag {k} segment {seg} (table {stream.table[k]})"
-                got_status = int(getattr(got["status"], "value", got["status"]))
-                assert got_status == status[k], f"{where}: status {got_status}, want {status[k]}"
-                full = np.zeros(cfg.max_dim, np.int64)
-                full[:want.size] = want
-                assert list(got["pooled"]) == full.tolist(), f"{where}: pooled differs"
+                check_pooled(pooled.unpack(await sink.recv()), status[k], want, cfg.max_dim,
+                             f"unit {u} bag {k} segment {seg} (table {stream.table[k]})")
 
     tasks = [cocotb.start_soon(unit(u)) for u in range(n_units)]
     for t in tasks:
