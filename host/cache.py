@@ -112,7 +112,8 @@ from .traces import ROW_BITS, Trace
 
 __all__ = ["TABLE_SALT", "POLICIES", "table_salt", "set_index", "Outcome", "CacheStats",
            "CacheModel", "StaticSelection", "select_pinned", "check_pinned",
-           "compiled_profile", "StaticLoad", "static_cache_load", "belady_hits",
+           "compiled_profile", "static_lines", "StaticLoad", "static_cache_load",
+           "static_cache_writes", "belady_hits",
            "belady_hit_rate"]
 
 #: The multiplier of :func:`table_salt`: ``2**32`` over the golden ratio, odd.
@@ -310,7 +311,8 @@ def _pairs(pinned, tables: _Tables | None) -> tuple[np.ndarray, np.ndarray]:
     return table, rows
 
 
-def check_pinned(pinned, capacity_rows: int, tables=None) -> tuple[np.ndarray, np.ndarray]:
+def check_pinned(pinned, capacity_rows: int, tables=None,
+                 ways: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Validate a pinned set before anything is loaded.
 
     Parameters
@@ -322,6 +324,10 @@ def check_pinned(pinned, capacity_rows: int, tables=None) -> tuple[np.ndarray, n
     tables : mapping of name to rows, sequence of rows, Trace or AddressMap, optional
         The tables that exist. Without it only ``0 <= row < 2**32`` is
         checked.
+    ways : int, optional
+        The hardware's static cache is ``ways``-way set-associative
+        (:func:`static_lines`): no set may hold more than ``ways`` pinned
+        rows. Without it the cache is taken as fully associative.
 
     Returns
     -------
@@ -332,7 +338,8 @@ def check_pinned(pinned, capacity_rows: int, tables=None) -> tuple[np.ndarray, n
     ValueError
         More pinned rows than ``capacity_rows``; a table that does not
         exist; a row outside its table; a row pinned twice; a table that
-        lives on chip (its lookups never pass the caches).
+        lives on chip (its lookups never pass the caches); more rows in
+        one set than ``ways``.
     """
     capacity_rows = _check_int("static_rows", capacity_rows)
     known = None if tables is None else _Tables(tables)
@@ -361,7 +368,43 @@ def check_pinned(pinned, capacity_rows: int, tables=None) -> tuple[np.ndarray, n
     if np.any(cnt > 1):
         i = int(first[np.argmax(cnt > 1)])
         raise ValueError(f"row {int(row[i])} of table {name(table[i])} is pinned twice")
+    if ways is not None and capacity_rows:
+        sets = _static_sets(capacity_rows, ways)
+        per_set = np.bincount(set_index(table, row, sets), minlength=sets)
+        if per_set.max() > ways:
+            s = int(np.argmax(per_set))
+            raise ValueError(f"{int(per_set[s])} pinned rows fall in set {s} of the static "
+                             f"cache, which has {ways} ways: pin fewer rows, or choose them "
+                             f"with select_pinned(..., ways={ways}), or raise "
+                             f"embedding.static_ways")
     return table, row
+
+
+def _static_sets(capacity_rows: int, ways: int) -> int:
+    ways = _check_int("static_ways", ways, 1)
+    if capacity_rows % ways or not _is_pow2(capacity_rows // ways):
+        raise ValueError(f"static cache: {capacity_rows} rows in {ways} ways must make a "
+                         f"power-of-two number of sets")
+    return capacity_rows // ways
+
+
+def static_lines(table, row, capacity_rows: int, ways: int) -> np.ndarray:
+    """Where the hardware's static cache holds each pinned row: line ``way *
+    sets + set``, ``set`` = :func:`set_index` with ``sets = capacity_rows /
+    ways`` and the ways of a set given in pinned order. The rows must fit
+    (:func:`check_pinned` with ``ways``)."""
+    table = np.asarray(table, np.int64).reshape(-1)
+    row = np.asarray(row, np.int64).reshape(-1)
+    sets = _static_sets(capacity_rows, ways)
+    s = np.asarray(set_index(table, row, sets), np.int64).reshape(-1)
+    used = np.zeros(sets, np.int64)
+    line = np.zeros(s.size, np.int64)
+    for i, k in enumerate(s.tolist()):
+        if used[k] >= ways:
+            raise ValueError(f"set {k} of the static cache is full ({ways} ways)")
+        line[i] = used[k] * sets + k
+        used[k] += 1
+    return line
 
 
 @dataclass(frozen=True, eq=False)
@@ -412,8 +455,10 @@ def _counts(name, c, rows=None) -> np.ndarray:
     return c
 
 
-def select_pinned(profile, capacity_rows: int, tables=None) -> StaticSelection:
-    """The static cache's rows: the ``capacity_rows`` most frequent keys.
+def select_pinned(profile, capacity_rows: int, tables=None,
+                  ways: int | None = None) -> StaticSelection:
+    """The static cache's rows: the ``capacity_rows`` most frequent keys
+    (with ``ways``, those that fit a set-associative cache).
 
     Parameters
     ----------
@@ -429,6 +474,11 @@ def select_pinned(profile, capacity_rows: int, tables=None) -> StaticSelection:
         table's rows. Tables on chip are left out (they never pass the
         caches). Without it, a profile keyed by name takes its indices from
         its own order, one keyed by index keeps them.
+    ways : int, optional
+        The static cache is ``ways``-way set-associative, as the hardware's
+        (:func:`static_lines`): in frequency order, a key whose set is
+        already full is passed over for the next one. Without it the cache
+        is fully associative.
 
     Returns
     -------
@@ -476,7 +526,24 @@ def select_pinned(profile, capacity_rows: int, tables=None) -> StaticSelection:
             if any(c.dtype.kind == "f" for c in cnt) else np.concatenate(cnt)
     else:
         tab = row = cnt = np.zeros(0, np.int64)
-    order = np.lexsort((row, tab, -cnt))[:capacity_rows]
+    order = np.lexsort((row, tab, -cnt))
+    if ways is None:
+        order = order[:capacity_rows]
+    elif capacity_rows:
+        sets = _static_sets(capacity_rows, ways)
+        s = np.asarray(set_index(tab[order], row[order], sets), np.int64).reshape(-1)
+        # in frequency order, a key goes in while its set has a free way
+        seen = np.zeros(sets, np.int64)
+        keep = []
+        for i, k in enumerate(s.tolist()):
+            if seen[k] < ways:
+                seen[k] += 1
+                keep.append(i)
+                if len(keep) == capacity_rows:
+                    break
+        order = order[np.asarray(keep, np.int64)]
+    else:
+        order = order[:0]
     return StaticSelection(tab[order], row[order], cnt[order],
                            {t: names[t] for t in np.unique(tab[order]).tolist()},
                            capacity_rows, total)
@@ -498,23 +565,39 @@ def compiled_profile(compiled) -> dict[str, np.ndarray]:
 
 @dataclass(frozen=True, eq=False)
 class StaticLoad:
-    """What loading the static cache copies: per pinned row (in slot order)
-    its table index, row, channel, byte address and the bytes of its burst
-    (``row_beats * bus_bytes``, as the dynamic cache would fetch them)."""
+    """What loading the static cache copies: per pinned row (in pinned order)
+    its table index, row, channel, byte address, the bytes of its burst
+    (``row_beats * bus_bytes``, as the dynamic cache would fetch them) and,
+    when the cache's ways were given, its line (:func:`static_lines`, among
+    the rows of its channel)."""
 
     table: np.ndarray
     row: np.ndarray
     channel: np.ndarray
     address: np.ndarray
     data: list[np.ndarray]
+    line: np.ndarray | None = None
 
 
-def static_cache_load(compiled, pinned, capacity_rows: int) -> StaticLoad:
+def static_cache_load(compiled, pinned, capacity_rows: int,
+                      ways: int | None = None) -> StaticLoad:
     """Check a pinned set against compiled tables (:func:`check_pinned`,
-    before anything is read) and gather the rows to load."""
+    before anything is read) and gather the rows to load.
+
+    ``capacity_rows`` (and ``ways``) are one channel's static cache: each
+    channel has its own, so the check is per channel."""
     amap = compiled.address_map
-    table, row = check_pinned(pinned, capacity_rows, amap)
+    table, row = _pairs(pinned, _Tables(amap))
     channel = np.array([amap.tables[t].unit for t in table.tolist()], np.int64)
+    line = np.zeros(table.size, np.int64) if ways is not None else None
+    for c in np.unique(channel).tolist():
+        sel = np.flatnonzero(channel == c)
+        check_pinned(list(zip(table[sel].tolist(), row[sel].tolist())), capacity_rows,
+                     amap, ways)
+        if ways is not None:
+            line[sel] = static_lines(table[sel], row[sel], capacity_rows, ways)
+    if not table.size:
+        check_pinned((), capacity_rows, amap, ways)
     address = np.zeros(table.size, np.int64)
     data: list[np.ndarray] = [np.zeros(0, np.uint8)] * table.size
     for t in np.unique(table).tolist():
@@ -523,7 +606,35 @@ def static_cache_load(compiled, pinned, capacity_rows: int) -> StaticLoad:
         raw = compiled.read_rows(t, row[sel])
         for k, i in enumerate(sel.tolist()):
             data[i] = raw[k]
-    return StaticLoad(table, row, channel, address, data)
+    return StaticLoad(table, row, channel, address, data, line)
+
+
+def static_cache_writes(load: StaticLoad, cfg) -> list[int]:
+    """Payloads for the embedding unit's ``cache_w`` stream
+    (:func:`hw.embedding.cache_write_layout`) that load ``load`` (made with
+    the config's ``static_ways``): every line's data words, then its tag.
+    Lines not written stay invalid."""
+    from hw.embedding import cache_tag_layout, cache_write_layout
+    from .packing import Packer
+    if load.line is None:
+        raise ValueError("static_cache_writes: the load has no lines: make it with "
+                         "static_cache_load(..., ways=cfg.static_ways)")
+    if not cfg.static_rows and load.table.size:
+        raise ValueError("static_cache_writes: the config has no static cache "
+                         "(embedding.static_rows = 0)")
+    slot = 1 << (cfg.max_row_beats - 1).bit_length()
+    wp, tp = Packer(cache_write_layout(cfg)), Packer(cache_tag_layout(cfg))
+    out = []
+    for i in range(load.table.size):
+        c, line, raw = int(load.channel[i]), int(load.line[i]), load.data[i]
+        words = np.asarray(raw, np.uint8).reshape(-1, cfg.bus_bytes)
+        for b, w in enumerate(words):
+            out.append(wp.pack({"channel": c, "tag": 0, "addr": line * slot + b,
+                                "data": int.from_bytes(w.tobytes(), "little")}))
+        out.append(wp.pack({"channel": c, "tag": 1, "addr": line,
+                            "data": tp.pack({"valid": 1, "table": int(load.table[i]),
+                                             "id": int(load.row[i])})}))
+    return out
 
 
 # -- the model ------------------------------------------------------------------
@@ -563,10 +674,22 @@ class CacheModel:
         The static cache's rows, checked by :func:`check_pinned`.
     tables : optional
         The tables, for that check (see :func:`check_pinned`).
+    static_ways : int, optional
+        The static cache's ways, for that check (the hardware's cache is
+        set-associative; without it, any ``static_rows`` rows fit).
     """
 
+    @classmethod
+    def for_config(cls, cfg, pinned=(), tables=None) -> "CacheModel":
+        """The model of one channel's caches of an
+        :class:`~hw.config.EmbeddingConfig`."""
+        return cls(static_rows=cfg.static_rows, sets=cfg.cache_sets, ways=cfg.cache_ways,
+                   policy=cfg.cache_policy, pinned=pinned, tables=tables,
+                   static_ways=cfg.static_ways)
+
     def __init__(self, *, static_rows: int = 0, sets: int = 1, ways: int = 0,
-                 policy: str = "lru", pinned=(), tables=None):
+                 policy: str = "lru", pinned=(), tables=None,
+                 static_ways: int | None = None):
         self._static_rows = _check_int("static_rows", static_rows)
         sets, ways = _check_int("sets", sets), _check_int("ways", ways)
         if sets and not _is_pow2(sets):
@@ -578,7 +701,8 @@ class CacheModel:
         if policy == "plru" and ways and not _is_pow2(ways):
             raise ValueError(f"ways: tree PLRU needs a power of two, not {ways!r}")
         self._sets, self._ways, self._policy = sets, ways, policy
-        table, row = check_pinned(pinned, self._static_rows, tables)
+        table, row = check_pinned(pinned, self._static_rows, tables,
+                                  static_ways if self._static_rows else None)
         self._pinned = (table, row)
         self._static_keys = np.sort((table << ROW_BITS) | row)
         if policy == "plru":

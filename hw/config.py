@@ -203,6 +203,17 @@ class EmbeddingConfig:
     max_dim: int = 64           #: elements per row (and per pooled vector)
     max_bag: int = 64           #: rows per bag
     frac_bits: int = 24         #: fractional bits of the row scale and bias
+    #: Static cache rows per channel (0: none): rows the host pins, held on
+    #: chip, ``static_ways``-way set-associative (so ``static_rows /
+    #: static_ways`` sets, a power of two; the host places each pinned row).
+    static_rows: int = 0
+    static_ways: int = 4
+    #: Dynamic cache per channel (``cache_sets`` or ``cache_ways`` 0: none):
+    #: sets (a power of two) of ``cache_ways`` lines of one row each,
+    #: replacement ``cache_policy``, "lru" or "plru" (tree pseudo-LRU).
+    cache_sets: int = 0
+    cache_ways: int = 4
+    cache_policy: str = "lru"
 
     def __post_init__(self):
         _check_int("embedding.channels", self.channels, 1, 32)
@@ -226,6 +237,24 @@ class EmbeddingConfig:
         _check_int("embedding.max_dim", self.max_dim, 1, 4096)
         _check_int("embedding.max_bag", self.max_bag, 1, 1 << 16)
         _check_int("embedding.frac_bits", self.frac_bits, 0, 31)
+        _check_int("embedding.static_rows", self.static_rows, 0, 1 << 20)
+        _check_int("embedding.static_ways", self.static_ways, 1, 64)
+        if self.static_rows and (self.static_rows % self.static_ways
+                                 or not _is_pow2(self.static_rows // self.static_ways)):
+            raise ValueError(f"embedding.static_rows: {self.static_rows} rows in "
+                             f"{self.static_ways} ways must make a power-of-two number of "
+                             f"sets")
+        _check_int("embedding.cache_sets", self.cache_sets, 0, 1 << 20)
+        _check_int("embedding.cache_ways", self.cache_ways, 0, 64)
+        if self.cache_sets and not _is_pow2(self.cache_sets):
+            raise ValueError(f"embedding.cache_sets: must be 0 or a power of two, not "
+                             f"{self.cache_sets!r}")
+        if self.cache_policy not in ("lru", "plru"):
+            raise ValueError(f"embedding.cache_policy: must be 'lru' or 'plru', not "
+                             f"{self.cache_policy!r}")
+        if self.cache_policy == "plru" and self.cache_ways and not _is_pow2(self.cache_ways):
+            raise ValueError(f"embedding.cache_ways: tree PLRU needs a power of two, not "
+                             f"{self.cache_ways!r}")
         if self.max_row_beats > 256:
             raise ValueError(f"embedding.max_dim: a row of {self.max_dim} int8 elements "
                              f"takes {self.max_row_beats} beats, more than an AXI4 burst "
@@ -239,6 +268,20 @@ class EmbeddingConfig:
     @property
     def bus_bytes(self) -> int:
         return self.data_bits // 8
+
+    @property
+    def static_sets(self) -> int:
+        return self.static_rows // self.static_ways if self.static_rows else 0
+
+    @property
+    def dynamic_rows(self) -> int:
+        """Lines of the dynamic cache (0: none)."""
+        return self.cache_sets * self.cache_ways
+
+    @property
+    def cached(self) -> bool:
+        """Whether the channels have a cache in front of them."""
+        return bool(self.static_rows or self.dynamic_rows)
 
     def row_bytes(self, dim: int, bits: int) -> int:
         """Header and codes of one row of ``dim`` elements, ``bits`` 8 or 4."""
@@ -365,7 +408,10 @@ class Config:
             lines.append(f"#define RECACCEL_TOPK_{f.name.upper()} {int(v)}")
         for f in fields(EmbeddingConfig):
             v = getattr(self.embedding, f.name)
-            lines.append(f"#define RECACCEL_EMBEDDING_{f.name.upper()} {int(v)}")
+            if isinstance(v, str):          # cache_policy: one define per choice
+                lines.append(f"#define RECACCEL_EMBEDDING_{f.name.upper()}_{v.upper()} 1")
+            else:
+                lines.append(f"#define RECACCEL_EMBEDDING_{f.name.upper()} {int(v)}")
         lines.append(f"#define RECACCEL_ARRAY_SUB_ARRAYS {a.sub_arrays}")
         lines += ["", f"#endif /* {guard} */", ""]
         return "\n".join(lines)

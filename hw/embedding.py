@@ -71,11 +71,16 @@ from amaranth.lib.wiring import In, Out
 from .axi import AXI4ReadSignature, Burst, Resp
 from .config import EmbeddingConfig, clog2
 
-__all__ = ["ID_BITS", "Status", "descriptor_layout", "desc_write_layout", "lookup_layout",
-           "pooled_layout", "bank_write_layout", "EmbeddingLookup"]
+__all__ = ["ID_BITS", "TABLE_SALT", "Status", "Source", "descriptor_layout",
+           "desc_write_layout", "lookup_layout", "pooled_layout", "bank_write_layout",
+           "cache_write_layout", "cache_tag_layout", "counters_layout", "cache_set",
+           "EmbeddingLookup"]
 
 #: Width of a lookup's row id.
 ID_BITS = 32
+#: The per-table salt of a cache set index: ``(table * TABLE_SALT) mod sets``
+#: (the same constant as :data:`host.cache.TABLE_SALT`).
+TABLE_SALT = 0x9E3779B1
 
 
 class Status(enum.Enum, shape=3):
@@ -84,6 +89,13 @@ class Status(enum.Enum, shape=3):
     BAD_TABLE = 2
     BAD_BAG = 3
     MEM_ERROR = 4
+
+
+class Source(enum.Enum, shape=2):
+    """Where a row is read from."""
+    MEMORY = 0
+    DYNAMIC = 1
+    STATIC = 2
 
 
 def _units(cfg: EmbeddingConfig) -> int:
@@ -143,9 +155,54 @@ def bank_write_layout(cfg: EmbeddingConfig) -> data.StructLayout:
     })
 
 
+def cache_tag_layout(cfg: EmbeddingConfig) -> data.StructLayout:
+    """A cache line's tag: the whole key."""
+    return data.StructLayout({"valid": 1, "table": unsigned(clog2(cfg.max_tables)),
+                              "id": unsigned(ID_BITS)})
+
+
+def _static_words(cfg: EmbeddingConfig) -> int:
+    return cfg.static_rows * _slot_beats(cfg)
+
+
+def cache_write_layout(cfg: EmbeddingConfig) -> data.StructLayout:
+    """A write to a channel's static cache (stream ``cache_w``): with ``tag``,
+    line ``addr`` (``set * static_ways + way``) gets the tag in the low bits
+    of ``data`` (:func:`cache_tag_layout`); else word ``addr`` (``line *
+    slot_beats + beat``, ``slot_beats`` the longest row's beats to a power
+    of two) of the line data gets ``data``."""
+    return data.StructLayout({
+        "channel": unsigned(clog2(cfg.channels)),
+        "tag": 1,
+        "addr": unsigned(max(1, clog2(max(_static_words(cfg), 1)))),
+        "data": unsigned(cfg.data_bits),
+    })
+
+
+def counters_layout(cfg: EmbeddingConfig) -> data.StructLayout:
+    """A channel's cache counters (32 bits each, wrapping)."""
+    return data.StructLayout({"static_hits": 32, "dynamic_hits": 32, "misses": 32,
+                              "evictions": 32})
+
+
+def cache_set(table, ident, sets: int):
+    """The set of key ``(table, ident)`` in a cache of ``sets`` sets (a power
+    of two), as :func:`host.cache.set_index` defines it: the XOR of the
+    ``log2(sets)``-bit fields of the 32-bit id and of the table's salt."""
+    b = clog2(sets)
+    if not b:
+        return Const(0, 1)
+    h = (table * (TABLE_SALT % sets))[:b]
+    for shift in range(0, ID_BITS, b):
+        h = h ^ ident[shift:shift + b]
+    return h
+
+
 def _entry_layout(cfg):
     # A row (or a bag end without a row) queued to a unit.
     return data.StructLayout({
+        "table": unsigned(clog2(cfg.max_tables)),
+        "id": unsigned(ID_BITS),
         "read": 1,
         "addr": unsigned(cfg.addr_bits),        # in beats
         "beats": unsigned(clog2(cfg.max_row_beats + 1)),
@@ -160,8 +217,20 @@ def _entry_layout(cfg):
     })
 
 
+def _line_bits(cfg):
+    return max(1, clog2(max(cfg.static_rows, cfg.dynamic_rows, 1)))
+
+
+def _issue_layout(cfg):
+    # An entry after the caches: where its row comes from, and the cache line
+    # (the static line of a static hit; the line of a dynamic hit, or the one
+    # a miss allocates).
+    return data.StructLayout({"entry": _entry_layout(cfg), "src": Source,
+                              "line": unsigned(_line_bits(cfg))})
+
+
 def _meta_layout(cfg):
-    return data.StructLayout({"entry": _entry_layout(cfg),
+    return data.StructLayout({"issue": _issue_layout(cfg),
                               "slot": unsigned(clog2(cfg.outstanding))})
 
 
@@ -235,46 +304,61 @@ class _Unit(wiring.Component):
     def __init__(self, cfg: EmbeddingConfig, index: int):
         self._cfg = cfg
         self._index = index
-        super().__init__({
+        # Channels have the caches (if any); banks are on chip already.
+        self._cached = cfg.cached and index < cfg.channels
+        members = {
             "i": In(stream.Signature(lookup_layout(cfg))),
             "desc": In(desc_write_layout(cfg)),
             "desc_en": In(1),
             "axi": Out(AXI4ReadSignature(addr_width=cfg.addr_bits, data_width=cfg.data_bits,
                                          id_width=cfg.id_bits)),
             "o": Out(stream.Signature(pooled_layout(cfg))),
-        })
+        }
+        if self._cached:
+            members.update({"cw": In(cache_write_layout(cfg)), "cw_en": In(1),
+                            "counters": Out(counters_layout(cfg))})
+        super().__init__(members)
         self.entries = stream.Signature(_entry_layout(cfg)).create(path=("entries",))
+        self.issue = stream.Signature(_issue_layout(cfg)).create(path=("issue",))
 
     def elaborate(self, platform):
         m = Module()
         cfg, axi = self._cfg, self.axi
         self._front(m)
+        if self._cached:
+            dyn_data = self._caches(m)
+        else:
+            m.d.comb += [self.issue.valid.eq(self.entries.valid),      # src: MEMORY
+                         self.issue.payload.entry.eq(self.entries.payload),
+                         self.entries.ready.eq(self.issue.ready)]
         n_slots = cfg.outstanding
         slot_beats = _slot_beats(cfg)
         beat_bits = clog2(slot_beats)
         W = cfg.bus_bytes
         meta_l = _meta_layout(cfg)
 
-        # -- issue: one AR per row, ID = slot (allocated in order) ----------
+        # -- issue: one AR per row read from memory, ID = slot (allocated in
+        # order); rows from a cache go straight to the readout queue -------
         m.submodules.meta = meta = SyncFIFOBuffered(width=meta_l.size, depth=n_slots + 4)
         alloc = Signal(clog2(n_slots) + 1)      # slots allocated (mod 2 n)
         free = Signal(clog2(n_slots) + 1)       # slots retired (mod 2 n)
         in_flight = Signal(range(n_slots + 1))
         m.d.comb += in_flight.eq((alloc - free)[:len(alloc)])
-        ent = self.entries.payload
+        iss = self.issue.payload
+        ent = iss.entry
         ar_busy = Signal()                      # an AR waits for arready
-        need_slot = ent.read
+        need_slot = ent.read & (iss.src == Source.MEMORY)
         # The AR register takes a new burst while it is empty or handing its
         # burst over: a burst a cycle.
         can = (meta.w_rdy & (~need_slot | ((~ar_busy | axi.arready)
                                            & (in_flight < n_slots))))
-        m.d.comb += self.entries.ready.eq(can)
+        m.d.comb += self.issue.ready.eq(can)
         slot = alloc[:clog2(n_slots)] if n_slots > 1 else Const(0, 1)
-        m.d.comb += [meta.w_en.eq(self.entries.valid & can),
-                     meta.w_data.eq(Cat(ent, slot))]
+        m.d.comb += [meta.w_en.eq(self.issue.valid & can),
+                     meta.w_data.eq(Cat(iss, slot))]
         with m.If(ar_busy & axi.arready):
             m.d.sync += ar_busy.eq(0)
-        with m.If(self.entries.valid & can & ent.read):
+        with m.If(self.issue.valid & can & need_slot):
             m.d.sync += [alloc.eq(alloc + 1), ar_busy.eq(1),
                          axi.araddr.eq(ent.addr << clog2(W)),
                          axi.arlen.eq(ent.beats - 1),
@@ -308,36 +392,40 @@ class _Unit(wiring.Component):
                 m.d.sync += [r_beat.eq(r_beat + 1), r_err.eq(r_err | bad_beat)]
 
         # -- readout in issue order --------------------------------------------
+        # A row from memory waits for its burst; a row from a cache is there.
         head = Signal(meta_l)
         m.d.comb += head.eq(meta.r_data)
+        he = head.issue.entry
         cur_valid = Signal()
         cur = Signal(meta_l)
         cur_err = Signal()
         beat = Signal(beat_bits + 1)
-        finishing = cur_valid & (beat == cur.entry.beats - 1)
+        ce = cur.issue.entry
+        cur_mem = cur.issue.src == Source.MEMORY
+        finishing = cur_valid & (beat == ce.beats - 1)
         clear_done = Signal(n_slots)
         # Bag ends in flight to the output queue (credit).
         ends = Signal(range(self.OUT_DEPTH + 1))
         end_issued = Signal()
         end_popped = Signal()
         # (counting the end the current row may issue in this very cycle)
-        ends_now = ends + (cur_valid & cur.entry.last & finishing)
+        ends_now = ends + (cur_valid & ce.last & finishing)
         credit_ok = ends_now < self.OUT_DEPTH
         credit2_ok = ends_now < self.OUT_DEPTH - 1
-        head_done = (done >> head.slot)[0]
-        take_read = (meta.r_rdy & head.entry.read & head_done & (~cur_valid | finishing)
-                     & (~head.entry.last
-                        | Mux(head.entry.merged, credit2_ok, credit_ok)))
-        take_none = meta.r_rdy & ~head.entry.read & ~cur_valid & (~head.entry.last | credit_ok)
+        head_ready = (done >> head.slot)[0] | (head.issue.src != Source.MEMORY)
+        take_read = (meta.r_rdy & he.read & head_ready & (~cur_valid | finishing)
+                     & (~he.last | Mux(he.merged, credit2_ok, credit_ok)))
+        take_none = meta.r_rdy & ~he.read & ~cur_valid & (~he.last | credit_ok)
         m.d.comb += meta.r_en.eq(take_read | take_none)
         with m.If(take_read):
             m.d.sync += [cur_valid.eq(1), cur.eq(head), beat.eq(0),
-                         cur_err.eq((err >> head.slot)[0])]
+                         cur_err.eq((err >> head.slot)[0]
+                                    & (head.issue.src == Source.MEMORY))]
         with m.Elif(finishing):
             m.d.sync += cur_valid.eq(0)
         with m.If(cur_valid & ~finishing):
             m.d.sync += beat.eq(beat + 1)
-        with m.If(finishing):
+        with m.If(finishing & cur_mem):
             m.d.sync += free.eq(free + 1)
             m.d.comb += clear_done.eq(1 << cur.slot)
         m.d.sync += [done.eq((done | set_done) & ~clear_done),
@@ -354,26 +442,31 @@ class _Unit(wiring.Component):
         tok_dim = Signal(clog2(cfg.max_dim + 1))
         tok_status = Signal(Status)
         tok_err = Signal()
+        tok_src = Signal(Source)
         # The second segment of a merged row starts at beat seg_beats, with
         # its own header, and ends a vector of its own.
-        ce = cur.entry
         in_b = ce.merged & (beat >= ce.seg_beats)
         seg_end = finishing | (ce.merged & (beat == ce.seg_beats - 1))
         cur_end = cur_valid & ce.last & seg_end
-        m.d.sync += [tok_valid.eq((cur_valid) | take_none & head.entry.last),
+        m.d.sync += [tok_valid.eq((cur_valid) | take_none & he.last),
                      tok_data.eq(cur_valid),
                      tok_first.eq((beat == 0) | (ce.merged & (beat == ce.seg_beats))),
                      tok_beat.eq(beat - Mux(in_b, ce.seg_beats, 0)),
                      tok_end.eq(Mux(cur_valid, ce.last & seg_end, 1)),
                      tok_bits4.eq(Mux(in_b, ce.bits4_b, ce.bits4)),
                      tok_dim.eq(Mux(in_b, ce.dim_b, ce.dim)),
-                     tok_status.eq(Mux(cur_valid, ce.status, head.entry.status)),
-                     tok_err.eq(cur_valid & cur_err)]
-        m.d.comb += end_issued.eq(cur_end | (take_none & head.entry.last))
+                     tok_status.eq(Mux(cur_valid, ce.status, he.status)),
+                     tok_err.eq(cur_valid & cur_err),
+                     tok_src.eq(Mux(cur_valid, cur.issue.src, Source.MEMORY))]
+        m.d.comb += end_issued.eq(cur_end | (take_none & he.last))
+        row = rp.data
+        row_err = tok_err
+        if self._cached:
+            row, row_err = dyn_data(cur, beat, tok_valid & tok_data, tok_src, rp.data,
+                                    tok_err)
 
         # -- pooling --------------------------------------------------------
         # Stage 1: scale and bias of the row (from its header beat).
-        row = rp.data
         hdr_scale = row[0:32].as_signed()
         hdr_bias = row[32:64].as_signed()
         scale = Signal(signed(32))
@@ -402,7 +495,7 @@ class _Unit(wiring.Component):
         m.d.sync += [p_valid.eq(tok_valid), p_data.eq(tok_data & tok_valid),
                      p_beat.eq(tok_beat), p_end.eq(tok_valid & tok_end),
                      p_bits4.eq(tok_bits4), p_dim.eq(tok_dim), p_status.eq(tok_status),
-                     p_err.eq(tok_valid & tok_err)]
+                     p_err.eq(tok_valid & row_err)]
         # Stage 3: accumulate; at a bag end, the sum goes out and restarts.
         acc = [Signal(signed(cfg.acc_bits), name=f"acc{p}") for p in range(cfg.max_dim)]
         bag_err = Signal()
@@ -438,6 +531,216 @@ class _Unit(wiring.Component):
                      out.r_en.eq(self.o.ready), end_popped.eq(out.r_rdy & self.o.ready)]
         m.d.sync += ends.eq(ends + end_issued - end_popped)
         return m
+
+    def _caches(self, m):
+        """The static and dynamic caches between ``entries`` and ``issue``:
+        one stage, which looks each row's key up in both tag arrays (read as
+        the entry comes in, so that the update of the entry before it, written
+        as that one leaves, is already seen: the arrays are read-transparent)
+        and decides where the row comes from; a miss allocates its line at
+        once (the data follows at its readout, in order, before any later
+        row can read the line). Returns the function that builds the line
+        data arrays at the readout."""
+        cfg = self._cfg
+        inp, out = self.entries, self.issue
+        a_valid = Signal()
+        a = Signal(_entry_layout(cfg))
+        m.d.comb += inp.ready.eq(~a_valid | out.ready)
+        with m.If(inp.ready):
+            m.d.sync += [a_valid.eq(inp.valid), a.eq(inp.payload)]
+        leave = a_valid & out.ready
+        m.d.comb += [out.valid.eq(a_valid), out.payload.entry.eq(a)]
+        tag_l = cache_tag_layout(cfg)
+        slot_beats = _slot_beats(cfg)
+        cw = self.cw
+
+        def match(tag):
+            return tag.valid & (tag.table == a.table) & (tag.id == a.id)
+
+        # -- static: host-written tags and lines; line = way * sets + set ----
+        s_hit = Const(0)
+        s_line = Const(0)
+        static_mem = None
+        if cfg.static_rows:
+            sets, ways = cfg.static_sets, cfg.static_ways
+            sb = clog2(sets)
+            tag_in = cache_set(inp.payload.table, inp.payload.id, sets)
+            a_set = Signal(max(sb, 1))
+            with m.If(inp.ready):
+                m.d.sync += a_set.eq(tag_in)
+            hits = []
+            for w in range(ways):
+                mem = Memory(shape=tag_l, depth=sets, init=[])
+                m.submodules[f"stag{w}"] = mem
+                wp, rp = mem.write_port(), mem.read_port()
+                m.d.comb += [wp.addr.eq(cw.addr[:sb]), wp.data.eq(cw.data[:tag_l.size]),
+                             wp.en.eq(self.cw_en & cw.tag & (cw.addr[sb:] == w)),
+                             rp.addr.eq(tag_in), rp.en.eq(inp.ready)]
+                hits.append(match(rp.data))
+            s_hit = Cat(*hits).any() & a.read
+            s_way = Signal(range(ways))
+            for w in reversed(range(ways)):
+                with m.If(hits[w]):
+                    m.d.comb += s_way.eq(w)
+            s_line = Cat(a_set[:sb], s_way) if sb else s_way
+            static_mem = Memory(shape=cfg.data_bits, depth=cfg.static_rows * slot_beats,
+                                init=[])
+            m.submodules.sdata = static_mem
+            swp = static_mem.write_port()
+            m.d.comb += [swp.addr.eq(cw.addr), swp.data.eq(cw.data),
+                         swp.en.eq(self.cw_en & ~cw.tag)]
+
+        # -- dynamic: tags and replacement state, written as a row leaves ------
+        d_hit = Const(0)
+        d_line = Const(0)
+        miss_evicts = Const(0)
+        if cfg.dynamic_rows:
+            sets, ways = cfg.cache_sets, cfg.cache_ways
+            sb = clog2(sets)
+            tag_in = cache_set(inp.payload.table, inp.payload.id, sets)
+            a_set = Signal(max(sb, 1))
+            with m.If(inp.ready):
+                m.d.sync += a_set.eq(tag_in)
+            lookup = a.read & ~s_hit
+            tags = []
+            tag_w = []
+            for w in range(ways):
+                mem = Memory(shape=tag_l, depth=sets, init=[])
+                m.submodules[f"dtag{w}"] = mem
+                wp = mem.write_port()
+                rp = mem.read_port(transparent_for=(wp,))
+                m.d.comb += [wp.addr.eq(a_set), rp.addr.eq(tag_in), rp.en.eq(inp.ready)]
+                tags.append(rp.data)
+                tag_w.append(wp)
+            hits = Cat(*[match(t) for t in tags])
+            valid = Cat(*[t.valid for t in tags])
+            d_hit = hits.any() & lookup
+            # the victim: the lowest empty way, else the policy's choice
+            victim = Signal(range(ways))
+            use = Signal(range(ways))
+            state_w, new_state, policy_victim = self._replacement(m, tag_in, inp.ready,
+                                                                  use, valid)
+            m.d.comb += victim.eq(policy_victim)
+            for w in reversed(range(ways)):
+                with m.If(~valid[w]):
+                    m.d.comb += victim.eq(w)
+            with m.If(hits.any()):
+                for w in reversed(range(ways)):
+                    with m.If(hits[w]):
+                        m.d.comb += use.eq(w)
+            with m.Else():
+                m.d.comb += use.eq(victim)
+            d_line = Cat(a_set[:sb], use) if sb else use
+            miss = lookup & ~hits.any()
+            miss_evicts = valid.all()
+            if state_w is not None:
+                m.d.comb += [state_w.addr.eq(a_set), state_w.data.eq(new_state),
+                             state_w.en.eq(leave & lookup)]
+            for w in range(ways):
+                m.d.comb += [tag_w[w].data.valid.eq(1), tag_w[w].data.table.eq(a.table),
+                             tag_w[w].data.id.eq(a.id),
+                             tag_w[w].en.eq(leave & miss & (victim == w))]
+        m.d.comb += [out.payload.src.eq(Mux(s_hit, Source.STATIC,
+                                            Mux(d_hit, Source.DYNAMIC, Source.MEMORY))),
+                     out.payload.line.eq(Mux(s_hit, s_line, d_line))]
+
+        # -- counters -----------------------------------------------------------
+        cnt = self.counters
+        with m.If(leave & a.read):
+            with m.If(s_hit):
+                m.d.sync += cnt.static_hits.eq(cnt.static_hits + 1)
+            with m.Elif(d_hit):
+                m.d.sync += cnt.dynamic_hits.eq(cnt.dynamic_hits + 1)
+            with m.Else():
+                m.d.sync += cnt.misses.eq(cnt.misses + 1)
+                if cfg.dynamic_rows:
+                    with m.If(miss_evicts):
+                        m.d.sync += cnt.evictions.eq(cnt.evictions + 1)
+
+        def line_data(cur, beat, tok_row, tok_src, mem_data, mem_err):
+            """The readout side: the row beat from its source. A miss's beats
+            fill its dynamic line as they pass (with the burst's error flag, so
+            that a hit on a line filled by a failed read fails too)."""
+            beat_bits = clog2(slot_beats)
+            row, row_err = mem_data, mem_err
+            addr = lambda line: Cat(beat[:beat_bits], line) if beat_bits else line
+            if cfg.dynamic_rows:
+                lb = clog2(cfg.dynamic_rows)
+                dmem = Memory(shape=cfg.data_bits + 1, depth=cfg.dynamic_rows * slot_beats,
+                              init=[])
+                m.submodules.ddata = dmem
+                fwp = dmem.write_port()
+                drp = dmem.read_port(transparent_for=(fwp,))
+                tok_line = Signal(max(lb, 1))
+                tok_rbeat = Signal(max(beat_bits, 1))
+                m.d.sync += [tok_line.eq(cur.issue.line), tok_rbeat.eq(beat)]
+                waddr = (Cat(tok_rbeat[:beat_bits], tok_line[:lb]) if beat_bits
+                         else tok_line[:lb])
+                m.d.comb += [drp.addr.eq(addr(cur.issue.line[:lb])),
+                             fwp.addr.eq(waddr), fwp.data.eq(Cat(mem_data, mem_err)),
+                             fwp.en.eq(tok_row & (tok_src == Source.MEMORY))]
+                dyn = tok_src == Source.DYNAMIC
+                row = Mux(dyn, drp.data[:cfg.data_bits], row)
+                row_err = Mux(dyn, drp.data[cfg.data_bits], row_err)
+            if static_mem is not None:
+                srp = static_mem.read_port()
+                lb = clog2(cfg.static_rows)
+                m.d.comb += srp.addr.eq(addr(cur.issue.line[:lb]))
+                st = tok_src == Source.STATIC
+                row = Mux(st, srp.data, row)
+                row_err = Mux(st, 0, row_err)
+            return row, row_err
+        return line_data
+
+    def _replacement(self, m, set_in, load, use, valid):
+        """The dynamic cache's replacement state (module docstring of
+        :mod:`host.cache`), read like the tags: returns its write port (None
+        with one way), the state after using way ``use`` (``valid``: the
+        set's valid lines), and the policy's victim when every way is
+        full."""
+        cfg = self._cfg
+        ways = cfg.cache_ways
+        if ways == 1:
+            return None, None, Const(0, 1)
+        if cfg.cache_policy == "lru":
+            # Ages: 0 the most recent; the line at age ways-1 is the victim.
+            ab = clog2(ways)
+            shape = data.ArrayLayout(unsigned(ab), ways)
+        else:
+            shape = unsigned(ways - 1)          # tree bits, node n at bit n-1
+        mem = Memory(shape=shape, depth=cfg.cache_sets, init=[])
+        m.submodules.dstate = mem
+        wp = mem.write_port()
+        rp = mem.read_port(transparent_for=(wp,))
+        m.d.comb += [rp.addr.eq(set_in), rp.en.eq(load)]
+        st = rp.data
+        new = Signal(shape)
+        victim = Signal(range(ways))
+        if cfg.cache_policy == "lru":
+            used_age = Mux(valid.bit_select(use, 1), st[use], ways - 1)
+            for w in range(ways):
+                older = valid[w] & (st[w] < used_age)
+                m.d.comb += new[w].eq(Mux(use == w, 0, Mux(older, st[w] + 1, st[w])))
+                with m.If(st[w] == ways - 1):
+                    m.d.comb += victim.eq(w)
+        else:
+            levels = clog2(ways)
+            bits = Cat(Const(0, 1), st)             # bit n: node n
+            node = Const(1, levels + 1)
+            for _ in range(levels):
+                node = Cat(bits.bit_select(node, 1), node)[:levels + 1]
+            m.d.comb += victim.eq(node[:levels])
+            for n in range(1, ways):
+                # nodes on the path of leaf ways + use: point away from it
+                on_path = Const(0)
+                away = Const(0)
+                for lvl in range(1, levels + 1):
+                    anc = (ways + use) >> lvl
+                    child_lower = (((ways + use) >> (lvl - 1)) & 1) == 0
+                    on_path = on_path | (anc == n)
+                    away = Mux(anc == n, child_lower, away)
+                m.d.comb += new[n - 1].eq(Mux(on_path, away, st[n - 1]))
+        return wp, new, victim
 
     def _front(self, m):
         """Checks each lookup against its table's descriptor and queues rows
@@ -503,7 +806,7 @@ class _Unit(wiring.Component):
             m.d.comb += status.eq(Status.OK)
         entry = Signal(entry_l)
         m.d.comb += [entry.read.eq(row & (status == Status.OK)),
-                     entry.addr.eq(addr), entry.beats.eq(d.row_beats),
+                     entry.table.eq(f1.table), entry.id.eq(f1.id), entry.addr.eq(addr), entry.beats.eq(d.row_beats),
                      entry.bits4.eq(d.bits4), entry.dim.eq(d.dim),
                      entry.last.eq(f1.last), entry.status.eq(status),
                      entry.merged.eq(merged), entry.seg_beats.eq(d.seg_beats),
@@ -549,6 +852,10 @@ class EmbeddingLookup(wiring.Component):
         Descriptor writes (always ready).
     bank_w : In(stream.Signature(bank_write_layout(config)))
         On-chip bank writes (always ready); only with ``onchip_banks > 0``.
+    cache_w : In(stream.Signature(cache_write_layout(config)))
+        Static cache writes (always ready); only with caches.
+    c0, c1, ... : Out(counters_layout(config))
+        Cache counters of channel ``c``; only with caches.
     m0, m1, ... : Out(AXI4ReadSignature(...))
         One AXI4 read master per channel.
     """
@@ -563,6 +870,10 @@ class EmbeddingLookup(wiring.Component):
             members[f"o{u}"] = Out(stream.Signature(pooled_layout(config)))
         if config.onchip_banks:
             members["bank_w"] = In(stream.Signature(bank_write_layout(config)))
+        if config.cached:
+            members["cache_w"] = In(stream.Signature(cache_write_layout(config)))
+            for c in range(config.channels):
+                members[f"c{c}"] = Out(counters_layout(config))
         for c in range(config.channels):
             members[f"m{c}"] = Out(AXI4ReadSignature(
                 addr_width=config.addr_bits, data_width=config.data_bits,
@@ -584,6 +895,10 @@ class EmbeddingLookup(wiring.Component):
             m.d.comb += [unit.desc.eq(self.desc.payload), unit.desc_en.eq(self.desc.valid)]
             if u < cfg.channels:
                 wiring.connect(m, unit.axi, wiring.flipped(getattr(self, f"m{u}")))
+                if cfg.cached:
+                    w = self.cache_w.payload
+                    m.d.comb += [unit.cw.eq(w), getattr(self, f"c{u}").eq(unit.counters),
+                                 unit.cw_en.eq(self.cache_w.valid & (w.channel == u))]
             else:
                 bank = _BankResponder(cfg)
                 m.submodules[f"bank{u - cfg.channels}"] = bank
@@ -594,4 +909,6 @@ class EmbeddingLookup(wiring.Component):
         m.d.comb += self.desc.ready.eq(1)
         if cfg.onchip_banks:
             m.d.comb += self.bank_w.ready.eq(1)
+        if cfg.cached:
+            m.d.comb += self.cache_w.ready.eq(1)
         return m

@@ -7,7 +7,13 @@ an :class:`~hw.config.EmbeddingConfig`. Configuration of the tests (JSON
 through ``RECACCEL_TB_CONFIG``): ``embedding`` (the config fields), ``seed``,
 ``idle``, ``backpressure`` (input idle and output stall probabilities),
 ``latency`` ([min, max] cycles), ``r_gaps``, ``ar_backpressure``, ``bags``
-per unit, ``errors`` (error ranges in the channels' memories).
+per unit, ``errors`` (error ranges in the channels' memories), ``skew``
+(share of ids drawn from a heavy-tailed law rather than uniformly).
+
+With caches in the config, every test also pins each channel's hottest rows
+(from the lookups it is about to send) in the static cache, and checks the
+cache counters at the end against :class:`host.cache.CacheModel` on the rows
+the unit read.
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ import random
 import cocotb
 import numpy as np
 
+from host.cache import CacheModel, Outcome, StaticLoad, select_pinned, static_cache_writes, static_lines
 from host.embedding import (EmbeddingStatus, FixedPointTable, pack_hw_rows, pool_rows)
 from host.packing import Packer
 from hw.config import Config, EmbeddingConfig
-from hw.embedding import (bank_write_layout, desc_write_layout, lookup_layout,
-                          pooled_layout)
+from hw.embedding import (bank_write_layout, counters_layout, desc_write_layout,
+                          lookup_layout, pooled_layout)
 from sim import runner
 from sim.axi_mem import AxiReadMemory
 from sim.build import design_verilog
@@ -37,7 +44,7 @@ TOPLEVEL = "embedding_lookup"
 def build_embedding(config: EmbeddingConfig, *, waves: bool = False):
     """The Verilator build of ``EmbeddingLookup(config)``: ``(runner, toplevel)``."""
     from hw.embedding import EmbeddingLookup
-    name = "emb-" + "-".join(f"{v:d}" for v in dataclasses.astuple(config))
+    name = "emb-" + "-".join(str(v) for v in dataclasses.astuple(config))
     cfg = Config(name=name, embedding=config)
     src = design_verilog(cfg, lambda c: EmbeddingLookup(c.embedding), TOPLEVEL, "embedding")
     build_dir = runner.default_build_root() / "builds" / f"{TOPLEVEL}-{name}"
@@ -141,6 +148,7 @@ class EmbeddingBench:
             self.tables.append(Table(len(self.tables), u, t, base, base * cfg.bus_bytes))
         self.error_rows: dict[int, set] = {}
         self.axi = []
+        self.channel_memory = []
         for c in range(cfg.channels):
             errors = []
             mine = [t for t in self.tables if t.unit == c]
@@ -152,6 +160,7 @@ class EmbeddingBench:
                                t.byte_base + t.rows * stride_bytes))
                 self.error_rows[t.index] = set(range(half, t.rows))
             memory = np.frombuffer(bytes(memories[c]) + bytes(cfg.bus_bytes), np.uint8)
+            self.channel_memory.append(memory)
             self.axi.append(AxiReadMemory(
                 dut, f"m{c}", dut.clk, memory=memory, reset=dut.rst,
                 latency=tuple(tb["latency"]), seed=tb["seed"] * 97 + c,
@@ -171,6 +180,90 @@ class EmbeddingBench:
             self.sink.append(StreamSink(dut, f"o{u}", dut.clk, reset=dut.rst, backpressure=bp))
         self.lookup = Packer(lookup_layout(cfg))
         self.pooled = Packer(pooled_layout(cfg))
+        # the rows each channel reads, in order (the caches' trace)
+        self.reads: list[list[tuple[int, int]]] = [[] for _ in range(cfg.channels)]
+        self.pinned: list[list[tuple[int, int]]] = [[] for _ in range(cfg.channels)]
+        self.pinned_keys: set[tuple[int, int]] = set()
+
+    def read_rows(self, unit: int, table: int, ids, row_tables=None):
+        """The rows the unit reads of a bag: those before its first problem
+        (a bad table: none)."""
+        cfg = self.cfg
+        t = self.tables[table] if table < len(self.tables) else None
+        if t is None or t.unit != unit:
+            return []
+        out = []
+        for n, i in enumerate(ids):
+            if n >= cfg.max_bag or (row_tables and row_tables[n] != table) or i >= t.rows:
+                break
+            out.append((table, int(i)))
+        return out
+
+    def pin(self, plans):
+        """Pin each channel's hottest rows of ``plans`` (bags per unit, in
+        the form :meth:`send_bag` takes) in its static cache."""
+        cfg = self.cfg
+        if not cfg.static_rows:
+            return
+        for c in range(cfg.channels):
+            counts = {}
+            for bag in plans[c]:
+                for key in self.read_rows(c, *bag):
+                    counts[key] = counts.get(key, 0) + 1
+            profile = {t.index: np.zeros(t.rows, np.int64) for t in self.tables if t.unit == c}
+            for (t, i), n in counts.items():
+                profile[t][i] = n
+            sel = select_pinned(profile, cfg.static_rows, ways=cfg.static_ways)
+            self.pinned[c] = sel.pairs()
+        self.pinned_keys = {k for p in self.pinned for k in p}
+
+    def _cache_writes(self) -> list[int]:
+        cfg = self.cfg
+        table, row, channel, data = [], [], [], []
+        line = []
+        for c, pairs in enumerate(self.pinned):
+            if not pairs:
+                continue
+            t_, r_ = zip(*pairs)
+            line += static_lines(t_, r_, cfg.static_rows, cfg.static_ways).tolist()
+            for t, r in pairs:
+                tb = self.tables[t]
+                stride = stride_beats(cfg, tb.table.dim, tb.table.bits) * cfg.bus_bytes
+                start = tb.byte_base + r * stride
+                mem = self.channel_memory[c]
+                data.append(np.asarray(mem[start:start + cfg.row_beats(
+                    tb.table.dim, tb.table.bits) * cfg.bus_bytes], np.uint8))
+                table.append(t)
+                row.append(r)
+                channel.append(c)
+        load = StaticLoad(np.array(table, np.int64), np.array(row, np.int64),
+                          np.array(channel, np.int64), np.zeros(len(table), np.int64), data,
+                          np.array(line, np.int64))
+        return static_cache_writes(load, cfg)
+
+    def check_counters(self):
+        """The hardware's counters against the cache model on the rows read."""
+        cfg = self.cfg
+        if not cfg.cached:
+            return
+        cp = Packer(counters_layout(cfg))
+        poisoned = 0
+        for c in range(cfg.channels):
+            got = cp.unpack(int(getattr(self.dut, f"c{c}").value))
+            model = CacheModel.for_config(cfg, pinned=self.pinned[c])
+            reads = self.reads[c]
+            table = np.array([t for t, _ in reads], np.int64)
+            row = np.array([r for _, r in reads], np.int64)
+            stats = model.run((table, row))
+            want = stats.counters()
+            want.pop("accesses")
+            self.dut._log.info(f"channel {c} cache counters: {got}")
+            assert got == want, f"channel {c}: counters {got}, model {want}"
+            failed = np.array([r in self.error_rows.get(t, ()) for t, r in reads], bool)
+            poisoned += int(np.sum(failed & (stats.outcome == Outcome.DYNAMIC_HIT)))
+        if self.error_rows and cfg.dynamic_rows:
+            self.dut._log.info(f"{poisoned} hits on lines a failed read filled")
+            assert poisoned, "no hit on a line a failed read filled: the test misses its point"
 
     async def load(self):
         cfg = self.cfg
@@ -191,6 +284,11 @@ class EmbeddingBench:
                 for a, w in enumerate(words):
                     self.bank_w.send_nowait(bp.pack({"bank": b, "addr": a, "data": w}))
             await self.bank_w.wait_idle()
+        if cfg.cached:
+            cache_w = StreamSource(self.dut, "cache_w", self.dut.clk, reset=self.dut.rst)
+            for w in self._cache_writes():
+                cache_w.send_nowait(w)
+            await cache_w.wait_idle()
         await self.desc.wait_idle()
 
     def golden(self, unit: int, table: int, ids: list[int], row_tables=None):
@@ -203,7 +301,8 @@ class EmbeddingBench:
             return EmbeddingStatus.BAD_BAG, zero
         if any(i >= t.rows for i in ids):
             return EmbeddingStatus.BAD_ID, zero
-        if any(i in self.error_rows.get(table, ()) for i in ids):
+        if any(i in self.error_rows.get(table, ()) and (table, i) not in self.pinned_keys
+               for i in ids):
             return EmbeddingStatus.MEM_ERROR, zero
         ft = t.table
         pooled = pool_rows(ft.codes[ids], ft.scale_q[ids], ft.bias_q[ids], [0, len(ids)])
@@ -225,14 +324,23 @@ class EmbeddingBench:
         n = r.choice([0, 1, 1, 2, 3, r.randrange(0, cfg.max_bag + 1)])
         if r.random() < 0.03:
             n = cfg.max_bag + 1
-        ids = [r.randrange(rows) if r.random() > 0.04 else rows + r.randrange(3)
-               for _ in range(n)]
+        skew = self.tb.get("skew", 0.0)
+
+        def one():
+            if r.random() < 0.04:
+                return rows + r.randrange(3)
+            if r.random() < skew:                   # heavy-tailed: low ids hot
+                return min(rows - 1, int(rows * r.random() ** 4))
+            return r.randrange(rows)
+        ids = [one() for _ in range(n)]
         row_tables = [table] * n
         if n >= 2 and r.random() < 0.04:       # a row of another table mid-bag
             row_tables[r.randrange(1, n)] = r.randrange(len(self.tables) + 1)
         return table, ids, row_tables
 
     def send_bag(self, unit: int, table: int, ids: list[int], row_tables=None):
+        if unit < self.cfg.channels:
+            self.reads[unit] += self.read_rows(unit, table, ids, row_tables)
         for beat in bag_beats(table, ids, row_tables, rng=self.prng, empty_rate=0.05):
             self.src[unit].send_nowait(self.lookup.pack(beat))
 
@@ -251,19 +359,19 @@ async def test_random_bags(dut):
     backpressure, random memory latency, AR backpressure and R gaps."""
     tb = read_tb_config()
     bench = EmbeddingBench(dut, tb)
-    await bench.load()
     n_units = len(bench.src)
-    plans = []
+    plans = [[bench.random_bag(u) for _ in range(tb["bags"])] for u in range(n_units)]
+    bench.pin(plans)
+    await bench.load()
     for u in range(n_units):
-        bags = [bench.random_bag(u) for _ in range(tb["bags"])]
-        for bag in bags:
+        for bag in plans[u]:
             bench.send_bag(u, *bag)
-        plans.append(bags)
     checks = [cocotb.start_soon(bench.check_unit(u, plans[u])) for u in range(n_units)]
     for c in checks:
         await c
     for m in bench.axi:
         m.check()
+    bench.check_counters()
 
 
 @cocotb.test(timeout_time=500, timeout_unit="ms")

@@ -55,3 +55,39 @@ def test_compiled_tables(wide_build, tmp_path, seed):
     included, against its golden model."""
     assert len(run_tb(wide_build, tmp_path, test="test_compiled_tables", seed=seed,
                       bags=80)) == 1
+
+
+#: The caches: static 4 sets x 2 ways, dynamic 4 sets x 2 ways, true LRU.
+CACHED = dataclasses.replace(TINY, static_rows=8, static_ways=2, cache_sets=4, cache_ways=2)
+#: Tree PLRU over 4 ways, no static cache.
+PLRU = dataclasses.replace(TINY, cache_sets=2, cache_ways=4, cache_policy="plru")
+
+
+@pytest.fixture(scope="session")
+def cached_build():
+    sim_runner, top = build_embedding(CACHED)
+    return CACHED, sim_runner, top
+
+
+@pytest.fixture(scope="session")
+def plru_build():
+    sim_runner, top = build_embedding(PLRU)
+    return PLRU, sim_runner, top
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_caches(cached_build, tmp_path, seed):
+    """Static and dynamic caches: every answer and, at the end, every counter
+    against the cache model, with heavy-tailed ids (many hits, hits under
+    misses, evictions), random stalls and memory latency."""
+    assert len(run_tb(cached_build, tmp_path, seed=seed, skew=0.6, bags=200)) == 1
+
+
+def test_caches_with_error_responses(cached_build, tmp_path):
+    """A line filled by a failed read answers MEM_ERROR on every hit."""
+    assert len(run_tb(cached_build, tmp_path, seed=4, skew=0.0, latency=[50, 200],
+                      bags=100, errors=True)) == 1
+
+
+def test_plru_cache(plru_build, tmp_path):
+    assert len(run_tb(plru_build, tmp_path, seed=5, skew=0.5, bags=200)) == 1
