@@ -34,6 +34,7 @@ def bench_lookup(cfg: EmbeddingConfig, *, latency: int = 200, lookups: int = 200
         raise ValueError("latency, lookups and rows must be positive")
     from sim import runner
     from sim.tb_embedding import build_embedding
+    cfg = dataclasses.replace(cfg, static_rows=0, cache_sets=0)
     sim_runner, top = build_embedding(cfg)
     with tempfile.TemporaryDirectory(prefix="lookup-bench-") as tmp:
         tmp = Path(tmp)

@@ -111,6 +111,24 @@ def cmd_bench(args):
         cartesian = cartesian_report()
         print(format_cartesian(cartesian))
         _write_json(args.json, {**report, "cartesian": cartesian})
+    elif args.what == "cache":
+        from benchmarks.cache import TRACES, bench_cache, format_cache
+        rows = bench_cache(cfg.embedding, tuple(args.traces or TRACES), cycles=not args.no_sim,
+                           warm=args.window, measure=args.window, latency=args.latency,
+                           mem_rate=args.mem_rate, progress=lambda s: print(s, flush=True))
+        print(format_cache(cfg.embedding, rows))
+        _write_json(args.json, rows)
+    elif args.what == "quality":
+        from benchmarks.quality import bench_quality, format_quality
+        from host.datasets import DatasetUnavailable
+        from host.train import TorchUnavailable
+        try:
+            rows = bench_quality(progress=lambda s: print(s, flush=True))
+        except (DatasetUnavailable, TorchUnavailable) as e:
+            print(f"recaccel: error: {e}", file=sys.stderr)
+            return 2
+        print(format_quality(rows))
+        _write_json(args.json, rows)
     return 0
 
 
@@ -183,10 +201,15 @@ def main(argv=None):
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("bench", help="benchmarks (cycles, utilization, resources, Fmax)")
-    p.add_argument("what", choices=["array", "topk", "lookup"],
+    p.add_argument("what", choices=["array", "topk", "lookup", "cache", "quality"],
                    help="array: MLP layers on the systolic array; topk: the top-k "
                         "filter at K_max 64/256/512, 16/32-bit scores, and the preset's own; "
-                        "lookup: the embedding unit's row rate against the channels' peak")
+                        "lookup: the embedding unit's row rate against the channels' peak; "
+                        "cache: the embedding caches' hit rates against Belady's on Zipf, "
+                        "MovieLens and uniform traces, and cycles per round with and without; "
+                        "quality: NDCG@10 / HR@10 / MACs of the MovieLens-100K pipelines at "
+                        "float, int8 and int4 (trains the models once and caches them; "
+                        "training needs torch)")
     _add_config_args(p)
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--rows", type=int, nargs="+", default=[512, 4096],
@@ -198,7 +221,16 @@ def main(argv=None):
     p.add_argument("--freq", type=float, default=200.0,
                    help="topk: clock constraint for place and route, MHz")
     p.add_argument("--workdir", help="topk: synthesis work directory")
-    p.add_argument("--latency", type=int, default=200, help="lookup: memory latency, cycles")
+    p.add_argument("--latency", type=int, default=200,
+                   help="lookup, cache: memory latency, cycles")
+    p.add_argument("--traces", nargs="+", default=None,
+                   help="cache: traces (zipf, movielens, uniform)")
+    p.add_argument("--mem-rate", type=float, default=0.25,
+                   help="cache: beats per cycle each channel's memory delivers")
+    p.add_argument("--window", type=int, default=1000,
+                   help="cache: lookups per channel simulated (after as many to warm up)")
+    p.add_argument("--no-sim", action="store_true",
+                   help="cache: hit rates only (no Verilator cycles)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("run", help="run a sample MLP through the simulated engine")

@@ -47,6 +47,23 @@ Pooled vectors out (:func:`pooled_layout`, stream ``o<u>``)
     ``MEM_ERROR`` (the memory answered a read of the bag with SLVERR or
     DECERR). No row of a bad table or past the end of a table is ever read.
 
+Caches (channels only; :attr:`~hw.config.EmbeddingConfig.cached`)
+    In front of each channel, in this order: a **static cache** of
+    ``static_rows`` rows the host pins (``static_ways``-way
+    set-associative; the host places each row, :func:`host.cache.static_lines`,
+    and loads lines and tags through ``cache_w`` before any lookup), then a
+    **dynamic cache** of ``cache_sets`` x ``cache_ways`` lines of one row
+    each, LRU or tree PLRU, then the channel. Both are exactly
+    :class:`host.cache.CacheModel`: the set index is :func:`cache_set`; a
+    miss allocates its line (and evicts) at once, so that a later lookup of
+    the same row hits under the miss, merged with the read in flight (its
+    data is the miss's, written into the line at the miss's readout, which
+    comes first). A line filled by a read that failed keeps the error: its
+    hits answer ``MEM_ERROR`` until it is evicted. Only rows the unit reads
+    are looked up (not those of a bag already bad). The counters ``c<ch>``
+    count static hits, dynamic hits, misses and evictions. Writing the
+    static cache while lookups run is undefined.
+
 How it works
 ------------
 Per unit, a front end checks each lookup against its table's descriptor

@@ -113,7 +113,7 @@ class EmbeddingBench:
     second half of each channel's first table answers SLVERR.
     """
 
-    def __init__(self, dut, tb: dict, tables=None):
+    def __init__(self, dut, tb: dict, tables=None, mem_rate: float = 1.0):
         self.dut = dut
         self.tb = tb
         cfg = self.cfg = EmbeddingConfig(**tb["embedding"])
@@ -165,7 +165,7 @@ class EmbeddingBench:
                 dut, f"m{c}", dut.clk, memory=memory, reset=dut.rst,
                 latency=tuple(tb["latency"]), seed=tb["seed"] * 97 + c,
                 ar_backpressure=tb["ar_backpressure"], r_gaps=tb["r_gaps"],
-                error_ranges=errors))
+                beats_per_cycle=mem_rate, error_ranges=errors))
         self.desc = StreamSource(dut, "desc", dut.clk, reset=dut.rst)
         self.bank_w = (StreamSource(dut, "bank_w", dut.clk, reset=dut.rst)
                        if cfg.onchip_banks else None)
@@ -521,3 +521,81 @@ async def test_compiled_tables(dut):
         await t
     for m in axi:
         m.check()
+
+
+@cocotb.test(timeout_time=5000, timeout_unit="ms")
+async def bench_cache_rounds(dut):
+    """Benchmark of the caches (:mod:`benchmarks.cache`): ``bench.tables``
+    (rows per table; table ``k`` on channel ``k mod channels``, int8 rows of
+    ``max_dim``), ``bench.pinned`` per channel, ``bench.warm`` and
+    ``bench.measure``: per channel the ``[table, id]`` lookups, in bags of
+    ``bench.bag``; a round is one bag on every channel. The warm-up goes
+    untimed, then the measured rounds stream back to back; every answer is
+    checked, and so are the counters against the cache model over both.
+    Fixed memory latency ``bench.latency`` at ``bench.mem_rate`` beats per
+    cycle; no idle cycles, no backpressure."""
+    import json
+    from cocotb.triggers import RisingEdge
+    tb = read_tb_config()
+    spec = tb["bench"]
+    cfg = EmbeddingConfig(**tb["embedding"])
+    tb = {**tb, "idle": 0.0, "backpressure": 0.0, "r_gaps": 0.0, "ar_backpressure": 0.0,
+          "latency": [spec["latency"], spec["latency"]], "errors": False}
+    rng = np.random.default_rng(tb["seed"])
+    lim = 1 << min(31, cfg.frac_bits + 4)
+    dim = cfg.max_dim
+    tables = [(k % cfg.channels,
+               FixedPointTable(rng.integers(0, 256, (rows, dim)).astype(np.uint8),
+                               rng.integers(-lim, lim, rows),
+                               rng.integers(-(1 << 29), 1 << 29, rows), 8, cfg.frac_bits))
+              for k, rows in enumerate(spec["tables"])]
+    bench = EmbeddingBench(dut, tb, tables, mem_rate=spec["mem_rate"])
+    if cfg.static_rows:
+        bench.pinned = [[tuple(p) for p in pins] for pins in spec["pinned"]]
+        bench.pinned_keys = {k for p in bench.pinned for k in p}
+    await bench.load()
+    bag = spec["bag"]
+    cycle = 0
+
+    async def count():
+        nonlocal cycle
+        while True:
+            await RisingEdge(dut.clk)
+            cycle += 1
+    counter = cocotb.start_soon(count())
+
+    async def stream(lookups):
+        plans = []
+        for c in range(cfg.channels):
+            bags = []                       # up to `bag` lookups of one table
+            for table, ident in lookups[c]:
+                if not bags or bags[-1][1] != table or len(bags[-1][2]) == bag:
+                    bags.append((c, table, []))
+                bags[-1][2].append(ident)
+            for unit, table, ids in bags:
+                bench.send_bag(unit, table, ids)
+            plans.append([(table, ids) for _, table, ids in bags])
+        start = cycle
+        checks = [cocotb.start_soon(bench.check_unit(c, plans[c]))
+                  for c in range(cfg.channels)]
+        for t in checks:
+            await t
+        return cycle - start, max(len(p) for p in plans)
+
+    await stream(spec["warm"])
+    cp = Packer(counters_layout(cfg)) if cfg.cached else None
+
+    def counters():
+        if cp is None:
+            return None
+        return [cp.unpack(int(getattr(dut, f"c{c}").value)) for c in range(cfg.channels)]
+    before = counters()
+    cycles, rounds = await stream(spec["measure"])
+    after = counters()
+    counter.cancel()
+    bench.check_counters()
+    report = {"cycles": cycles, "rounds": rounds, "cycles_per_round": cycles / rounds,
+              "counters": None if after is None else
+              {k: sum(a[k] - b[k] for a, b in zip(after, before)) for k in after[0]}}
+    with open(tb["report"], "w") as f:
+        json.dump(report, f, indent=2)
