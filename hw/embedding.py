@@ -333,7 +333,7 @@ class _Unit(wiring.Component):
         }
         if self._cached:
             members.update({"cw": In(cache_write_layout(cfg)), "cw_en": In(1),
-                            "counters": Out(counters_layout(cfg))})
+                            "counters": Out(counters_layout(cfg)), "flushing": Out(1)})
         super().__init__(members)
         self.entries = stream.Signature(_entry_layout(cfg)).create(path=("entries",))
         self.issue = stream.Signature(_issue_layout(cfg)).create(path=("issue",))
@@ -562,7 +562,18 @@ class _Unit(wiring.Component):
         inp, out = self.entries, self.issue
         a_valid = Signal()
         a = Signal(_entry_layout(cfg))
-        m.d.comb += inp.ready.eq(~a_valid | out.ready)
+        # After reset every tag array is cleared, a set a cycle (memories keep
+        # their contents across a reset): the unit takes nothing meanwhile.
+        n_sets = max(cfg.static_sets, cfg.cache_sets, 1)
+        flushing = self.flushing
+        flushed = Signal()
+        fset = Signal(range(n_sets))
+        m.d.comb += flushing.eq(~flushed)
+        with m.If(flushing):
+            m.d.sync += fset.eq(fset + 1)
+            with m.If(fset == n_sets - 1):
+                m.d.sync += flushed.eq(1)
+        m.d.comb += inp.ready.eq(~flushing & (~a_valid | out.ready))
         with m.If(inp.ready):
             m.d.sync += [a_valid.eq(inp.valid), a.eq(inp.payload)]
         leave = a_valid & out.ready
@@ -590,8 +601,10 @@ class _Unit(wiring.Component):
                 mem = Memory(shape=tag_l, depth=sets, init=[])
                 m.submodules[f"stag{w}"] = mem
                 wp, rp = mem.write_port(), mem.read_port()
-                m.d.comb += [wp.addr.eq(cw.addr[:sb]), wp.data.eq(cw.data[:tag_l.size]),
-                             wp.en.eq(self.cw_en & cw.tag & (cw.addr[sb:] == w)),
+                m.d.comb += [wp.addr.eq(Mux(flushing, fset, cw.addr[:sb])),
+                             wp.data.eq(Mux(flushing, 0, cw.data[:tag_l.size])),
+                             wp.en.eq((flushing & (fset < sets))
+                                      | (self.cw_en & cw.tag & (cw.addr[sb:] == w))),
                              rp.addr.eq(tag_in), rp.en.eq(inp.ready)]
                 hits.append(match(rp.data))
             s_hit = Cat(*hits).any() & a.read
@@ -626,7 +639,8 @@ class _Unit(wiring.Component):
                 m.submodules[f"dtag{w}"] = mem
                 wp = mem.write_port()
                 rp = mem.read_port(transparent_for=(wp,))
-                m.d.comb += [wp.addr.eq(a_set), rp.addr.eq(tag_in), rp.en.eq(inp.ready)]
+                m.d.comb += [wp.addr.eq(Mux(flushing, fset, a_set)), rp.addr.eq(tag_in),
+                             rp.en.eq(inp.ready)]
                 tags.append(rp.data)
                 tag_w.append(wp)
             hits = Cat(*[match(t) for t in tags])
@@ -651,12 +665,15 @@ class _Unit(wiring.Component):
             miss = lookup & ~hits.any()
             miss_evicts = valid.all()
             if state_w is not None:
-                m.d.comb += [state_w.addr.eq(a_set), state_w.data.eq(new_state),
-                             state_w.en.eq(leave & lookup)]
+                m.d.comb += [state_w.addr.eq(Mux(flushing, fset, a_set)),
+                             state_w.data.eq(Mux(flushing, 0, new_state)),
+                             state_w.en.eq((flushing & (fset < sets)) | (leave & lookup))]
             for w in range(ways):
-                m.d.comb += [tag_w[w].data.valid.eq(1), tag_w[w].data.table.eq(a.table),
+                m.d.comb += [tag_w[w].data.valid.eq(~flushing),
+                             tag_w[w].data.table.eq(a.table),
                              tag_w[w].data.id.eq(a.id),
-                             tag_w[w].en.eq(leave & miss & (victim == w))]
+                             tag_w[w].en.eq((flushing & (fset < sets))
+                                            | (leave & miss & (victim == w)))]
         m.d.comb += [out.payload.src.eq(Mux(s_hit, Source.STATIC,
                                             Mux(d_hit, Source.DYNAMIC, Source.MEMORY))),
                      out.payload.line.eq(Mux(s_hit, s_line, d_line))]
@@ -870,7 +887,8 @@ class EmbeddingLookup(wiring.Component):
     bank_w : In(stream.Signature(bank_write_layout(config)))
         On-chip bank writes (always ready); only with ``onchip_banks > 0``.
     cache_w : In(stream.Signature(cache_write_layout(config)))
-        Static cache writes (always ready); only with caches.
+        Static cache writes (ready once the caches have cleared after reset:
+        ``max(static sets, dynamic sets)`` cycles); only with caches.
     c0, c1, ... : Out(counters_layout(config))
         Cache counters of channel ``c``; only with caches.
     m0, m1, ... : Out(AXI4ReadSignature(...))
@@ -904,6 +922,7 @@ class EmbeddingLookup(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
+        flushing = []
         for u in range(_units(cfg)):
             unit = _Unit(cfg, u)
             m.submodules[f"unit{u}"] = unit
@@ -915,7 +934,9 @@ class EmbeddingLookup(wiring.Component):
                 if cfg.cached:
                     w = self.cache_w.payload
                     m.d.comb += [unit.cw.eq(w), getattr(self, f"c{u}").eq(unit.counters),
-                                 unit.cw_en.eq(self.cache_w.valid & (w.channel == u))]
+                                 unit.cw_en.eq(self.cache_w.valid & self.cache_w.ready
+                                               & (w.channel == u))]
+                    flushing.append(unit.flushing)
             else:
                 bank = _BankResponder(cfg)
                 m.submodules[f"bank{u - cfg.channels}"] = bank
@@ -927,5 +948,6 @@ class EmbeddingLookup(wiring.Component):
         if cfg.onchip_banks:
             m.d.comb += self.bank_w.ready.eq(1)
         if cfg.cached:
-            m.d.comb += self.cache_w.ready.eq(1)
+            # (static cache writes wait while the caches clear after reset)
+            m.d.comb += self.cache_w.ready.eq(~Cat(*flushing).any())
         return m

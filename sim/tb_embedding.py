@@ -360,18 +360,22 @@ async def test_random_bags(dut):
     tb = read_tb_config()
     bench = EmbeddingBench(dut, tb)
     n_units = len(bench.src)
-    plans = [[bench.random_bag(u) for _ in range(tb["bags"])] for u in range(n_units)]
-    bench.pin(plans)
-    await bench.load()
-    for u in range(n_units):
-        for bag in plans[u]:
-            bench.send_bag(u, *bag)
-    checks = [cocotb.start_soon(bench.check_unit(u, plans[u])) for u in range(n_units)]
-    for c in checks:
-        await c
-    for m in bench.axi:
-        m.check()
-    bench.check_counters()
+    # with "rounds" > 1, the unit is reset and loaded anew between rounds:
+    # the caches start empty again (and the static one holds the new pins)
+    for _ in range(tb.get("rounds", 1)):
+        plans = [[bench.random_bag(u) for _ in range(tb["bags"])] for u in range(n_units)]
+        bench.reads = [[] for _ in range(bench.cfg.channels)]
+        bench.pin(plans)
+        await bench.load()
+        for u in range(n_units):
+            for bag in plans[u]:
+                bench.send_bag(u, *bag)
+        checks = [cocotb.start_soon(bench.check_unit(u, plans[u])) for u in range(n_units)]
+        for c in checks:
+            await c
+        for m in bench.axi:
+            m.check()
+        bench.check_counters()
 
 
 @cocotb.test(timeout_time=500, timeout_unit="ms")

@@ -91,3 +91,9 @@ def test_caches_with_error_responses(cached_build, tmp_path):
 
 def test_plru_cache(plru_build, tmp_path):
     assert len(run_tb(plru_build, tmp_path, seed=5, skew=0.5, bags=200)) == 1
+
+
+def test_reset_empties_the_caches(cached_build, tmp_path):
+    """A reset between rounds clears every line (and the counters): each
+    round's counters equal a fresh model's."""
+    assert len(run_tb(cached_build, tmp_path, seed=6, skew=0.6, bags=80, rounds=3)) == 1
