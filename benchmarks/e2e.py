@@ -1,0 +1,167 @@
+"""End to end on the host: the CPU baseline (issue 7, item 4) and a golden
+run of the driver, on a synthetic multi-stage model when no trained one is
+given.
+
+CPU baseline
+------------
+:func:`cpu_baseline` runs the same multi-stage pipeline
+(:func:`host.pipeline.run_pipeline`: stage by stage, one query at a time,
+selection between stages by the top-k rule) on this machine and reports
+queries per second, **measured** with ``time.perf_counter`` over the whole
+query list, repeated until ``min_seconds`` have passed (the best of the
+repeats is reported, as ``timeit`` advises):
+
+* ``numpy_float``: the float model (:class:`host.models.StageModel`, float64);
+* ``numpy_golden``: the quantized golden model
+  (:class:`host.models.QuantizedStageModel`, every integer the accelerator
+  computes: what a CPU would do to give bit-exact answers);
+* ``torch_float``: the float model as the torch module of
+  :mod:`host.train` (float32, one query a forward pass, ``torch.no_grad``),
+  only when torch can be imported (the ``recaccel[torch]`` extra); the
+  report says so otherwise. Its thread count is reported.
+
+These are timings of this machine under whatever else runs on it; they are
+never asserted in tests. The accelerator's figure beside them (from the
+golden transport) is *modelled* (:mod:`host.driver`), and the report labels
+it so.
+
+Synthetic setup
+---------------
+:func:`synthetic_setup`: the ``ml-small -> ml-med`` pipeline (a cheap
+stage then a larger one) with tables capped at ``max_rows`` rows, weights
+from :func:`host.models.init_params` (rows in ``+-0.5`` so candidates
+differ), queries from :func:`host.movielens.synthetic_queries` (Zipf ids);
+no data set and no torch needed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from host.driver import Accelerator, CompiledModel, GoldenTransport, compile_model
+from host.models import Query, StageModelParams, init_params, stage_preset
+from host.movielens import synthetic_queries
+from host.pipeline import PipelineSpec, run_pipeline, select_top
+
+__all__ = ["synthetic_setup", "cpu_baseline", "golden_e2e"]
+
+
+def synthetic_setup(*, n_queries: int = 64, n_candidates: int = 512, keep=(64, 10),
+                    max_rows: int = 2000, user_bag: int = 8, seed: int = 0,
+                    precision: str = "int8"):
+    """``(params, compiled model, queries)`` of a synthetic two-stage pipeline
+    (module docstring); calibration uses other queries than ``queries``."""
+    names = ("ml-small", "ml-med")
+    params = {n: init_params(stage_preset(n, max_rows), seed=seed + i, table_scale=0.5)
+              for i, n in enumerate(names)}
+    spec = PipelineSpec("synthetic 2-stage", names, tuple(keep))
+    cfg = params[names[0]].config
+    calibration = synthetic_queries(cfg, 64, 32, user_bag=user_bag, seed=seed + 100)
+    queries = synthetic_queries(cfg, n_queries, n_candidates, user_bag=user_bag, seed=seed)
+    return params, compile_model(params, spec, calibration, precision), queries
+
+
+def _qps(fn, queries: Sequence[Query], min_seconds: float, max_repeats: int) -> float:
+    best, spent, n = float("inf"), 0.0, 0
+    while n < max_repeats and (n == 0 or spent < min_seconds):
+        t = time.perf_counter()
+        for q in queries:
+            fn(q)
+        dt = time.perf_counter() - t
+        best, spent, n = min(best, dt), spent + dt, n + 1
+    return len(queries) / best if best > 0 else float("inf")
+
+
+def _torch_pipeline(spec: PipelineSpec, params: Mapping[str, StageModelParams]):
+    """A query -> final positions function running the stages in torch (float32)."""
+    import torch  # noqa: F401  (ImportError here: torch is not installed)
+
+    from host.train import _module
+
+    mods = {n: _module(torch, params[n]).eval() for n in dict.fromkeys(spec.stages)}
+
+    def run(q: Query):
+        with torch.no_grad():
+            dense = torch.from_numpy(np.asarray(q.dense, np.float32))[None]
+            bags = [(torch.from_numpy(np.asarray(b, np.int64)), torch.zeros(1, dtype=torch.int64))
+                    for b in q.user_ids]
+            items, pos = q.item_ids, q.positions
+            for name, keep in zip(spec.stages, spec.keep):
+                s = mods[name](dense, bags, torch.from_numpy(items)[None])[0].numpy()
+                idx = select_top(s.astype(np.float64), pos, keep)
+                items, pos = items[idx], pos[idx]
+        return pos
+
+    return run
+
+
+def cpu_baseline(model: CompiledModel, queries: Sequence[Query],
+                 params: Mapping[str, StageModelParams] | None = None, *,
+                 min_seconds: float = 1.0, max_repeats: int = 20,
+                 torch: bool = True, torch_threads: int | None = 1) -> dict:
+    """Queries per second of ``model``'s pipeline on this CPU (module
+    docstring). ``params`` (the float weights) are needed for torch only;
+    ``torch_threads`` is set for the torch timing and restored after (None:
+    torch's default; one thread by default because on this shared 2-core
+    machine two threads ran these small per-query forwards about 30x slower,
+    measured: 28 against 750-960 queries/s).
+    Returns ``{"numpy_float_qps", "numpy_golden_qps", "torch_float_qps"
+    (None without torch), "torch_threads", "queries", "candidates_per_query",
+    "notes"}``."""
+    if model.float_stages is None:
+        raise ValueError("cpu_baseline: the model has no float stages")
+    spec = model.spec
+    out = {"queries": len(queries),
+           "candidates_per_query": float(np.mean([q.n_candidates for q in queries])),
+           "pipeline": spec.name, "stages": list(spec.stages), "keep": list(spec.keep),
+           "source": "measured: time.perf_counter on this machine, best of repeats",
+           "notes": []}
+    out["numpy_float_qps"] = _qps(lambda q: run_pipeline(spec, model.float_stages, q),
+                                  queries, min_seconds, max_repeats)
+    out["numpy_golden_qps"] = _qps(lambda q: run_pipeline(spec, model.stages, q),
+                                   queries, min_seconds, max_repeats)
+    out["torch_float_qps"] = out["torch_threads"] = None
+    if not torch:
+        out["notes"].append("torch: not requested")
+    elif params is None:
+        out["notes"].append("torch: skipped, no float weights given")
+    else:
+        try:
+            run = _torch_pipeline(spec, params)
+        except ImportError:
+            out["notes"].append("torch: not installed (pip install 'recaccel[torch]')")
+        else:
+            import torch as _torch
+            before = _torch.get_num_threads()
+            if torch_threads is not None:
+                _torch.set_num_threads(torch_threads)
+            try:
+                out["torch_threads"] = _torch.get_num_threads()
+                out["torch_float_qps"] = _qps(run, queries, min_seconds, max_repeats)
+            finally:
+                _torch.set_num_threads(before)
+    return out
+
+
+def golden_e2e(*, preset: str = "default", n_queries: int = 64, n_candidates: int = 512,
+               rate_qps: float | None = None, seed: int = 0, progress: bool = False,
+               cpu: bool = True, min_seconds: float = 1.0) -> dict:
+    """The synthetic model through :class:`host.driver.Accelerator` on the
+    golden transport (latency modelled), with the CPU baseline (measured)
+    beside it."""
+    params, model, queries = synthetic_setup(n_queries=n_queries, n_candidates=n_candidates,
+                                             seed=seed)
+    acc = Accelerator(GoldenTransport(preset))
+    acc.load(model)
+    report = acc.run(queries, rate_qps=rate_qps, seed=seed, progress=progress)
+    out = {"model": "synthetic (init_params + synthetic_queries)", "preset": preset,
+           "accelerator": report.to_dict()}
+    busy = report.counters["busy_cycles"] / max(report.counters["queries"], 1)
+    out["modelled_cycles_per_query"] = busy
+    out["modelled_qps"] = report.clock_mhz * 1e6 / busy if busy else None
+    if cpu:
+        out["cpu"] = cpu_baseline(model, queries, params, min_seconds=min_seconds)
+    return out
