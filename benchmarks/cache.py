@@ -30,9 +30,6 @@ part of an HBM or DDR channel's peak); every answer checked.
 from __future__ import annotations
 
 import dataclasses
-import json
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
@@ -121,15 +118,10 @@ def _cycles(cfg: EmbeddingConfig, trace: Trace, rates: dict, *, warm: int, measu
             "measure": [lookups.get(c, [])[warm:warm + measure]
                         for c in range(cfg.channels)]}
     sim_runner, top = build_embedding(cfg)
-    with tempfile.TemporaryDirectory(prefix="cache-bench-") as tmp:
-        tmp = Path(tmp)
-        tb = {"embedding": dataclasses.asdict(cfg), "seed": seed, "bench": spec,
-              "report": str(tmp / "report.json")}
-        env = runner.write_tb_config(tmp / "tb.json", tb)
-        runner.run(sim_runner, test_module="sim.tb_embedding", toplevel=top,
-                   test_filter="bench_cache_rounds$", extra_env=env,
-                   results_xml=tmp / "results.xml")
-        return json.loads((tmp / "report.json").read_text())
+    return runner.run_report(sim_runner, test_module="sim.tb_embedding", toplevel=top,
+                             test="bench_cache_rounds",
+                             tb={"embedding": dataclasses.asdict(cfg), "seed": seed,
+                                 "bench": spec})
 
 
 def bench_cache(cfg: EmbeddingConfig, traces=TRACES, *, cycles: bool = True,

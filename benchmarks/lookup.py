@@ -18,9 +18,6 @@ lookup`` prints both.
 from __future__ import annotations
 
 import dataclasses
-import json
-import tempfile
-from pathlib import Path
 
 from hw.config import EmbeddingConfig
 
@@ -36,16 +33,10 @@ def bench_lookup(cfg: EmbeddingConfig, *, latency: int = 200, lookups: int = 200
     from sim.tb_embedding import build_embedding
     cfg = dataclasses.replace(cfg, static_rows=0, cache_sets=0)
     sim_runner, top = build_embedding(cfg)
-    with tempfile.TemporaryDirectory(prefix="lookup-bench-") as tmp:
-        tmp = Path(tmp)
-        tb = {"embedding": dataclasses.asdict(cfg), "seed": seed,
-              "bench": {"latency": latency, "lookups": lookups, "rows": rows},
-              "report": str(tmp / "report.json")}
-        env = runner.write_tb_config(tmp / "tb.json", tb)
-        runner.run(sim_runner, test_module="sim.tb_embedding", toplevel=top,
-                   test_filter="bench_uniform$", extra_env=env,
-                   results_xml=tmp / "results.xml")
-        report = json.loads((tmp / "report.json").read_text())
+    report = runner.run_report(
+        sim_runner, test_module="sim.tb_embedding", toplevel=top, test="bench_uniform",
+        tb={"embedding": dataclasses.asdict(cfg), "seed": seed,
+            "bench": {"latency": latency, "lookups": lookups, "rows": rows}})
     return {**report, "exact": True, "outstanding": cfg.outstanding}
 
 

@@ -20,9 +20,7 @@ scores):
 
 from __future__ import annotations
 
-import json
 import re
-import tempfile
 import time
 from pathlib import Path
 
@@ -53,18 +51,12 @@ def _simulate(cfg: TopKConfig, list_len: int, lists: int, seed: int) -> dict:
     from sim import runner
     from sim.tb_topk import build_topk
     sim_runner, top = build_topk(cfg)
-    with tempfile.TemporaryDirectory(prefix="topk-bench-") as tmp:
-        tmp = Path(tmp)
-        tb = {"topk": {"k_max": cfg.k_max, "lanes": cfg.lanes, "score_bits": cfg.score_bits,
-                       "signed": cfg.signed, "id_bits": cfg.id_bits},
-              "seed": seed, "idle": 0.0, "backpressure": 0.0,
-              "bench": {"list_len": list_len, "lists": lists, "k": cfg.k_max},
-              "report": str(tmp / "report.json")}
-        env = runner.write_tb_config(tmp / "tb.json", tb)
-        runner.run(sim_runner, test_module="sim.tb_topk", toplevel=top,
-                   test_filter="bench_back_to_back$", extra_env=env,
-                   results_xml=tmp / "results.xml")
-        return json.loads((tmp / "report.json").read_text())
+    return runner.run_report(
+        sim_runner, test_module="sim.tb_topk", toplevel=top, test="bench_back_to_back",
+        tb={"topk": {"k_max": cfg.k_max, "lanes": cfg.lanes, "score_bits": cfg.score_bits,
+                     "signed": cfg.signed, "id_bits": cfg.id_bits},
+            "seed": seed, "idle": 0.0, "backpressure": 0.0,
+            "bench": {"list_len": list_len, "lists": lists, "k": cfg.k_max}})
 
 
 _STAT = re.compile(r"^\s+(\d+)\s+(LUT4|CCU2C|TRELLIS_FF|TRELLIS_DPR16X4|PFUMX|L6MUX21|DP16KD)\s*$",

@@ -589,13 +589,19 @@ class _Unit(wiring.Component):
         s_hit = Const(0)
         s_line = Const(0)
         static_mem = None
+        def set_of(sets):
+            # the set of the entry coming in (to read the tags), and of the
+            # entry in the stage
+            tag_in = cache_set(inp.payload.table, inp.payload.id, sets)
+            a_set = Signal(max(clog2(sets), 1))
+            with m.If(inp.ready):
+                m.d.sync += a_set.eq(tag_in)
+            return tag_in, a_set
+
         if cfg.static_rows:
             sets, ways = cfg.static_sets, cfg.static_ways
             sb = clog2(sets)
-            tag_in = cache_set(inp.payload.table, inp.payload.id, sets)
-            a_set = Signal(max(sb, 1))
-            with m.If(inp.ready):
-                m.d.sync += a_set.eq(tag_in)
+            tag_in, a_set = set_of(sets)
             hits = []
             for w in range(ways):
                 mem = Memory(shape=tag_l, depth=sets, init=[])
@@ -627,10 +633,7 @@ class _Unit(wiring.Component):
         if cfg.dynamic_rows:
             sets, ways = cfg.cache_sets, cfg.cache_ways
             sb = clog2(sets)
-            tag_in = cache_set(inp.payload.table, inp.payload.id, sets)
-            a_set = Signal(max(sb, 1))
-            with m.If(inp.ready):
-                m.d.sync += a_set.eq(tag_in)
+            tag_in, a_set = set_of(sets)
             lookup = a.read & ~s_hit
             tags = []
             tag_w = []

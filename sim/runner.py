@@ -72,6 +72,7 @@ __all__ = [
     "run",
     "write_tb_config",
     "read_tb_config",
+    "run_report",
 ]
 
 TB_CONFIG_ENV = "RECACCEL_TB_CONFIG"
@@ -529,6 +530,19 @@ def read_tb_config() -> dict[str, Any]:
     if not path:
         raise RuntimeError(f"{TB_CONFIG_ENV} is not set; pass write_tb_config(...) as extra_env to run()")
     return json.loads(Path(path).read_text())
+
+
+def run_report(runner: VerilatorRunner, *, test_module: str, toplevel: str, test: str,
+               tb: Mapping[str, Any]) -> dict[str, Any]:
+    """Run one cocotb benchmark ``test`` with the testbench configuration
+    ``tb`` plus ``"report"``, the path where the test writes its JSON
+    figures, and return them."""
+    with tempfile.TemporaryDirectory(prefix=f"{test}-") as tmp:
+        tmp = Path(tmp)
+        env = write_tb_config(tmp / "tb.json", {**tb, "report": str(tmp / "report.json")})
+        run(runner, test_module=test_module, toplevel=toplevel, test_filter=f"{test}$",
+            extra_env=env, results_xml=tmp / "results.xml")
+        return json.loads((tmp / "report.json").read_text())
 
 
 def lint(verilog: str | os.PathLike[str], toplevel: str) -> None:
