@@ -4,7 +4,8 @@
 
     DIR/recaccel_top.v          the top level (today: the MLP cluster)
     DIR/blocks/*.v              each block on its own (array, engines, top-k
-                                filter, embedding lookup unit)
+                                filter, embedding lookup unit, command
+                                processor framing)
     DIR/files.f                 the file list, top level first
     DIR/config.json             the config with its derived values
     DIR/recaccel_config.h       the same as C #defines
@@ -16,6 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .command import CommandProcessor
 from .config import Config
 from .embedding import EmbeddingLookup
 from .mlp_cluster import MLPCluster
@@ -68,6 +70,7 @@ def generate(cfg: Config, outdir: str | Path, *, blocks: bool = True) -> list[Pa
             parts[f"mlp_engine_{lanes}"] = MLPEngine(cfg.array, engine=e)
         parts["topk_filter"] = TopKFilter(cfg.topk)
         parts["embedding_lookup"] = EmbeddingLookup(cfg.embedding)
+        parts["command_processor"] = CommandProcessor()
         for name, comp in parts.items():
             path = outdir / "blocks" / f"{name}.v"
             path.write_text(to_verilog(comp, name))

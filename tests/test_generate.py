@@ -29,16 +29,29 @@ def test_generate_tiny_lints_clean(tiny_out):
     assert json.loads((tmp_path / "config.json").read_text())["name"] == "tiny"
     assert "RECACCEL_ARRAY_DIM 4" in (tmp_path / "recaccel_config.h").read_text()
     for block in ("systolic_array", "mlp_engine_4", "mlp_engine_2", "topk_filter",
-                  "embedding_lookup"):
+                  "embedding_lookup", "command_processor"):
         assert f"module {block}" in (tmp_path / "blocks" / f"{block}.v").read_text()
     assert 'FREQUENCY PORT "clk" 100.000000 MHZ;' in (tmp_path / "constraints" / "ecp5.lpf").read_text()
     assert "create_clock -period 10.000" in (tmp_path / "constraints" / "u280.xdc").read_text()
 
 
-@pytest.mark.parametrize("block", ["topk_filter", "embedding_lookup"])
+@pytest.mark.parametrize("block", ["topk_filter", "embedding_lookup", "command_processor"])
 def test_blocks_lint_clean(tiny_out, block):
     from sim.runner import lint
     lint(tiny_out / "blocks" / f"{block}.v", block)
+
+
+@pytest.mark.parametrize("policy", ["lru", "plru"])
+def test_cached_embedding_lints_clean(tmp_path, policy):
+    import dataclasses
+    from hw.embedding import EmbeddingLookup
+    from hw.verilog import to_verilog
+    from sim.runner import lint
+    cfg = dataclasses.replace(Config.preset("tiny").embedding, static_rows=8, static_ways=2,
+                              cache_sets=4, cache_ways=4, cache_policy=policy)
+    path = tmp_path / "embedding_lookup.v"
+    path.write_text(to_verilog(EmbeddingLookup(cfg), "embedding_lookup"))
+    lint(path, "embedding_lookup")
 
 
 def test_constraints_follow_the_clock():
