@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """amaranth.sim tests of the dot interaction (hw/interaction.py) against the
 golden stage model: a quantized DLRM "dot" stage (host/models.py), its int8
 features fed in, its top input's item part (QuantizedStageModel.top_inputs)
