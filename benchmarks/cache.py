@@ -97,6 +97,9 @@ def cache_hit_rates(cfg: EmbeddingConfig, trace: Trace, profile_share: float = 0
         belady += belady_hits(lookups, capacity)
         measured[c] = lookups
     n = sum(totals[k] for k in ("static_hits", "dynamic_hits", "misses"))
+    if not n:
+        raise ValueError(f"trace: no lookups left to measure after the profile "
+                         f"({trace.row.size} lookups, profile_share {profile_share})")
     hits = totals["static_hits"] + totals["dynamic_hits"]
     return {"lookups": n, **totals,
             "static_hit_rate": totals["static_hits"] / n,

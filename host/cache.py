@@ -622,6 +622,10 @@ def static_cache_writes(load: StaticLoad, cfg) -> list[int]:
     if not cfg.static_rows and load.table.size:
         raise ValueError("static_cache_writes: the config has no static cache "
                          "(embedding.static_rows = 0)")
+    if load.line.size and (load.line.min() < 0 or load.line.max() >= cfg.static_rows):
+        raise ValueError(f"static_cache_writes: lines up to {int(load.line.max())} for a "
+                         f"static cache of {cfg.static_rows} rows: make the load with this "
+                         f"config's static_rows and static_ways")
     slot = 1 << (cfg.max_row_beats - 1).bit_length()
     wp, tp = Packer(cache_write_layout(cfg)), Packer(cache_tag_layout(cfg))
     out = []
@@ -747,7 +751,8 @@ class CacheModel:
 
     def reset(self):
         """Every dynamic way empty, PLRU bits 0, counters 0 (the pinned rows
-        stay)."""
+        stay: the hardware's reset also empties the static cache, which the
+        host then loads again)."""
         self._counts = [0, 0, 0, 0]
         n = self._sets if self._ways else 0
         if self._policy == "lru":

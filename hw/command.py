@@ -34,7 +34,8 @@ the reference: frames of 64-bit words, ``TLAST`` ends a frame, a header word
     from a ROM; ``PING``'s is ``[VERSION]``), never interleaving two frames.
 
 :class:`CommandProcessor`
-    Both, answering ``PING`` itself (``[VERSION]``) and every error; the
+    Both, answering ``PING`` itself (``[VERSION]``; ``BAD_PAYLOAD`` when it
+    comes with a payload, as :class:`host.driver.GoldenDevice`) and every error; the
     other commands go out on ``cmd`` to the blocks, which answer on ``ans``
     (or report a bad frame or payload on ``cerr``).
 """
@@ -339,7 +340,8 @@ class CommandProcessor(wiring.Component):
         ping = c.opcode == Opcode.PING
         m.d.comb += [self.cmd.payload.eq(c), self.cmd.valid.eq(dec.cmd.valid & ~ping)]
         # the canned answers, in turn: the decoder's errors, the blocks',
-        # then PING's ([VERSION], or MALFORMED_FRAME if its frame was bad)
+        # then PING's ([VERSION]; MALFORMED_FRAME if its frame was bad,
+        # BAD_PAYLOAD if it had a payload: PING's is empty)
         with m.If(dec.err.valid):
             m.d.comb += [enc.canned.valid.eq(1), enc.canned.payload.eq(dec.err.payload),
                          dec.err.ready.eq(enc.canned.ready)]
@@ -349,8 +351,9 @@ class CommandProcessor(wiring.Component):
         with m.Elif(dec.cmd.valid & ping & c.last):
             m.d.comb += [enc.canned.valid.eq(1), enc.canned.payload.opcode.eq(Opcode.PING),
                          enc.canned.payload.tag.eq(c.tag),
-                         enc.canned.payload.status.eq(Mux(c.bad, Status.MALFORMED_FRAME,
-                                                          Status.OK))]
+                         enc.canned.payload.status.eq(
+                             Mux(c.bad, Status.MALFORMED_FRAME,
+                                 Mux(c.empty, Status.OK, Status.BAD_PAYLOAD)))]
         # (PING's payload, if any, is read and dropped)
         m.d.comb += dec.cmd.ready.eq(Mux(ping, ~c.last | (enc.canned.ready & ~dec.err.valid
                                                          & ~self.cerr.valid),

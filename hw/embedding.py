@@ -61,8 +61,10 @@ Caches (channels only; :attr:`~hw.config.EmbeddingConfig.cached`)
     comes first). A line filled by a read that failed keeps the error: its
     hits answer ``MEM_ERROR`` until it is evicted. Only rows the unit reads
     are looked up (not those of a bag already bad). The counters ``c<ch>``
-    count static hits, dynamic hits, misses and evictions. Writing the
-    static cache while lookups run is undefined.
+    count static hits, dynamic hits, misses and evictions. A reset empties
+    both caches (every tag is cleared, a set a cycle, before the unit takes
+    anything) and the counters: load the static cache again after it.
+    Writing the static cache while lookups run is undefined.
 
 How it works
 ------------
@@ -113,6 +115,12 @@ class Source(enum.Enum, shape=2):
     MEMORY = 0
     DYNAMIC = 1
     STATIC = 2
+
+
+def _log2(n: int) -> int:
+    """Exact log2 of a power of two (0 for 1)."""
+    assert n > 0 and n & (n - 1) == 0, n
+    return n.bit_length() - 1
 
 
 def _units(cfg: EmbeddingConfig) -> int:
@@ -184,7 +192,7 @@ def _static_words(cfg: EmbeddingConfig) -> int:
 
 def cache_write_layout(cfg: EmbeddingConfig) -> data.StructLayout:
     """A write to a channel's static cache (stream ``cache_w``): with ``tag``,
-    line ``addr`` (``set * static_ways + way``) gets the tag in the low bits
+    line ``addr`` (``way * static_sets + set``) gets the tag in the low bits
     of ``data`` (:func:`cache_tag_layout`); else word ``addr`` (``line *
     slot_beats + beat``, ``slot_beats`` the longest row's beats to a power
     of two) of the line data gets ``data``."""
@@ -206,7 +214,7 @@ def cache_set(table, ident, sets: int):
     """The set of key ``(table, ident)`` in a cache of ``sets`` sets (a power
     of two), as :func:`host.cache.set_index` defines it: the XOR of the
     ``log2(sets)``-bit fields of the 32-bit id and of the table's salt."""
-    b = clog2(sets)
+    b = _log2(sets)
     if not b:
         return Const(0, 1)
     h = (table * (TABLE_SALT % sets))[:b]
@@ -350,7 +358,7 @@ class _Unit(wiring.Component):
                          self.entries.ready.eq(self.issue.ready)]
         n_slots = cfg.outstanding
         slot_beats = _slot_beats(cfg)
-        beat_bits = clog2(slot_beats)
+        beat_bits = _log2(slot_beats)
         W = cfg.bus_bytes
         meta_l = _meta_layout(cfg)
 
@@ -600,7 +608,7 @@ class _Unit(wiring.Component):
 
         if cfg.static_rows:
             sets, ways = cfg.static_sets, cfg.static_ways
-            sb = clog2(sets)
+            sb = _log2(sets)
             tag_in, a_set = set_of(sets)
             hits = []
             for w in range(ways):
@@ -632,7 +640,7 @@ class _Unit(wiring.Component):
         miss_evicts = Const(0)
         if cfg.dynamic_rows:
             sets, ways = cfg.cache_sets, cfg.cache_ways
-            sb = clog2(sets)
+            sb = _log2(sets)
             tag_in, a_set = set_of(sets)
             lookup = a.read & ~s_hit
             tags = []
@@ -698,7 +706,7 @@ class _Unit(wiring.Component):
             """The readout side: the row beat from its source. A miss's beats
             fill its dynamic line as they pass (with the burst's error flag, so
             that a hit on a line filled by a failed read fails too)."""
-            beat_bits = clog2(slot_beats)
+            beat_bits = _log2(slot_beats)
             row, row_err = mem_data, mem_err
             addr = lambda line: Cat(beat[:beat_bits], line) if beat_bits else line
             if cfg.dynamic_rows:

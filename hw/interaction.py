@@ -71,6 +71,8 @@ class DotInteraction(wiring.Component):
                 raise ValueError(f"{name}: must be an integer >= {lo}, not {v!r}")
         if dim > 4096 or max_users > 64 or max_items > 64:
             raise ValueError("dim at most 4096, max_users and max_items at most 64")
+        if item_pairs(max_users, max_items) == 0:
+            raise ValueError("one item feature and no user feature make no pair")
         self.dim, self.max_users, self.max_items = dim, max_users, max_items
         self.max_pairs = item_pairs(max_users, max_items)
         super().__init__({
@@ -138,14 +140,16 @@ class DotInteraction(wiring.Component):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
                     with m.If(~beat.item):
+                        # (without user features, user beats are dropped)
                         with m.If(~user_open):
-                            m.d.sync += n_users.eq(1)
-                            m.d.sync += users[0].eq(beat.vec)
+                            if U:
+                                m.d.sync += [n_users.eq(1), users[0].eq(beat.vec)]
                         with m.Else():
                             for n in range(1, U):
                                 with m.If(n_users == n):
                                     m.d.sync += users[n].eq(beat.vec)
-                            m.d.sync += n_users.eq(n_users + 1)
+                            if U:
+                                m.d.sync += n_users.eq(n_users + 1)
                         m.d.sync += user_open.eq(1)
                     with m.Else():
                         m.d.sync += user_open.eq(0)

@@ -59,3 +59,8 @@ def test_simulated_rounds():
     assert r["cycles_per_round_cached"] > 0 and r["cycles_per_round_uncached"] > 0
     w = r["window_counters"]
     assert w["static_hits"] + w["dynamic_hits"] + w["misses"] == 2 * 120
+
+
+def test_nothing_to_measure():
+    with pytest.raises(ValueError, match="no lookups left to measure"):
+        cache_hit_rates(CACHED, zipf_trace([10], 1), profile_share=0.9)

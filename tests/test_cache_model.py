@@ -489,3 +489,11 @@ def test_model_for_config():
 def test_hardware_salt_is_the_models():
     from hw.embedding import TABLE_SALT as HW_SALT
     assert HW_SALT == TABLE_SALT
+
+
+def test_static_cache_writes_checks_the_lines():
+    c, _ = compiled_pair()
+    cfg = c.config.__class__(**{**c.config.__dict__, "static_rows": 4, "static_ways": 2})
+    sel = select_pinned(c.frequencies, 8, tables=c.address_map, ways=2)
+    with pytest.raises(ValueError, match="make the load with this config's static_rows"):
+        static_cache_writes(static_cache_load(c, sel, 8, ways=2), cfg)

@@ -50,6 +50,21 @@ def random_frame(r: random.Random, tag: int) -> list[int]:
     return [head] + payload
 
 
+def text(message: str) -> tuple:
+    """An error answer's payload: a text record."""
+    w = P.PayloadWriter().text(message).words()
+    return tuple(int(x) for x in w)
+
+
+def golden_status(words: list[int]) -> int:
+    """The golden device's status for the frame (host/driver.py)."""
+    from host.driver import GoldenDevice
+    from hw.config import Config
+    data = b"".join(w.to_bytes(8, "little") for w in words)
+    frame, _ = GoldenDevice(Config.preset("tiny")).handle(data)
+    return int(frame.status)
+
+
 def expected(words: list[int]):
     """What the device answers: (opcode, tag, status, payload) from the
     host's decoder, with the testbench block's answer to good commands."""
@@ -58,11 +73,11 @@ def expected(words: list[int]):
         f = P.decode_frame(data)
     except P.ProtocolError as e:
         op = e.opcode if e.opcode in [int(c) for c in COMMANDS] else 0
-        raw = MESSAGES[Status(int(e.status))].encode()
-        text = [len(raw)] + [int.from_bytes(raw[i:i + 8].ljust(8, b"\0"), "little")
-                             for i in range(0, len(raw), 8)]
-        return (op, e.tag, int(e.status), tuple(text))
+        return (op, e.tag, int(e.status), text(MESSAGES[Status(int(e.status))]))
     if f.opcode == P.Opcode.PING:
+        if f.payload.size:              # PING's payload is empty (the golden device agrees)
+            return (int(f.opcode), f.tag, int(P.Status.BAD_PAYLOAD),
+                    text(MESSAGES[Status.BAD_PAYLOAD]))
         return (int(f.opcode), f.tag, 0, (VERSION,))
     return (int(f.opcode), f.tag, 0, block_answer([int(w) for w in f.payload]))
 
@@ -79,6 +94,11 @@ def test_random_frames(seed):
     tags = r.sample(range(1, 1 << 16), 100)
     frames = [random_frame(r, t) for t in tags]
     want = sorted(expected(f) for f in frames)
+    # the golden device answers PING and every bad frame with the same status
+    for f in frames:
+        e = expected(f)
+        if e[0] in (0, int(P.Opcode.PING)) or e[2] != 0:
+            assert golden_status(f) == e[2], f"frame {[hex(w) for w in f]}"
     dut = CommandProcessor()
     got = []
     done = {}

@@ -88,3 +88,11 @@ def test_lints_clean(tmp_path):
     path = tmp_path / "dot_interaction.v"
     path.write_text(to_verilog(DotInteraction(8, 3, 2), "dot_interaction"))
     lint(path, "dot_interaction")
+
+
+def test_no_user_features():
+    """Items only (a stage without dense or user features): item pairs alone."""
+    from amaranth.back import rtlil
+    rtlil.convert(DotInteraction(8, 0, 3))
+    with pytest.raises(ValueError, match="make no pair"):
+        DotInteraction(8, 0, 1)
