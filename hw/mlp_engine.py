@@ -35,11 +35,13 @@ from .systolic import SubArrayPort, SystolicArray
 __all__ = ["MLPEngine", "REQUANT_LATENCY"]
 
 #: Cycles from an accumulator result to its int8 value in the buffer.
-REQUANT_LATENCY = 6 + PipelinedMultiplier.LATENCY
+REQUANT_LATENCY = 9 + PipelinedMultiplier.LATENCY
 #: Cycles from a row's read request to its activations at the array port.
-INJECT_LATENCY = 3
-#: Shortest tile, in cycles (see the streamer).
-MIN_TILE_CYCLES = 3
+INJECT_LATENCY = BlockRAM.LATENCY + 1
+#: Shortest tile, in cycles (see the streamer): a row's accumulator is read
+#: BlockRAM.LATENCY cycles before its sums leave the array, and its write
+#: must be presented before that read.
+MIN_TILE_CYCLES = BlockRAM.LATENCY + 1
 
 _PARAM = data.StructLayout({"bias": signed(32), "mult": unsigned(16),
                             "shift": unsigned(6)})
@@ -135,14 +137,23 @@ class MLPEngine(wiring.Component):
                                      available.eq(1), latency.eq(lat)]
 
         # -- memories ------------------------------------------------------
-        # Block RAMs read with a latency of 2 (BlockRAM.LATENCY): the output
-        # is registered in the RAM itself where the target allows.
+        # Block RAMs read with a latency of BlockRAM.LATENCY; both of their
+        # ports are registered, so they are fed and read by flip-flops only.
         def block_ram(name, shape, depth):
             ram = BlockRAM(width=Shape.cast(shape).width, depth=depth, target=cfg.dsp)
             m.submodules[name] = ram
             return (SimpleNamespace(addr=ram.w_addr, data=shape(ram.w_data), en=ram.w_en),
                     SimpleNamespace(addr=ram.r_addr, data=shape(ram.r_data)))
-        assert BlockRAM.LATENCY == 2
+        ram_lat = BlockRAM.LATENCY
+
+        def delayed(value, cycles, name):
+            """``value`` from ``cycles`` cycles ago, with each stage."""
+            stages = [value]
+            for d in range(cycles):
+                t = Signal.like(value, name=f"{name}_d{d + 1}")
+                m.d.sync += t.eq(stages[-1])
+                stages.append(t)
+            return stages
 
         row_shape = data.ArrayLayout(signed(8), lanes)
         w_wr, w_rd = block_ram("wmem", row_shape, cfg.weight_words)
@@ -157,16 +168,18 @@ class MLPEngine(wiring.Component):
 
         # -- run-wide registers ---------------------------------------------
         rows = Signal(range(cfg.max_rows + 1))
-        n_layers = Signal(range(cfg.max_layers + 1))
         cycles = Signal(32)
         err_status = Signal(Status)
         err_info = Signal(32)
         split_index = Signal.like(self.split)
 
-        # Layer being checked or run, read combinationally from the table.
+        # Layer being checked or run, read from the table and registered:
+        # a state that changes ``layer`` goes through a *_READ state first.
         layer = Signal(range(cfg.max_layers + 1))
         m.d.comb += l_rd.addr.eq(layer)
-        desc = l_rd.data
+        desc = Signal(layer_shape)
+        m.d.sync += desc.eq(l_rd.data)
+        n_layers_m1 = Signal(range(cfg.max_layers))
         # ceil(dim / side) in two registered steps: dim + side - 1, then >>.
         in_plus = Signal(range(cfg.max_dim + lanes + 1))
         out_plus = Signal.like(in_plus)
@@ -262,10 +275,9 @@ class MLPEngine(wiring.Component):
                          ld_addr.eq(seq_w + side_m1), ld_par.eq(~ld_par)]
         for j, (_, prd) in enumerate(pmems):
             m.d.comb += prd.addr.eq(seq_p)
-        # The parameters arrive two cycles after the take.
-        take_d, par_d = Signal(), Signal()
-        m.d.sync += [take_d.eq(seq_take), par_d.eq(ld_par),
-                     ld_params_latch.eq(take_d), ld_params_par.eq(par_d)]
+        # The parameters arrive BlockRAM.LATENCY cycles after the take.
+        m.d.comb += [ld_params_latch.eq(delayed(seq_take, ram_lat, "take")[-1]),
+                     ld_params_par.eq(delayed(ld_par, ram_lat, "take_par")[-1])]
         with m.If(ld_params_latch):
             for pb in range(2):
                 with m.If(ld_params_par == pb):
@@ -276,12 +288,15 @@ class MLPEngine(wiring.Component):
             m.d.sync += [ld_addr.eq(ld_addr - 1), ld_left.eq(ld_left - 1)]
             with m.If(ld_left == 1):
                 m.d.sync += ld_busy.eq(0)
-        # Read issued (cycle c), registered RAM output (c+2): shift.
-        rd_busy, rd_slot, rd_last = Signal(), Signal(), Signal()
-        m.d.sync += [rd_busy.eq(ld_busy), rd_slot.eq(ld_slot),
-                     rd_last.eq(ld_busy & (ld_left == 1)),
-                     ld_shift.eq(rd_busy), ld_shift_buf.eq(rd_slot),
-                     ld_shift_last.eq(rd_last)]
+        # Read issued (cycle c), RAM output (c + BlockRAM.LATENCY): shift.
+        rd_busy = delayed(ld_busy, ram_lat, "rd_busy")
+        ld_last = Signal()
+        m.d.comb += [ld_last.eq(ld_busy & (ld_left == 1)),
+                     ld_shift.eq(rd_busy[-1]),
+                     ld_shift_buf.eq(delayed(ld_slot, ram_lat, "rd_slot")[-1]),
+                     ld_shift_last.eq(delayed(ld_last, ram_lat, "rd_last")[-1])]
+        loader_busy = Signal()
+        m.d.comb += loader_busy.eq(Cat(*rd_busy).any())
         m.d.comb += [self.array.weights.eq(w_rd.data),
                      self.array.w_load.eq(ld_shift),
                      self.array.w_buf.eq(ld_shift_buf)]
@@ -366,8 +381,9 @@ class MLPEngine(wiring.Component):
         # Read data is registered (in the RAM); the activations are
         # registered once more before they enter the array.
         act_q = [acts[b][1].data for b in range(2)]
-        inj_d = Signal.like(inj)
-        inj_dd = Signal.like(inj)
+        inj_stages = delayed(inj, ram_lat, "inj")
+        inj_d = inj_stages[-2]        # aligned with the read data
+        inj_dd = inj_stages[-1]       # aligned with act_out
         act_out = Signal(row_shape)
         sel_out = Signal()
         m.d.comb += [
@@ -377,11 +393,11 @@ class MLPEngine(wiring.Component):
             self.array.sel.eq(sel_out),
         ]
         m.d.sync += [
-            inj_d.eq(inj), inj_dd.eq(inj_d),
             act_out.eq(Mux(inj_d.valid, run_src.as_value(), 0)),
             sel_out.eq(inj_d.par),
         ]
-        assert INJECT_LATENCY == 3  # issue -> inj -> inj_d -> inj_dd/act_out
+        # issue -> inj -> ... -> inj_d (read data) -> inj_dd / act_out
+        assert INJECT_LATENCY == 1 + ram_lat
 
         # -- the collector: accumulate, requantize, write ------------------
         taps = [inj_dd]
@@ -390,12 +406,13 @@ class MLPEngine(wiring.Component):
             m.d.sync += t.eq(taps[-1])
             taps.append(t)
         exit_meta = Signal.like(inj)
-        pre_meta = Signal.like(inj)      # two cycles ahead: the accumulator read
+        pre_meta = Signal.like(inj)      # the accumulator read, ram_lat cycles ahead
         with m.Switch(latency):
             for lat in sorted({SystolicArray.latency(cfg, self._engine, f)
                                for f in cfg.splits if self._engine < f * f}):
                 with m.Case(lat):
-                    m.d.comb += [exit_meta.eq(taps[lat]), pre_meta.eq(taps[lat - 2])]
+                    assert lat >= ram_lat
+                    m.d.comb += [exit_meta.eq(taps[lat]), pre_meta.eq(taps[lat - ram_lat])]
         m.d.comb += acc_rd.addr.eq(pre_meta.row)
         acc_q_in = acc_rd.data
         acc_new = Signal(data.ArrayLayout(signed(32), lanes))
@@ -418,13 +435,30 @@ class MLPEngine(wiring.Component):
             metas.append(t)
         acc_q = Signal.like(acc_new)
         m.d.sync += acc_q.eq(acc_new)                       # stage 1
+        # The clamped shift and the rounding constant depend on a tile's
+        # parameters only: derived once per parity, registered, instead of
+        # in front of the rounding adder.
+        rq_shift = [[Signal(range(52), name=f"rq_shift{b}_{j}") for j in range(lanes)]
+                    for b in range(2)]
+        rq_round = [[Signal(signed(52), name=f"rq_round{b}_{j}") for j in range(lanes)]
+                    for b in range(2)]
+        for b in range(2):
+            for j in range(lanes):
+                sh = Mux(params[b][j].shift > 51, 51, params[b][j].shift)
+                m.d.sync += [rq_shift[b][j].eq(sh),
+                             rq_round[b][j].eq((Const(1, 53) << sh)[1:])]
+        k = 2 + PipelinedMultiplier.LATENCY     # the stage of the DSPs' products
         for j in range(lanes):
             prm = []
-            for k in range(len(metas)):
-                sel = Signal(_PARAM, name=f"rq_param{j}_{k}")
-                m.d.comb += sel.eq(Mux(metas[k].par, params[1][j].as_value(),
+            for d in range(len(metas)):
+                sel = Signal(_PARAM, name=f"rq_param{j}_{d}")
+                m.d.comb += sel.eq(Mux(metas[d].par, params[1][j].as_value(),
                                        params[0][j].as_value()))
                 prm.append(sel)
+
+            def shift_at(d):
+                return Mux(metas[d].par, rq_shift[1][j], rq_shift[0][j])
+
             t = Signal(signed(33), name=f"rq_t{j}")
             m.d.sync += t.eq(acc_q[j] + prm[0].bias)        # stage 2
             lo = PipelinedMultiplier(a_width=18, b_width=17, target=cfg.dsp)
@@ -435,35 +469,57 @@ class MLPEngine(wiring.Component):
                          hi.a.eq(t[17:33]),
                          lo.b.eq(Cat(prm[1].mult, Const(0, 1))),
                          hi.b.eq(Cat(prm[1].mult, Const(0, 1)))]
-            # stages 3 .. 2 + LATENCY in the multipliers
-            k = 2 + PipelinedMultiplier.LATENCY
+            # stages 3 .. k in the multipliers; their outputs are registered
+            # once more in the fabric, next to the adder (the DSP rows are
+            # far from the rest).
+            lo_p = Signal.like(lo.p, name=f"rq_lo_p{j}", reset_less=True)
+            hi_p = Signal.like(hi.p, name=f"rq_hi_p{j}", reset_less=True)
+            m.d.sync += [lo_p.eq(lo.p), hi_p.eq(hi.p)]        # stage k+1
             prod = Signal(signed(50), name=f"rq_p{j}")
-            m.d.sync += prod.eq((hi.p << 17) + lo.p)        # stage k+1
-            sh = Signal(range(52), name=f"rq_sh{j}")
-            m.d.comb += sh.eq(Mux(prm[k].shift > 51, 51, prm[k].shift))
+            m.d.sync += prod.eq((hi_p << 17) + lo_p)        # stage k+2
             rounded = Signal(signed(52), name=f"rq_r{j}")
-            sh_r = Signal.like(sh, name=f"rq_sh_r{j}")
-            m.d.sync += [rounded.eq(prod + (Const(1, 53) << sh)[1:]),
-                         sh_r.eq(sh)]                       # stage k+2
+            m.d.sync += rounded.eq(prod + Mux(metas[k + 1].par, rq_round[1][j],
+                                              rq_round[0][j]))   # stage k+3
+            # The arithmetic shift in two steps: by 8 s, then by the rest.
+            coarse = Signal(signed(52), name=f"rq_c{j}")
+            sh_c = shift_at(k + 2)
+            m.d.sync += coarse.eq(rounded >> Cat(Const(0, 3), sh_c[3:]))   # stage k+4
             shifted = Signal(signed(52), name=f"rq_s{j}")
-            m.d.sync += shifted.eq(rounded >> sh_r)         # stage k+3
-            clipped = Mux(relu & (shifted < 0), 0,
-                          Mux(shifted > 127, 127,
-                              Mux(shifted < -128, -128, shifted)))
-            m.d.sync += dst_data[j].eq(clipped)             # stage k+4
-        assert REQUANT_LATENCY == 1 + PipelinedMultiplier.LATENCY + 5
+            sh_f = shift_at(k + 3)
+            m.d.sync += shifted.eq(coarse >> sh_f[:3])      # stage k+5
+            # Saturation decided from registered flags: shifted fits int8
+            # iff bits 7 .. 51 are all equal to its sign.
+            neg = Signal(name=f"rq_neg{j}")
+            over = Signal(name=f"rq_over{j}")
+            under = Signal(name=f"rq_under{j}")
+            low8 = Signal(signed(8), name=f"rq_low{j}")
+            upper = shifted[7:]
+            m.d.sync += [neg.eq(shifted[-1]),
+                         over.eq(~shifted[-1] & upper.any()),
+                         under.eq(shifted[-1] & ~upper.all()),
+                         low8.eq(shifted[:8])]                # stage k+6
+            clipped = Mux(relu & neg, 0,
+                          Mux(over, 127, Mux(under, -128, low8)))
+            m.d.sync += dst_data[j].eq(clipped)             # stage k+7
+        assert REQUANT_LATENCY == 1 + PipelinedMultiplier.LATENCY + 8
         out_meta = metas[-1]        # aligned with dst_data
         pre_out = metas[-2]
         m.d.sync += dst_addr.eq(Mux(pre_out.par, slot_dst[1], slot_dst[0]) + pre_out.row)
         m.d.comb += dst_we.eq(out_meta.valid)
 
         # -- response FIFO for result rows ----------------------------------
-        m.submodules.rfifo = rfifo = SyncFIFOBuffered(width=lanes * 8, depth=4)
+        # Deep enough to cover the read latency: a row a cycle.
+        rfifo_depth = ram_lat + 4
+        m.submodules.rfifo = rfifo = SyncFIFOBuffered(width=lanes * 8, depth=rfifo_depth)
         out_issue = Signal()
-        out_inflight = Signal(2)     # read issued 1 and 2 cycles ago
-        m.d.sync += out_inflight.eq(Cat(out_issue, out_inflight[0]))
+        out_inflight = Signal(ram_lat)     # bit d: a read issued d + 1 cycles ago
+        m.d.sync += out_inflight.eq(Cat(out_issue, out_inflight[:-1]))
         m.d.comb += [rfifo.w_data.eq(out_data.as_value()),
-                     rfifo.w_en.eq(out_inflight[1])]
+                     rfifo.w_en.eq(out_inflight[-1])]
+        # Rows owed to the FIFO (in flight or in it), counted in a register
+        # instead of adding up the level and the reads in flight.
+        out_owed = Signal(range(rfifo_depth + 1))
+        m.d.sync += out_owed.eq(out_owed + out_issue - (rfifo.r_en & rfifo.r_rdy))
         out_row = Signal(range(cfg.max_rows + 1))
         out_chunk = Signal.like(nt)
 
@@ -518,9 +574,10 @@ class MLPEngine(wiring.Component):
                                         | (r.layers > cfg.max_layers)):
                                 fail(Status.BAD_RUN, cmd.op)
                             with m.Else():
-                                m.d.sync += [rows.eq(r.rows), n_layers.eq(r.layers),
+                                m.d.sync += [rows.eq(r.rows),
+                                             n_layers_m1.eq(r.layers - 1),
                                              layer.eq(0), cycles.eq(0)]
-                                m.next = "CHECK_DIMS"
+                                m.next = "CHECK_READ"
                         with m.Case(Opcode.SET_SPLIT):
                             if self._engine != 0:
                                 fail(Status.NOT_AVAILABLE, cmd.op)
@@ -566,6 +623,12 @@ class MLPEngine(wiring.Component):
                 m.d.comb += [mul.a.eq(a), mul.b.eq(b)]
                 prods[name] = mul.p
             wait = Signal(range(PipelinedMultiplier.LATENCY + 1))
+            need_p = Signal(len(desc.p_base) + len(nt) + 1)
+            bounds_bad = Signal()
+            with m.State("CHECK_READ"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += cycles.eq(cycles + 1)
+                m.next = "CHECK_DIMS"
             with m.State("CHECK_DIMS"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
@@ -592,21 +655,33 @@ class MLPEngine(wiring.Component):
             with m.State("CHECK_WEIGHTS"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.sync += need_w.eq((tiles << log_side) + desc.w_base)
+                m.d.sync += [need_w.eq((tiles << log_side) + desc.w_base),
+                             need_p.eq(desc.p_base + nt)]
+                m.next = "CHECK_LIMITS"
+            with m.State("CHECK_LIMITS"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += cycles.eq(cycles + 1)
+                m.d.sync += bounds_bad.eq(
+                    ~dims_ok | (need_w > cfg.weight_words)
+                    | (need_src > act_words) | (need_dst > act_words)
+                    | (need_p > cfg.param_words))
                 m.next = "CHECK_BOUNDS"
             with m.State("CHECK_BOUNDS"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
-                with m.If(~dims_ok | (need_w > cfg.weight_words)
-                          | (need_src > act_words) | (need_dst > act_words)
-                          | (desc.p_base + nt > cfg.param_words)):
+                with m.If(bounds_bad):
                     fail(Status.BAD_LAYER, layer)
-                with m.Elif(layer == n_layers - 1):
+                with m.Elif(layer == n_layers_m1):
                     m.d.sync += layer.eq(0)
-                    m.next = "LAYER_SETUP"
+                    m.next = "LAYER_READ"
                 with m.Else():
                     m.d.sync += [layer.eq(layer + 1), prev_out.eq(desc.out_dim)]
-                    m.next = "CHECK_DIMS"
+                    m.next = "CHECK_READ"
+
+            with m.State("LAYER_READ"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += cycles.eq(cycles + 1)
+                m.next = "LAYER_SETUP"
 
             with m.State("LAYER_SETUP"):
                 m.d.comb += self.busy.eq(1)
@@ -650,20 +725,20 @@ class MLPEngine(wiring.Component):
             with m.State("LAYER_DRAIN"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
-                with m.If(all_free & ~ld_busy & ~rd_busy & ~ld_shift):
-                    with m.If(layer == n_layers - 1):
+                with m.If(all_free & ~loader_busy):
+                    with m.If(layer == n_layers_m1):
                         m.d.sync += [out_row.eq(0), out_chunk.eq(0),
                                      out_rd_addr.eq(0),
                                      out_buf.eq(~layer[0])]
                         m.next = "SEND"
                     with m.Else():
                         m.d.sync += layer.eq(layer + 1)
-                        m.next = "LAYER_SETUP"
+                        m.next = "LAYER_READ"
 
             with m.State("SEND"):
                 # nt still holds the last layer's output chunks.
                 m.d.comb += self.busy.eq(1)
-                room = rfifo.level + out_inflight[0] + out_inflight[1] < 4
+                room = out_owed < rfifo_depth
                 done_issuing = out_row == rows
                 m.d.comb += out_issue.eq(room & ~done_issuing)
                 with m.If(out_issue):

@@ -169,15 +169,29 @@ class PipelinedMultiplier(wiring.Component):
 
 class BlockRAM(wiring.Component):
     """Simple dual-port RAM: one write port, one read port with a latency of
-    :attr:`LATENCY` cycles (address register, then output register).
+    :attr:`LATENCY` cycles.
 
-    On ECP5 Yosys maps memories to DP16KD without the output register, whose
-    5.8 ns clock-to-data then bounds the whole design; ``target="ecp5"``
-    instantiates DP16KD blocks (1024 x 18 each, tiled over width and depth)
-    with ``REGMODE_B = "OUTREG"``. ``"generic"`` is an Amaranth ``Memory``
-    with a register after its read port: the same latency and contents.
-    The contents start undefined; reading and writing one address in the
-    same cycle returns undefined data (callers never do).
+    Both ports are registered in the fabric before the RAM, and the read data
+    once more after it, so that every path between the block RAMs and the
+    logic around them is a register-to-register hop: on a crowded ECP5 the
+    routes to and from a row of DP16KD blocks take most of a cycle on their
+    own (measured: 4.5 ns RAM to logic, 5 ns logic to RAM). In order:
+
+    1. ``r_addr`` register (fabric), one copy per bank, loaded only when that
+       bank is addressed, so that no copy drives more than a bank's columns;
+    2. the RAM's address register;
+    3. the RAM's output register (``REGMODE_B = "OUTREG"``: without it, its
+       5.8 ns clock-to-data bounds the design);
+    4. a fabric register per bank, then the bank multiplexer.
+
+    The write port has a register stage of its own (one copy per bank, with
+    the bank's write enable), so a write lands one cycle after it is
+    presented. Reads are delayed by the same stage, so the contract is that
+    of a RAM without either register: a read presented in a later cycle than
+    a write to its address returns the written word; a read and a write of
+    one address presented in the same cycle return undefined data (callers
+    never do that). ``"generic"`` is an Amaranth ``Memory`` with the same
+    registers: the same latency and contents. The contents start undefined.
 
     Attributes
     ----------
@@ -187,7 +201,7 @@ class BlockRAM(wiring.Component):
         The word at the ``r_addr`` of :attr:`LATENCY` cycles earlier.
     """
 
-    LATENCY = 2
+    LATENCY = 4
     TARGETS = ("generic", "ecp5")
     _BLOCK_DEPTH = 1024
     _BLOCK_WIDTH = 18
@@ -219,11 +233,17 @@ class BlockRAM(wiring.Component):
         m.submodules.mem = mem = Memory(shape=unsigned(self._width), depth=self._depth,
                                         init=[])
         wr, rd = mem.write_port(), mem.read_port()
-        q = Signal(self._width, reset_less=True)
-        m.d.comb += [wr.addr.eq(self.w_addr), wr.data.eq(self.w_data), wr.en.eq(self.w_en),
-                     rd.addr.eq(self.r_addr)]
-        m.d.sync += q.eq(rd.data)
-        m.d.comb += self.r_data.eq(q)
+        w_addr = Signal.like(self.w_addr, reset_less=True)
+        w_data = Signal.like(self.w_data, reset_less=True)
+        w_en = Signal()
+        r_addr = Signal.like(self.r_addr, reset_less=True)
+        q = [Signal(self._width, reset_less=True) for _ in range(2)]
+        m.d.sync += [w_addr.eq(self.w_addr), w_data.eq(self.w_data), w_en.eq(self.w_en),
+                     r_addr.eq(self.r_addr)]
+        m.d.comb += [wr.addr.eq(w_addr), wr.data.eq(w_data), wr.en.eq(w_en),
+                     rd.addr.eq(r_addr)]
+        m.d.sync += [q[0].eq(rd.data), q[1].eq(q[0])]
+        m.d.comb += self.r_data.eq(q[1])
         return m
 
     def _elaborate_ecp5(self):
@@ -231,22 +251,34 @@ class BlockRAM(wiring.Component):
         bd, bw = self._BLOCK_DEPTH, self._BLOCK_WIDTH
         banks = -(-self._depth // bd)
         cols = -(-self._width // bw)
-        w_data = Signal(cols * bw)
-        m.d.comb += w_data.eq(self.w_data)
+        abits = (bd - 1).bit_length()
+
+        def bank_of(addr):
+            return addr[abits:] if banks > 1 else 0
+
         # Which bank the read data comes from, delayed like the data.
-        r_bank = Signal(range(banks))
-        r_bank_q = [Signal(range(banks)), Signal(range(banks))]
-        m.d.comb += r_bank.eq(self.r_addr[10:] if banks > 1 else 0)
-        m.d.sync += [r_bank_q[0].eq(r_bank), r_bank_q[1].eq(r_bank_q[0])]
+        r_bank_q = [Signal(range(banks), name=f"r_bank_{k}") for k in range(self.LATENCY)]
+        m.d.sync += r_bank_q[0].eq(bank_of(self.r_addr))
+        for k in range(1, self.LATENCY):
+            m.d.sync += r_bank_q[k].eq(r_bank_q[k - 1])
         outs = []
         for b in range(banks):
-            out = Signal(cols * bw, name=f"bank{b}_q")
-            outs.append(out)
             w_en = Signal(name=f"bank{b}_we")
-            if banks > 1:
-                m.d.comb += w_en.eq(self.w_en & (self.w_addr[10:] == b))
-            else:
-                m.d.comb += w_en.eq(self.w_en)
+            w_addr = Signal(abits, name=f"bank{b}_waddr", reset_less=True)
+            w_data = Signal(cols * bw, name=f"bank{b}_wdata", reset_less=True)
+            r_addr = Signal(abits, name=f"bank{b}_raddr", reset_less=True)
+            w_hit = self.w_en & (bank_of(self.w_addr) == b)
+            m.d.sync += w_en.eq(w_hit)
+            # Each copy loads only when its bank is the one addressed: the
+            # copies differ, so synthesis keeps them apart.
+            with m.If(w_hit):
+                m.d.sync += [w_addr.eq(self.w_addr[:abits]), w_data.eq(self.w_data)]
+            with m.If(bank_of(self.r_addr) == b):
+                m.d.sync += r_addr.eq(self.r_addr[:abits])
+            q = Signal(cols * bw, name=f"bank{b}_q")
+            q_r = Signal(cols * bw, name=f"bank{b}_q_r", reset_less=True)
+            m.d.sync += q_r.eq(q)
+            outs.append(q_r)
             for c in range(cols):
                 ports = {
                     "i_CLKA": ClockSignal(), "i_CLKB": ClockSignal(),
@@ -267,12 +299,12 @@ class BlockRAM(wiring.Component):
                         ports[f"i_ADB{k}"] = 0
                     else:
                         bit = k - 4
-                        ports[f"i_ADA{k}"] = self.w_addr[bit] if bit < len(self.w_addr) else 0
-                        ports[f"i_ADB{k}"] = self.r_addr[bit] if bit < len(self.r_addr) else 0
+                        ports[f"i_ADA{k}"] = w_addr[bit] if bit < len(self.w_addr) else 0
+                        ports[f"i_ADB{k}"] = r_addr[bit] if bit < len(self.r_addr) else 0
                 for k in range(bw):
                     ports[f"i_DIA{k}"] = w_data[c * bw + k]
                     ports[f"i_DIB{k}"] = 0
-                    ports[f"o_DOB{k}"] = out[c * bw + k]
+                    ports[f"o_DOB{k}"] = q[c * bw + k]
                 m.submodules[f"ram_{b}_{c}"] = Instance(
                     "DP16KD",
                     p_DATA_WIDTH_A=bw, p_DATA_WIDTH_B=bw,
@@ -285,7 +317,7 @@ class BlockRAM(wiring.Component):
         sel = outs[0]
         if banks > 1:
             sel = Signal(cols * bw)
-            with m.Switch(r_bank_q[1]):
+            with m.Switch(r_bank_q[-1]):
                 for b in range(banks):
                     with m.Case(b):
                         m.d.comb += sel.eq(outs[b])

@@ -166,7 +166,7 @@ def _pick_clock(fmax, clock):
 
 
 def synth_ecp5(verilog, top, *, workdir, freq_mhz, lpf=None, progress=None, seed=1,
-               abc9_dff=False, clock="clk"):
+               abc9_dff=False, clock="clk", router="router1"):
     """Synthesize, place and route a Verilog design for the ECP5-85F.
 
     Parameters
@@ -197,6 +197,9 @@ def synth_ecp5(verilog, top, *, workdir, freq_mhz, lpf=None, progress=None, seed
     clock : str or None
         Clock net whose Fmax is returned; ``None`` picks the only (or the
         slowest) clock.
+    router : str
+        nextpnr router, ``"router1"`` (its default) or ``"router2"`` (much
+        faster on a congested die; the delays it reaches may differ).
 
     Returns
     -------
@@ -221,6 +224,8 @@ def synth_ecp5(verilog, top, *, workdir, freq_mhz, lpf=None, progress=None, seed
         raise ValueError(f"freq_mhz must be a positive number, not {freq_mhz!r}")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed must be an integer, not {seed!r}")
+    if router not in ("router1", "router2"):
+        raise ValueError(f"router must be 'router1' or 'router2', not {router!r}")
     if progress is not None and not callable(progress):
         raise ValueError(f"progress must be callable or None, not {progress!r}")
 
@@ -281,7 +286,7 @@ def synth_ecp5(verilog, top, *, workdir, freq_mhz, lpf=None, progress=None, seed
             "--speed", str(ECP5_DEVICE["speed"]),
             "--json", netlist_path.name, "--report", report_path.name,
             "--lpf", lpf.name,
-            "--freq", f"{freq_mhz:g}", "--seed", str(seed),
+            "--freq", f"{freq_mhz:g}", "--seed", str(seed), "--router", router,
             # We measure Fmax: a missed target is a result, not an error.
             "--timing-allow-fail"]
 
