@@ -88,6 +88,19 @@ def block_answer(payload: list[int]) -> tuple:
     return (len(payload), sum(payload) % (1 << 64))
 
 
+async def read_answer(ctx, dut, **stalls) -> tuple:
+    """One answer frame off ``o``, decoded by the host: (opcode, tag,
+    status, payload)."""
+    words = []
+    while True:
+        w = await stream_get(ctx, dut.o, **stalls)
+        words.append(w.data)
+        if w.last:
+            break
+    f = P.decode_frame(b"".join(int(x).to_bytes(8, "little") for x in words), response=True)
+    return (int(f.opcode), f.tag, int(f.status), tuple(int(x) for x in f.payload))
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_random_frames(seed):
     r = random.Random(seed)
@@ -143,16 +156,7 @@ def test_random_frames(seed):
 
     async def sink(ctx):
         while len(got) < len(frames):
-            words = []
-            while True:
-                w = await stream_get(ctx, dut.o, rng=r, stall=0.3)
-                words.append(w.data)
-                if w.last:
-                    break
-            f = P.decode_frame(b"".join(int(x).to_bytes(8, "little") for x in words),
-                               response=True)
-            got.append((int(f.opcode), f.tag, int(f.status),
-                        tuple(int(x) for x in f.payload)))
+            got.append(await read_answer(ctx, dut, rng=r, stall=0.3))
         done["sink"] = True
 
     sim = Simulator(dut)
@@ -183,16 +187,7 @@ def test_ping_and_back_to_back_errors():
 
     async def sink(ctx):
         while len(got) < len(frames):
-            words = []
-            while True:
-                w = await stream_get(ctx, dut.o)
-                words.append(w.data)
-                if w.last:
-                    break
-            f = P.decode_frame(b"".join(int(x).to_bytes(8, "little") for x in words),
-                               response=True)
-            got.append((int(f.opcode), f.tag, int(f.status),
-                        tuple(int(x) for x in f.payload)))
+            got.append(await read_answer(ctx, dut))
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
