@@ -22,12 +22,13 @@ Streams
 One pair a cycle (``dim`` multipliers and an adder tree).
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .config import clog2
+from .requant import requantize_int8
 
 __all__ = ["input_layout", "param_layout", "output_layout", "item_pairs",
            "DotInteraction"]
@@ -127,13 +128,8 @@ class DotInteraction(wiring.Component):
         z = Signal(signed(acc_bits))
         m.d.comb += z.eq(sum(lhs[e] * rhs[e] for e in range(d)))
         m.d.comb += [mult_rp.addr.eq(k), shift_rp.addr.eq(k)]
-        prod = Signal(signed(acc_bits + 17))
-        m.d.comb += prod.eq(z * mult_rp.data)
-        half = (Const(1, 64) << shift_rp.data) >> 1         # 2**(shift-1), or 0
-        shifted = Signal(signed(acc_bits + 18))
-        m.d.comb += shifted.eq((prod + half) >> shift_rp.data)
         q = Signal(signed(8))
-        m.d.comb += q.eq(Mux(shifted > 127, 127, Mux(shifted < -128, -128, shifted)))
+        m.d.comb += q.eq(requantize_int8(z, mult_rp.data, shift_rp.data))
 
         with m.FSM():
             with m.State("LOAD"):

@@ -17,7 +17,17 @@ from amaranth.lib.wiring import In, Out
 from .config import EmbeddingConfig
 from .embedding import Status
 
-__all__ = ["requant_in_layout", "requant_out_layout", "PooledRequant"]
+__all__ = ["requantize_int8", "requant_in_layout", "requant_out_layout", "PooledRequant"]
+
+
+def requantize_int8(value, mult, shift):
+    """``clamp((value * mult + 2**(shift-1)) >> shift, -128, 127)``, combinational:
+    :func:`host.numerics.requantize`'s rounding (half up, none at ``shift``
+    0) and saturation, without bias or ReLU. ``value`` signed, ``mult`` and
+    ``shift`` unsigned (``shift`` below 64)."""
+    half = (Const(1, 64) << shift) >> 1                 # 2**(shift-1), or 0
+    r = (value * mult + half) >> shift
+    return Mux(r > 127, 127, Mux(r < -128, -128, r))[:8].as_signed()
 
 
 def requant_in_layout(cfg: EmbeddingConfig) -> data.StructLayout:
@@ -48,8 +58,6 @@ class PooledRequant(wiring.Component):
         m = Module()
         cfg = self._cfg
         x = self.i.payload
-        half = (Const(1, 64) << x.shift) >> 1          # 2**(shift-1), or 0
-        bits = cfg.acc_bits + 17 + 1
         out = Signal(requant_out_layout(cfg))
         valid = Signal()
         take = self.i.valid & (~valid | self.o.ready)
@@ -58,10 +66,8 @@ class PooledRequant(wiring.Component):
             m.d.sync += [valid.eq(1), out.status.eq(x.status)]
             ok = x.status == Status.OK
             for e in range(cfg.max_dim):
-                r = Signal(signed(bits), name=f"r{e}")
-                m.d.comb += r.eq((x.pooled[e] * x.mult + half) >> x.shift)
-                m.d.sync += out.vec[e].eq(Mux(~ok, 0, Mux(r > 127, 127,
-                                                           Mux(r < -128, -128, r))))
+                m.d.sync += out.vec[e].eq(Mux(ok, requantize_int8(x.pooled[e], x.mult,
+                                                                  x.shift), 0))
         with m.Elif(self.o.ready):
             m.d.sync += valid.eq(0)
         m.d.comb += [self.o.valid.eq(valid), self.o.payload.eq(out)]

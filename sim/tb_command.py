@@ -18,7 +18,7 @@ import cocotb
 from host import protocol as P
 from host.driver import Accelerator, DeviceError
 from host.packing import Packer
-from hw.command import answer_layout, command_layout, error_layout
+from hw.command import answer_layout, command_layout, error_layout, header_layout
 from hw.config import Config
 from sim import runner
 from sim.build import design_verilog
@@ -62,7 +62,9 @@ async def stub_block(dut, r: random.Random, idle: float):
 
 
 def header(opcode, tag, length, status=0, magic=P.MAGIC) -> bytes:
-    return (int(opcode) | status << 8 | tag << 16 | length << 32 | magic << 56).to_bytes(8, "little")
+    word = Packer(header_layout()).pack({"opcode": int(opcode), "status": status, "tag": tag,
+                                         "length": length, "magic": magic})
+    return word.to_bytes(P.WORD_BYTES, "little")
 
 
 @cocotb.test(timeout_time=20, timeout_unit="ms")

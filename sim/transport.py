@@ -23,6 +23,7 @@ from cocotb.task import resume
 from cocotb.triggers import RisingEdge
 
 from host.driver import Transport
+from host.protocol import WORD_BYTES
 from hw.command import word_layout
 from host.packing import Packer
 
@@ -30,7 +31,7 @@ from .streams import StreamSink, StreamSource
 
 __all__ = ["SimTransport"]
 
-_WORD = 8
+_WORD = WORD_BYTES
 
 
 class SimTransport(Transport):

@@ -12,10 +12,20 @@ import pytest
 from amaranth.sim import Simulator
 
 from host import protocol as P
-from hw.command import MAGIC, MESSAGES, VERSION, CommandProcessor, Opcode, Status
+from host.packing import Packer
+from hw.command import (MAGIC, MESSAGES, VERSION, CommandProcessor, Opcode, Status,
+                        header_layout)
 from tests.amaranth_streams import stream_get, stream_put
 
 COMMANDS = [op for op in P.Opcode if op != P.Opcode.NONE]
+_HEADER = Packer(header_layout())
+
+
+def header(opcode, tag, length=0, status=0, magic=MAGIC) -> int:
+    """A header word, from the hardware's layout (checked against the host's
+    decoder by every test here)."""
+    return _HEADER.pack({"opcode": opcode, "status": status, "tag": tag, "length": length,
+                         "magic": magic})
 
 
 def test_enums_are_the_protocols():
@@ -46,8 +56,7 @@ def random_frame(r: random.Random, tag: int) -> list[int]:
         status = r.randrange(1, 256)
     if kind.startswith("opcode"):
         op = r.choice([0, 8, 9, 200, 255])
-    head = op | status << 8 | tag << 16 | length << 32 | magic << 56
-    return [head] + payload
+    return [header(op, tag, length, status, magic)] + payload
 
 
 def text(message: str) -> tuple:
@@ -174,9 +183,8 @@ def test_random_frames(seed):
 def test_ping_and_back_to_back_errors():
     """A burst of bad frames, each one word, at a word a cycle with the
     output always ready: an answer for each, in order, none lost."""
-    frames = [[0x1234], [1 | 7 << 16 | 3 << 32 | MAGIC << 56],
-              [1 | 8 << 16 | MAGIC << 56], [99 | 9 << 16 | MAGIC << 56],
-              [1 | 1 << 8 | 10 << 16 | MAGIC << 56]]
+    frames = [[0x1234], [header(1, 7, 3)], [header(1, 8)], [header(99, 9)],
+              [header(1, 10, status=1)]]
     want = [expected(f) for f in frames]
     dut = CommandProcessor()
     got = []
