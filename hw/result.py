@@ -14,7 +14,9 @@ first, needs that count. So the writer keeps a list's pairs (at most
   sent to the filter);
 * trailer ``BAD_K``: an error answer on ``err`` (``BAD_CONFIG``, the same tag:
   a ``k`` the filter cannot give is a stage configuration it cannot run),
-  for the command processor to write with its text.
+  for the command processor to write with its text;
+* a ``meta`` status other than ``OK`` (the query failed upstream, say a bad
+  id): an error answer with that status; the list is dropped.
 
 Either way the writer then takes the next list; nothing waits on anything
 but its own streams. Pairs beyond ``k_max`` before a trailer cannot come
@@ -22,14 +24,14 @@ from a :class:`~hw.topk.TopKFilter`; if they do, the extra ones are
 dropped and the answer is ``DEVICE_ERROR`` (a bug reported, not a hang).
 
 Streams
-    ``i``: :func:`hw.topk.output_layout` beats; ``meta``: ``{tag}`` per list;
+    ``i``: :func:`hw.topk.output_layout` beats; ``meta``: :func:`meta_layout` per list;
     ``ans``: :func:`hw.command.answer_layout` beats; ``err``:
     :func:`hw.command.error_layout` beats.
 
 One word a cycle out; a pair a cycle in.
 """
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -42,7 +44,9 @@ __all__ = ["meta_layout", "ResultWriter"]
 
 
 def meta_layout() -> data.StructLayout:
-    return data.StructLayout({"tag": 16})
+    """Per list: the query's tag, and its status so far (anything but ``OK``
+    answers the query with that error instead of its list)."""
+    return data.StructLayout({"tag": 16, "status": Status})
 
 
 class ResultWriter(wiring.Component):
@@ -112,7 +116,10 @@ class ResultWriter(wiring.Component):
                 m.d.comb += self.meta.ready.eq(1)
                 with m.If(self.meta.valid):
                     m.d.sync += [tag.eq(self.meta.payload.tag), at.eq(0)]
-                    with m.If(status == Status.OK):
+                    with m.If(self.meta.payload.status != Status.OK):
+                        m.d.sync += status.eq(self.meta.payload.status)
+                        m.next = "ERROR"
+                    with m.Elif(status == Status.OK):
                         m.next = "COUNT"
                     with m.Else():
                         m.next = "ERROR"

@@ -63,12 +63,14 @@ def test_answers_are_the_golden_top_k(signed, seed):
         scores = [r.choice([lo, hi, r.randrange(lo, hi + 1), 5]) for _ in range(length)]
         ids = [r.randrange(64) for _ in range(length)]
         k = r.choice([1, 2, 6, r.randrange(1, 7), 0, 7])      # 0 and 7: BAD_K
-        lists.append((scores, ids, k, 1000 + n))
+        # a query that failed upstream (a bad id): its list is dropped
+        failed = r.random() < 0.15
+        lists.append((scores, ids, k, 1000 + n, failed))
     got = []
     done = []
 
     async def source(ctx):
-        for scores, ids, k, _ in lists:
+        for scores, ids, k, *_ in lists:
             for j, (s, i) in enumerate(zip(scores, ids)):
                 await stream_put(ctx, dut.i, {"pairs": [{"score": s, "id": i}], "valid": 1,
                                               "last": j == len(scores) - 1, "k": k},
@@ -80,8 +82,9 @@ def test_answers_are_the_golden_top_k(signed, seed):
         done.append("source")
 
     async def metas(ctx):
-        for *_, tag in lists:
-            await stream_put(ctx, dut.meta, {"tag": tag}, rng=r, idle=0.5)
+        for *_, tag, failed in lists:
+            await stream_put(ctx, dut.meta, {"tag": tag, "status": P.Status.BAD_ID if failed
+                                             else P.Status.OK}, rng=r, idle=0.5)
         done.append("meta")
 
     async def sink(ctx):
@@ -101,10 +104,12 @@ def test_answers_are_the_golden_top_k(signed, seed):
     sim.run_until(1e-8 * 40_000)
     assert sorted(done) == ["meta", "sink", "source"], "the answers did not all come"
 
-    for (scores, ids, k, tag), raw in zip(lists, got):
+    for (scores, ids, k, tag, failed), raw in zip(lists, got):
         frame = P.decode_frame(raw, response=True)
         assert (frame.opcode, frame.tag) == (P.Opcode.SUBMIT_QUERY, tag)
-        if 1 <= k <= cfg.k_max:
+        if failed:
+            assert frame.status == P.Status.BAD_ID
+        elif 1 <= k <= cfg.k_max:
             assert frame.status == P.Status.OK
             positions, got_scores = P.decode_result(frame.payload)
             want_s, want_i = topk(scores, ids, k)

@@ -1,0 +1,185 @@
+"""The device-format payloads of the command processor: frames of *port
+records*, routed to the blocks' write and input streams.
+
+A device-format payload (``LOAD_WEIGHTS``, ``LOAD_TABLES``, ``LOAD_CACHE``,
+``CONFIGURE_STAGES``, ``SUBMIT_QUERY``; :mod:`host.device_format` writes them)
+is a sequence of records::
+
+    word 0:  port | count << 8       (bits 32-63 zero)
+    then     count beats of the port's layout, each in ceil(bits / 64)
+             words, least significant word first
+
+so that every block's data layout travels as it is (the host packs it with
+:class:`host.packing.Packer`) and nothing here knows a field. A frame may
+hold any number of records, for any ports.
+
+The router takes the command beats of those opcodes (:class:`hw.command.CommandProcessor`'s
+``cmd``), sends each record's beats on its port (waiting while the port is
+not ready), and at the frame's end answers it: an empty ``OK`` answer on
+``ans``, or for ``SUBMIT_QUERY`` its tag on ``qtag`` (the query's answer
+comes later, from the result writer). A frame that ends inside a record, a
+record for a port that does not exist, a header word with bits above the
+count, or an empty ``SUBMIT_QUERY`` is answered ``BAD_PAYLOAD`` on ``err``
+(a bad frame length ``MALFORMED_FRAME``), and the rest of the frame is
+dropped; beats already sent stay sent. Nothing waits for a word that may
+never come.
+"""
+
+from amaranth.hdl import Module, Mux, Shape, Signal, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .command import Opcode, Status, answer_layout, command_layout, error_layout
+from .config import ceil_div
+
+__all__ = ["record_header", "RecordRouter"]
+
+
+def record_header(port: int, count: int) -> int:
+    """The header word of a record."""
+    if not 0 <= port < 256 or not 0 <= count < 1 << 24:
+        raise ValueError(f"record: port {port} (0..255), count {count} (0..2**24-1)")
+    return port | count << 8
+
+
+class RecordRouter(wiring.Component):
+    """See the module documentation.
+
+    Parameters
+    ----------
+    ports : sequence of (name, layout)
+        Port ``p`` of the records is ``ports[p]``: an ``Out`` stream
+        attribute ``name`` of that layout.
+    """
+
+    def __init__(self, ports):
+        ports = [(str(n), l) for n, l in ports]
+        if not ports or len(ports) > 256:
+            raise ValueError(f"ports: 1 to 256 of them, not {len(ports)}")
+        names = [n for n, _ in ports]
+        if len(set(names)) != len(names):
+            raise ValueError("ports: names must differ")
+        self._ports = ports
+        members = {"cmd": In(stream.Signature(command_layout())),
+                   "ans": Out(stream.Signature(answer_layout())),
+                   "err": Out(stream.Signature(error_layout())),
+                   "qtag": Out(stream.Signature(unsigned(16)))}
+        for name, layout in ports:
+            if name in members:
+                raise ValueError(f"ports: {name!r} is taken")
+            members[name] = Out(stream.Signature(layout))
+        super().__init__(members)
+
+    @property
+    def ports(self):
+        return list(self._ports)
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.cmd.payload
+        words = [ceil_div(Shape.cast(l).width, 64) for _, l in self._ports]
+        max_words = max(words)
+        beat = Signal(64 * max_words)
+        port = Signal(range(len(self._ports)))
+        count = Signal(24)                      # beats left in the record
+        at = Signal(range(max_words + 1))       # words of the beat so far
+        need = Signal(range(max_words + 1))     # words of a beat of this port
+        opcode = Signal(Opcode)
+        tag = Signal(16)
+        status = Signal(Status)
+        with m.Switch(port):
+            for p, w in enumerate(words):
+                with m.Case(p):
+                    m.d.comb += need.eq(w)
+
+        def end_of_frame(st):
+            m.d.sync += [opcode.eq(c.opcode), tag.eq(c.tag), status.eq(st)]
+            m.next = "ANSWER"
+
+        with m.FSM():
+            with m.State("HEADER"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    hdr_port = c.data[:8]
+                    hdr_count = c.data[8:32]
+                    bad_hdr = (hdr_port >= len(self._ports)) | (c.data[32:] != 0)
+                    with m.If(c.empty):
+                        end_of_frame(Mux(c.bad, Status.MALFORMED_FRAME,
+                                         Mux(c.opcode == Opcode.SUBMIT_QUERY,
+                                             Status.BAD_PAYLOAD, Status.OK)))
+                    with m.Elif(bad_hdr):
+                        with m.If(c.last):
+                            end_of_frame(Mux(c.bad, Status.MALFORMED_FRAME, Status.BAD_PAYLOAD))
+                        with m.Else():
+                            m.d.sync += status.eq(Status.BAD_PAYLOAD)
+                            m.next = "DROP"
+                    with m.Elif(c.last):
+                        # a header alone: fine if it announces no beats
+                        end_of_frame(Mux(c.bad, Status.MALFORMED_FRAME,
+                                         Mux(hdr_count == 0, Status.OK, Status.BAD_PAYLOAD)))
+                    with m.Elif(hdr_count != 0):
+                        m.d.sync += [port.eq(hdr_port), count.eq(hdr_count), at.eq(0),
+                                     beat.eq(0)]
+                        m.next = "WORDS"
+            with m.State("WORDS"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    for w in range(max_words):
+                        with m.If(at == w):
+                            m.d.sync += beat[64 * w:64 * (w + 1)].eq(c.data)
+                    m.d.sync += at.eq(at + 1)
+                    done_beat = at == need - 1
+                    with m.If(done_beat):
+                        # the frame's last word may end the record: answered
+                        # after the beat is sent
+                        m.d.sync += [opcode.eq(c.opcode), tag.eq(c.tag),
+                                     status.eq(Mux(c.bad, Status.MALFORMED_FRAME,
+                                                   Mux(count == 1, Status.OK,
+                                                       Status.BAD_PAYLOAD)))]
+                        with m.If(c.last):
+                            m.next = "EMIT_LAST"
+                        with m.Else():
+                            m.next = "EMIT"
+                    with m.Elif(c.last):
+                        end_of_frame(Mux(c.bad, Status.MALFORMED_FRAME, Status.BAD_PAYLOAD))
+            for name in ("EMIT", "EMIT_LAST"):
+                with m.State(name):
+                    for p, (pname, layout) in enumerate(self._ports):
+                        out = getattr(self, pname)
+                        with m.If(port == p):
+                            m.d.comb += [out.valid.eq(1),
+                                         out.payload.eq(beat[:Shape.cast(layout).width])]
+                            with m.If(out.ready):
+                                m.d.sync += [count.eq(count - 1), at.eq(0), beat.eq(0)]
+                                if name == "EMIT_LAST":
+                                    m.next = "ANSWER"
+                                else:
+                                    with m.If(count == 1):
+                                        m.next = "HEADER"
+                                    with m.Else():
+                                        m.next = "WORDS"
+            with m.State("DROP"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid & c.last):
+                    m.d.sync += [opcode.eq(c.opcode), tag.eq(c.tag)]
+                    with m.If(c.bad):
+                        m.d.sync += status.eq(Status.MALFORMED_FRAME)
+                    m.next = "ANSWER"
+            with m.State("ANSWER"):
+                with m.If(status != Status.OK):
+                    e = self.err.payload
+                    m.d.comb += [self.err.valid.eq(1), e.opcode.eq(opcode), e.tag.eq(tag),
+                                 e.status.eq(status)]
+                    with m.If(self.err.ready):
+                        m.next = "HEADER"
+                with m.Elif(opcode == Opcode.SUBMIT_QUERY):
+                    m.d.comb += [self.qtag.valid.eq(1), self.qtag.payload.eq(tag)]
+                    with m.If(self.qtag.ready):
+                        m.next = "HEADER"
+                with m.Else():
+                    a = self.ans.payload
+                    m.d.comb += [self.ans.valid.eq(1), a.opcode.eq(opcode), a.tag.eq(tag),
+                                 a.status.eq(Status.OK), a.empty.eq(1), a.last.eq(1)]
+                    with m.If(self.ans.ready):
+                        m.next = "HEADER"
+        return m

@@ -1,0 +1,604 @@
+"""A stage engine: one DLRM ``"dot"`` stage of a query
+(:class:`host.models.QuantizedStageModel`), from its dense features, user
+bags and candidates to the top-k filter's input, on one MLP engine, with
+the candidates in sub-batches whose lookups overlap the MLP of the
+sub-batch before (RPAccel's sub-batching).
+
+A query goes through these phases (the numbers are the golden model's steps,
+:mod:`host.models`):
+
+``BOTTOM`` (1)
+    The bottom MLP on the engine: its layer descriptors (``SET_LAYER``), the
+    dense features (``dense``: int8 chunks in the engine's activation layout,
+    quantized by the host with the stage's input scale), ``RUN`` of one row;
+    its int8 output is user feature 0.
+``USERS`` (2, 3)
+    The user bags (``ubags``) go to the feature fetch (``bags``;
+    :class:`hw.feature_fetch.FeatureFetch`), whose int8 vectors (``feat``)
+    are the other user features.
+``UPAIRS``, ``UPASS`` (4, 6)
+    The user-user dot products (a :class:`~hw.interaction.DotInteraction`
+    fed the user features as its items), then the user pass of the first top
+    layer (a 32-bit :class:`~hw.wide.WideMatVec`) over ``[bottom output,
+    user pairs]``; each output is written into the engine as its channel's
+    bias (``WRITE_PARAM``, with the channel's ``mult`` and ``shift`` kept
+    here, ``p0``).
+``ITEMS`` (2-7)
+    The user features load the item interaction and the top layers'
+    descriptors are set. Every candidate (``cand``: its position and item
+    ids) is sent as one-row bags on ``bags`` as soon as it comes - while the
+    phases above still run - and its features go through the interaction
+    and the activation packer (:class:`~hw.act_packer.ActPacker`) into a
+    staging FIFO of engine commands. The candidates are cut into sub-batches
+    of ``sb_rows``; while the engine is idle a sub-batch's commands drain
+    into it, then ``RUN`` (the top layers but the last) starts, and the next
+    sub-batch's lookups, interaction and packing go on meanwhile. Each result
+    row (the penultimate activations) goes through the score head (a
+    :class:`~hw.wide.WideMatVec`: the last layer with the score's wide
+    requantization) with the candidate's position as its tag, to ``topk``
+    (lane 0; ``last`` with the query's final candidate; ``k`` from ``q``).
+
+Then the query's status leaves on ``status`` (``OK``, or the first error:
+a bag the lookup unit refused, a row the packer dropped, an engine or score
+head error; the top-k list is still completed, so nothing waits) and the
+next query starts. A query's bags go out back to back with the previous
+query's: the lookups of the next query start while this one finishes.
+
+Everything a stage needs is written before its queries: the configuration
+(``conf``, :func:`conf_layout`, checked by the host: a configuration that
+cannot run is undefined here), the layer descriptors (``ldesc``: the bottom
+layers first, then the top layers but the last), the first top layer's
+``mult``/``shift`` per channel (``p0``), both interactions' pair parameters
+and both wide units' weights; the engine's weight and parameter memories are
+written through the engine's own command stream.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .act_packer import ActPacker, PackStatus, engine_sides
+from .config import Config, ceil_div, clog2
+from .embedding import Status as LookupStatus
+from .feature_fetch import bag_layout, feature_layout
+from .interaction import DotInteraction, item_pairs, param_layout as pair_param_layout
+from .mlp_isa import Opcode as EOp, Status as EStatus, command_layout, response_layout
+from .topk import input_layout as topk_input_layout, k_bits
+from .wide import Status as WStatus, WideMatVec, write_layout as wide_write_layout
+
+__all__ = ["StageStatus", "conf_layout", "ldesc_layout", "p0_layout", "query_layout",
+           "dense_layout", "cand_layout", "score_in", "StageEngine"]
+
+
+class StageStatus(enum.Enum, shape=3):
+    OK = 0
+    BAD_LOOKUP = 1      #: the lookup unit refused a bag (e.g. an id past a table)
+    BAD_ROW = 2         #: the activation packer dropped a row
+    ENGINE = 3          #: the MLP engine answered an error
+    BAD_SCORE = 4       #: the score head answered an error
+
+
+def _max_chunks(config: Config, engine: int, n: int) -> int:
+    """Chunks of ``n`` elements at the engine's narrowest side."""
+    return ceil_div(n, min(engine_sides(config.array, engine)))
+
+
+def score_in(config: Config, engine: int, max_pen: int) -> int:
+    """The score head's ``max_in``: its input is the engine's response rows,
+    ``lanes`` wide chunks of which the side's first lanes hold data."""
+    return _max_chunks(config, engine, max_pen) * config.array.engine_lanes(engine)
+
+
+def conf_layout(config: Config, engine: int, max_users: int, max_items: int,
+                max_hidden: int, max_pen: int, dim: int) -> data.StructLayout:
+    arr = config.array
+    lanes = arr.engine_lanes(engine)
+    return data.StructLayout({
+        "has_bottom": 1,
+        "n_bottom": unsigned(clog2(arr.max_layers + 1)),    # bottom layers
+        "n_top": unsigned(clog2(arr.max_layers + 1)),       # top layers but the last
+        "n_pooled": unsigned(clog2(max_users + 1)),         # user tables
+        "n_items": unsigned(clog2(max_items + 1)),          # item tables
+        "item_tables": data.ArrayLayout(unsigned(clog2(config.embedding.max_tables)),
+                                        max_items),
+        "log_side": unsigned(clog2(clog2(lanes) + 1)),      # the sub-array side
+        "sb_rows": unsigned(clog2(arr.max_rows + 1)),       # rows per sub-batch
+        "bot_chunks": unsigned(clog2(_max_chunks(config, engine, dim) + 1)),
+        "pen_chunks": unsigned(clog2(_max_chunks(config, engine, max_pen) + 1)),
+        "user_pass": 1,                                     # the first layer has user rows
+        "u_chunks": unsigned(clog2(ceil_div(dim + max_users * (max_users - 1) // 2, dim)
+                                   + 1)),
+        "p0_base": unsigned(clog2(arr.param_words)),        # the first layer's p_base
+    })
+
+
+def ldesc_layout(config: Config, engine: int) -> data.StructLayout:
+    layer = command_layout(config.array, engine)["args"].shape["layer"].shape
+    return data.StructLayout({"index": unsigned(clog2(2 * config.array.max_layers)),
+                              "desc": layer})
+
+
+def p0_layout(max_hidden: int) -> data.StructLayout:
+    return data.StructLayout({"j": unsigned(clog2(max_hidden)), "mult": unsigned(16),
+                              "shift": unsigned(6)})
+
+
+def query_layout(config: Config) -> data.StructLayout:
+    return data.StructLayout({"k": unsigned(k_bits(config.topk))})
+
+
+def dense_layout(lanes: int) -> data.StructLayout:
+    return data.StructLayout({"data": data.ArrayLayout(signed(8), lanes), "last": 1})
+
+
+def cand_layout(config: Config, max_items: int) -> data.StructLayout:
+    # ``left``: the query's candidates after this one (0: the last); the
+    # sub-batch a candidate opens is sized from it
+    return data.StructLayout({"pos": unsigned(config.topk.id_bits),
+                              "ids": data.ArrayLayout(unsigned(32), max_items),
+                              "left": unsigned(config.topk.id_bits + 1)})
+
+
+class StageEngine(wiring.Component):
+    """See the module documentation.
+
+    Parameters
+    ----------
+    config : Config
+    engine : int
+        The MLP engine (and sub-array) the stage runs on.
+    dim : int
+        The embedding dimension (every interaction feature's length; the
+        bottom MLP's output).
+    max_users, max_items : int
+        Most user features (the bottom output included) and item tables.
+    max_hidden : int
+        Widest first top layer (the user pass's outputs).
+    max_pen : int
+        Widest penultimate activation (the score head's input).
+    staging : int
+        Engine commands the staging FIFO holds. A sub-batch may have more:
+        its drain starts before it is complete.
+    """
+
+    def __init__(self, config: Config, *, engine: int = 0, dim: int, max_users: int,
+                 max_items: int, max_hidden: int, max_pen: int, staging: int = 512):
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be a Config, not {config!r}")
+        arr = config.array
+        if not isinstance(engine, int) or isinstance(engine, bool) \
+                or not 0 <= engine < arr.engines:
+            raise ValueError(f"engine: must be in 0 .. {arr.engines - 1}, not {engine!r}")
+        for name, v, lo, hi in (("dim", dim, 1, config.embedding.max_dim),
+                                ("max_users", max_users, 1, 16),
+                                ("max_items", max_items, 1, 16),
+                                ("max_hidden", max_hidden, 1, arr.max_dim),
+                                ("max_pen", max_pen, 1, arr.max_dim),
+                                ("staging", staging, 2, 1 << 16)):
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise ValueError(f"{name}: must be an integer in {lo} .. {hi}, not {v!r}")
+        if not config.topk.signed:
+            raise ValueError("topk.signed: scores are signed")
+        self._cfg, self._engine = config, engine
+        self._dim, self._U, self._I = dim, max_users, max_items
+        self._max_hidden, self._max_pen, self._staging = max_hidden, max_pen, staging
+        self._lanes = lanes = arr.engine_lanes(engine)
+        self._pairs = item_pairs(max_users, max_items)
+        self._upairs = max_users * (max_users - 1) // 2
+        self._uin = dim + self._upairs
+        emb = config.embedding
+        super().__init__({
+            "conf": In(stream.Signature(conf_layout(config, engine, max_users, max_items,
+                                                    max_hidden, max_pen, dim))),
+            "ldesc": In(stream.Signature(ldesc_layout(config, engine))),
+            "p0": In(stream.Signature(p0_layout(max_hidden))),
+            "dot_params": In(stream.Signature(pair_param_layout(self._pairs))),
+            "upair_params": In(stream.Signature(pair_param_layout(max(self._upairs, 1)))),
+            "uw": In(stream.Signature(wide_write_layout(dim, self._uin, max_hidden))),
+            "sw": In(stream.Signature(wide_write_layout(lanes, score_in(config, engine,
+                                                                        max_pen), 1))),
+            "q": In(stream.Signature(query_layout(config))),
+            "dense": In(stream.Signature(dense_layout(lanes))),
+            "ubags": In(stream.Signature(bag_layout(emb))),
+            "cand": In(stream.Signature(cand_layout(config, max_items))),
+            "bags": Out(stream.Signature(bag_layout(emb))),
+            "feat": In(stream.Signature(feature_layout(dim))),
+            "ecmd": Out(stream.Signature(command_layout(arr, engine))),
+            "eresp": In(stream.Signature(response_layout(arr, engine))),
+            "topk": Out(stream.Signature(topk_input_layout(config.topk))),
+            "status": Out(stream.Signature(StageStatus)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, arr = self._cfg, self._cfg.array
+        lanes, dim, U, I = self._lanes, self._dim, self._U, self._I
+        sides = engine_sides(arr, self._engine)
+        pos_bits = cfg.topk.id_bits
+        vec_l = data.ArrayLayout(signed(8), dim)
+
+        # -- configuration and tables ---------------------------------------------
+        conf = Signal(self.conf.payload.shape())
+        m.d.comb += self.conf.ready.eq(1)
+        configured = Signal()
+        with m.If(self.conf.valid):
+            m.d.sync += [conf.eq(self.conf.payload), configured.eq(1)]
+        side_m1 = Signal(range(lanes))
+        with m.Switch(conf.log_side):
+            for s in sides:
+                with m.Case(s.bit_length() - 1):
+                    m.d.comb += side_m1.eq(s - 1)
+        m.submodules.ldesc = ldesc = Memory(shape=ldesc_layout(cfg, self._engine)["desc"].shape,
+                                            depth=2 * arr.max_layers, init=[])
+        lw = ldesc.write_port()
+        lr = ldesc.read_port(domain="comb")
+        m.d.comb += [self.ldesc.ready.eq(1), lw.addr.eq(self.ldesc.payload.index),
+                     lw.data.eq(self.ldesc.payload.desc), lw.en.eq(self.ldesc.valid)]
+        m.submodules.p0 = p0 = Memory(shape=data.StructLayout({"mult": 16, "shift": 6}),
+                                      depth=self._max_hidden, init=[])
+        pw = p0.write_port()
+        pr = p0.read_port(domain="comb")
+        m.d.comb += [self.p0.ready.eq(1), pw.addr.eq(self.p0.payload.j),
+                     pw.data.mult.eq(self.p0.payload.mult),
+                     pw.data.shift.eq(self.p0.payload.shift), pw.en.eq(self.p0.valid)]
+
+        # -- the blocks -------------------------------------------------------------
+        m.submodules.dot = dot = DotInteraction(dim, U, I)
+        wiring.connect(m, wiring.flipped(self.dot_params), dot.params)
+        if U >= 2:
+            m.submodules.upair = upair = DotInteraction(dim, 0, U)
+            wiring.connect(m, wiring.flipped(self.upair_params), upair.params)
+        else:
+            upair = None
+            m.d.comb += self.upair_params.ready.eq(1)
+        m.submodules.upass = upass = WideMatVec(lanes=dim, max_in=self._uin,
+                                                max_out=self._max_hidden, bits=32, tag_bits=1,
+                                                target=arr.dsp)
+        wiring.connect(m, wiring.flipped(self.uw), upass.w)
+        m.submodules.score = score = WideMatVec(
+            lanes=lanes, max_in=score_in(cfg, self._engine, self._max_pen), max_out=1,
+            bits=cfg.topk.score_bits, tag_bits=pos_bits, target=arr.dsp)
+        wiring.connect(m, wiring.flipped(self.sw), score.w)
+        m.submodules.packer = packer = ActPacker(arr, engine=self._engine,
+                                                 max_elems=self._pairs)
+        cmd_l = command_layout(arr, self._engine)
+        m.submodules.staging = staging = SyncFIFOBuffered(width=cmd_l.size,
+                                                          depth=self._staging)
+        # per candidate: its position and whether it ends the query (score
+        # side), whether it ends its sub-batch (packer side); per sub-batch
+        # its rows (packer control)
+        q_depth = 2 * arr.max_rows + 64
+        m.submodules.posq = posq = SyncFIFOBuffered(width=pos_bits + 1, depth=q_depth)
+        m.submodules.rowq = rowq = SyncFIFOBuffered(width=1, depth=q_depth)
+        m.submodules.sbq = sbq = SyncFIFOBuffered(width=len(conf.sb_rows), depth=8)
+
+        # -- query state ------------------------------------------------------------
+        k = Signal.like(self.q.payload.k)
+        err = Signal(StageStatus)
+        users = [Signal(vec_l, name=f"user{u}") for u in range(U)]
+        n_users = Signal(range(U + 1))              # conf: has_bottom + n_pooled
+        m.d.comb += n_users.eq(conf.has_bottom + conf.n_pooled)
+        bchunks = [Signal(data.ArrayLayout(signed(8), lanes), name=f"bottom{c}")
+                   for c in range(_max_chunks(cfg, self._engine, dim))]
+        zu = Signal(data.ArrayLayout(signed(8), max(self._upairs, 1)))
+        at = Signal(range(max(2 * arr.max_layers, U, 64) + 1))   # a phase's step
+
+        def fail(status):
+            with m.If(err == StageStatus.OK):
+                m.d.sync += err.eq(status)
+
+        # the bottom output, from its response chunks (side-wide)
+        bottom = Signal(vec_l)
+        for e in range(dim):
+            with m.Switch(conf.log_side):
+                for s in sides:
+                    with m.Case(s.bit_length() - 1):
+                        if e // s < len(bchunks):
+                            m.d.comb += bottom[e].eq(bchunks[e // s][e % s])
+        # user feature u (the bottom output is feature 0 when there is one)
+        def user(u):
+            return Mux(conf.has_bottom & (u == 0), bottom.as_value(), users[u].as_value())
+
+        ecmd = self.ecmd.payload
+        resp = self.eresp.payload
+        scoring = Signal()              # the ITEMS phase: the engine is the driver's
+        finished = Signal()             # the query's final score went to topk
+
+        with m.FSM(name="query"):
+            with m.State("IDLE"):
+                m.d.comb += self.q.ready.eq(1)
+                with m.If(self.q.valid):
+                    m.d.sync += [k.eq(self.q.payload.k), err.eq(StageStatus.OK), at.eq(0)]
+                    with m.If(conf.has_bottom):
+                        m.next = "BOT_DESC"
+                    with m.Else():
+                        m.next = "USERS"
+            with m.State("BOT_DESC"):
+                with m.If(at == conf.n_bottom):
+                    m.d.sync += at.eq(0)
+                    m.next = "BOT_ACT"
+                with m.Else():
+                    m.d.comb += [lr.addr.eq(at), self.ecmd.valid.eq(1),
+                                 ecmd.op.eq(EOp.SET_LAYER), ecmd.args.layer.eq(lr.data),
+                                 ecmd.args.layer.index.eq(at)]
+                    with m.If(self.ecmd.ready):
+                        m.d.sync += at.eq(at + 1)
+            with m.State("BOT_ACT"):
+                m.d.comb += [self.ecmd.valid.eq(self.dense.valid),
+                             self.dense.ready.eq(self.ecmd.ready),
+                             ecmd.op.eq(EOp.WRITE_ACT), ecmd.args.act.buf.eq(0),
+                             ecmd.args.act.addr.eq(at),
+                             ecmd.args.act.data.eq(self.dense.payload.data)]
+                with m.If(self.dense.valid & self.ecmd.ready):
+                    m.d.sync += at.eq(at + 1)
+                    with m.If(self.dense.payload.last):
+                        m.next = "BOT_RUN"
+            with m.State("BOT_RUN"):
+                m.d.comb += [self.ecmd.valid.eq(1), ecmd.op.eq(EOp.RUN),
+                             ecmd.args.run.layers.eq(conf.n_bottom), ecmd.args.run.rows.eq(1)]
+                with m.If(self.ecmd.ready):
+                    m.d.sync += at.eq(0)
+                    m.next = "BOT_RESP"
+            with m.State("BOT_RESP"):
+                m.d.comb += self.eresp.ready.eq(1)
+                with m.If(self.eresp.valid):
+                    with m.If(resp.last):
+                        with m.If(resp.status != EStatus.OK):
+                            fail(StageStatus.ENGINE)
+                        m.d.sync += at.eq(0)
+                        m.next = "USERS"
+                    with m.Else():
+                        for c, reg in enumerate(bchunks):
+                            with m.If(at == c):
+                                m.d.sync += reg.eq(resp.data)
+                        m.d.sync += at.eq(at + 1)
+            with m.State("USERS"):
+                f = self.feat.payload
+                with m.If(at == conf.n_pooled):
+                    m.d.sync += at.eq(0)
+                    # (with one user feature, or a unit built for one, no pairs)
+                    pairs = (n_users >= 2) if upair is not None else Const(0)
+                    with m.If(conf.user_pass & pairs):
+                        m.next = "UPAIRS"
+                    with m.Elif(conf.user_pass):
+                        m.next = "UPASS"
+                    with m.Else():
+                        m.next = "MAINU"
+                with m.Else():
+                    # the query's user features (its item features come after them)
+                    m.d.comb += self.feat.ready.eq(~f.item)
+                    with m.If(self.feat.valid & ~f.item):
+                        with m.If(f.status != LookupStatus.OK):
+                            fail(StageStatus.BAD_LOOKUP)
+                        for u in range(U):
+                            with m.If(conf.has_bottom + at == u):
+                                m.d.sync += users[u].eq(f.vec)
+                        m.d.sync += at.eq(at + 1)
+            with m.State("UPAIRS"):
+                if upair is not None:
+                    up = upair.i.payload
+                    with m.If(at < n_users):
+                        m.d.comb += [upair.i.valid.eq(1), up.item.eq(1),
+                                     up.last.eq(at == n_users - 1)]
+                        for u in range(U):
+                            with m.If(at == u):
+                                m.d.comb += up.vec.eq(user(u))
+                        with m.If(upair.i.ready):
+                            m.d.sync += at.eq(at + 1)
+                    m.d.comb += upair.o.ready.eq(1)
+                    with m.If(upair.o.valid):
+                        m.d.sync += [zu.eq(upair.o.payload.pairs.as_value()[:len(zu.as_value())]),
+                                     at.eq(0)]
+                        m.next = "UPASS"
+            with m.State("UPASS"):
+                # the input: [bottom output, user pairs] (or the pairs alone), in
+                # dim-wide chunks
+                xu_n = ceil_div(dim + len(zu.as_value()) // 8, dim) * dim
+                xu = Signal(xu_n * 8)
+                m.d.comb += xu.eq(Mux(conf.has_bottom, Cat(bottom.as_value(), zu.as_value()),
+                                      zu.as_value()))
+                ui = upass.i.payload
+                with m.If(at < conf.u_chunks):
+                    m.d.comb += [upass.i.valid.eq(1), ui.last.eq(at == conf.u_chunks - 1),
+                                 ui.end.eq(1), ui.tag.eq(0)]
+                    for c in range(xu_n // dim):
+                        with m.If(at == c):
+                            m.d.comb += ui.x.eq(xu[c * dim * 8:(c + 1) * dim * 8])
+                    with m.If(upass.i.ready):
+                        m.d.sync += at.eq(at + 1)
+                # each output is its channel's bias, written into the engine
+                uo = upass.o.payload
+                m.d.comb += [pr.addr.eq(uo.j), self.ecmd.valid.eq(upass.o.valid),
+                             upass.o.ready.eq(self.ecmd.ready), ecmd.op.eq(EOp.WRITE_PARAM),
+                             ecmd.args.param.addr.eq(conf.p0_base + (uo.j >> conf.log_side)),
+                             ecmd.args.param.lane.eq(uo.j & side_m1),
+                             ecmd.args.param.bias.eq(uo.value),
+                             ecmd.args.param.mult.eq(pr.data.mult),
+                             ecmd.args.param.shift.eq(pr.data.shift)]
+                with m.If(upass.o.valid & self.ecmd.ready):
+                    with m.If(uo.status != WStatus.OK):
+                        fail(StageStatus.BAD_SCORE)
+                    with m.If(uo.last):
+                        m.d.sync += at.eq(0)
+                        m.next = "MAINU"
+            with m.State("MAINU"):
+                di = dot.i.payload
+                with m.If(at == n_users):
+                    m.d.sync += at.eq(0)
+                    m.next = "TOP_DESC"
+                with m.Else():
+                    m.d.comb += [dot.i.valid.eq(1), di.item.eq(0)]
+                    for u in range(U):
+                        with m.If(at == u):
+                            m.d.comb += di.vec.eq(user(u))
+                    with m.If(dot.i.ready):
+                        m.d.sync += at.eq(at + 1)
+            with m.State("TOP_DESC"):
+                with m.If(at == conf.n_top):
+                    m.next = "ITEMS"
+                with m.Else():
+                    m.d.comb += [lr.addr.eq(conf.n_bottom + at), self.ecmd.valid.eq(1),
+                                 ecmd.op.eq(EOp.SET_LAYER), ecmd.args.layer.eq(lr.data),
+                                 ecmd.args.layer.index.eq(at)]
+                    with m.If(self.ecmd.ready):
+                        m.d.sync += at.eq(at + 1)
+            with m.State("ITEMS"):
+                m.d.comb += scoring.eq(1)
+                # the item features into the interaction
+                f = self.feat.payload
+                di = dot.i.payload
+                m.d.comb += [dot.i.valid.eq(self.feat.valid & f.item), di.item.eq(1),
+                             di.last.eq(f.last), di.vec.eq(f.vec),
+                             self.feat.ready.eq(dot.i.ready & f.item)]
+                with m.If(self.feat.valid & f.item & dot.i.ready
+                          & (f.status != LookupStatus.OK)):
+                    fail(StageStatus.BAD_LOOKUP)
+                with m.If(finished):
+                    m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += [self.status.valid.eq(1), self.status.payload.eq(err)]
+                with m.If(self.status.ready):
+                    m.next = "IDLE"
+
+        # -- the issuer: the bags of the queries, back to back -------------------------
+        a = Signal(range(I))                        # the candidate's item table
+        row = Signal.like(conf.sb_rows)             # the candidate's row in its sub-batch
+        c = self.cand.payload
+        room = posq.w_rdy & rowq.w_rdy & sbq.w_rdy
+        c_last = c.left == 0
+        sb_end = (row == conf.sb_rows - 1) | c_last
+        sb_size = Mux(c.left < conf.sb_rows, c.left + 1, conf.sb_rows)
+        with m.FSM(name="issue"):
+            with m.State("UB"):
+                ub = self.ubags.payload
+                with m.If(~configured):
+                    pass
+                with m.Elif(conf.n_pooled == 0):
+                    m.next = "IB"
+                with m.Else():
+                    m.d.comb += [self.bags.valid.eq(self.ubags.valid),
+                                 self.ubags.ready.eq(self.bags.ready),
+                                 self.bags.payload.eq(ub), self.bags.payload.item.eq(0)]
+                    with m.If(self.ubags.valid & self.bags.ready & ub.lookup.last
+                              & ub.group_last):
+                        m.next = "IB"
+            with m.State("IB"):
+                bp = self.bags.payload
+                m.d.comb += [self.bags.valid.eq(self.cand.valid & room),
+                             bp.lookup.last.eq(1), bp.item.eq(1),
+                             bp.group_last.eq(a == conf.n_items - 1)]
+                for t in range(I):
+                    with m.If(a == t):
+                        m.d.comb += [bp.lookup.table.eq(conf.item_tables[t]),
+                                     bp.lookup.id.eq(c.ids[t])]
+                with m.If(self.cand.valid & room & self.bags.ready):
+                    with m.If(a == conf.n_items - 1):
+                        m.d.comb += [self.cand.ready.eq(1),
+                                     posq.w_en.eq(1), posq.w_data.eq(Cat(c.pos, c_last)),
+                                     rowq.w_en.eq(1), rowq.w_data.eq(sb_end),
+                                     sbq.w_en.eq(row == 0), sbq.w_data.eq(sb_size)]
+                        m.d.sync += [a.eq(0), row.eq(Mux(sb_end, 0, row + 1))]
+                        with m.If(c_last):
+                            m.next = "UB"
+                    with m.Else():
+                        m.d.sync += a.eq(a + 1)
+
+        # -- the packer: interaction rows into engine commands, staged -----------------
+        pi = packer.i.payload
+        m.d.comb += [packer.i.valid.eq(dot.o.valid & rowq.r_rdy),
+                     pi.n.eq(dot.o.payload.n), pi.elems.eq(dot.o.payload.pairs),
+                     pi.last.eq(rowq.r_data[0]),
+                     dot.o.ready.eq(packer.i.ready & rowq.r_rdy),
+                     rowq.r_en.eq(dot.o.valid & packer.i.ready & rowq.r_rdy)]
+        pc = packer.ctl.payload
+        m.d.comb += [packer.ctl.valid.eq(sbq.r_rdy), pc.side.eq(side_m1 + 1),
+                     pc.rows.eq(sbq.r_data), pc.base.eq(0), pc.buf.eq(0),
+                     sbq.r_en.eq(packer.ctl.ready)]
+        m.d.comb += [staging.w_data.eq(packer.o.payload), staging.w_en.eq(packer.o.valid),
+                     packer.o.ready.eq(staging.w_rdy)]
+        written = Signal(32)                        # commands staged, ever
+        drained = Signal(32)                        # commands sent to the engine, ever
+        staged = packer.o.valid & staging.w_rdy
+        m.d.sync += written.eq(written + staged)
+
+        # -- the engine driver: a sub-batch's commands, then its RUN -------------------
+        have_done = Signal()
+        target = Signal(32)
+        run_rows = Signal.like(packer.done.payload.rows)
+        run_done = Signal()
+        with m.FSM(name="engine"):
+            with m.State("DRAIN"):
+                with m.If(scoring):
+                    m.d.comb += packer.done.ready.eq(~have_done)
+                    with m.If(packer.done.valid & ~have_done):
+                        m.d.sync += [have_done.eq(1), target.eq(written + staged),
+                                     run_rows.eq(packer.done.payload.rows)]
+                        with m.If(packer.done.payload.status != PackStatus.OK):
+                            fail(StageStatus.BAD_ROW)
+                    more = ~(have_done & (drained == target))
+                    m.d.comb += [self.ecmd.valid.eq(staging.r_rdy & more),
+                                 self.ecmd.payload.eq(staging.r_data),
+                                 staging.r_en.eq(self.ecmd.ready & more)]
+                    with m.If(staging.r_rdy & more & self.ecmd.ready):
+                        m.d.sync += drained.eq(drained + 1)
+                    with m.If(have_done & (drained == target)):
+                        m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += [self.ecmd.valid.eq(1), ecmd.op.eq(EOp.RUN),
+                             ecmd.args.run.layers.eq(conf.n_top),
+                             ecmd.args.run.rows.eq(run_rows)]
+                with m.If(self.ecmd.ready):
+                    m.d.sync += have_done.eq(0)
+                    m.next = "WAIT"
+            with m.State("WAIT"):
+                with m.If(run_done):
+                    m.next = "DRAIN"
+
+        # -- the scores: result rows through the score head, to the top-k filter ---
+        chunk = Signal.like(conf.pen_chunks)
+        flush = Signal.like(run_rows)
+        si = score.i.payload
+        row_last = chunk == conf.pen_chunks - 1
+        m.d.comb += [si.tag.eq(posq.r_data[:pos_bits]),
+                     si.end.eq(posq.r_data[pos_bits] & row_last), si.last.eq(row_last)]
+        take_row = score.i.valid & score.i.ready & row_last
+        m.d.comb += posq.r_en.eq(take_row)
+        with m.If(score.i.valid & score.i.ready):
+            m.d.sync += chunk.eq(Mux(row_last, 0, chunk + 1))
+        with m.FSM(name="scores"):
+            with m.State("ROWS"):
+                with m.If(scoring):
+                    with m.If(resp.last):
+                        m.d.comb += self.eresp.ready.eq(1)
+                        with m.If(self.eresp.valid):
+                            with m.If(resp.status != EStatus.OK):
+                                # no rows came: score zero rows in their place
+                                fail(StageStatus.ENGINE)
+                                m.d.sync += flush.eq(run_rows)
+                                m.next = "FLUSH"
+                            with m.Else():
+                                m.d.comb += run_done.eq(1)
+                    with m.Else():
+                        m.d.comb += [score.i.valid.eq(self.eresp.valid & posq.r_rdy),
+                                     si.x.eq(resp.data),
+                                     self.eresp.ready.eq(score.i.ready & posq.r_rdy)]
+            with m.State("FLUSH"):
+                with m.If(flush == 0):
+                    m.d.comb += run_done.eq(1)
+                    m.next = "ROWS"
+                with m.Else():
+                    m.d.comb += [score.i.valid.eq(posq.r_rdy), si.x.eq(0)]
+                    with m.If(take_row):
+                        m.d.sync += flush.eq(flush - 1)
+        so = score.o.payload
+        tp = self.topk.payload
+        m.d.comb += [self.topk.valid.eq(score.o.valid), score.o.ready.eq(self.topk.ready),
+                     tp.pairs[0].score.eq(so.value), tp.pairs[0].id.eq(so.tag),
+                     tp.valid.eq(1), tp.last.eq(so.end), tp.k.eq(k)]
+        with m.If(score.o.valid & self.topk.ready):
+            with m.If(so.status != WStatus.OK):
+                fail(StageStatus.BAD_SCORE)
+            m.d.comb += finished.eq(so.end)
+        return m

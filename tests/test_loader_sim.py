@@ -1,0 +1,145 @@
+# amaranth: UnusedElaboratable=no
+"""amaranth.sim tests of the port-record router (hw/loader.py): random
+frames of records for ports of several widths (host/device_format.py packs
+them), with random stalls on every port, checked beat for beat; and every
+broken frame answered with its error, the router going on with the next."""
+
+import random
+
+import pytest
+from amaranth.hdl import unsigned
+from amaranth.lib import data
+from amaranth.sim import Simulator
+
+from host.device_format import RecordWriter
+from hw.command import Opcode, Status
+from hw.loader import RecordRouter, record_header
+from tests.amaranth_streams import stream_get, stream_put
+
+PORTS = [("a", unsigned(10)),
+         ("b", data.StructLayout({"x": 64, "y": 6})),
+         ("c", data.ArrayLayout(unsigned(40), 3))]
+
+
+def test_rejects_bad_ports():
+    with pytest.raises(ValueError, match="names"):
+        RecordRouter([("a", 1), ("a", 2)])
+    with pytest.raises(ValueError, match="taken"):
+        RecordRouter([("cmd", 1)])
+    with pytest.raises(ValueError, match="port"):
+        record_header(256, 1)
+
+
+def frame_beats(opcode, tag, words, bad=False):
+    if not words:
+        return [{"opcode": opcode, "tag": tag, "first": 1, "last": 1, "empty": 1, "bad": bad}]
+    return [{"opcode": opcode, "tag": tag, "data": int(w), "first": i == 0,
+             "last": i == len(words) - 1, "empty": 0, "bad": bad and i == len(words) - 1}
+            for i, w in enumerate(words)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_records_reach_their_ports(seed):
+    r = random.Random(seed)
+    dut = RecordRouter(PORTS)
+    widths = {"a": 10, "b": 70, "c": 120}
+    frames, want = [], {p: [] for p, _ in PORTS}
+    answers = []
+    for n in range(20):
+        kind = r.choice(["good", "good", "good", "query", "short", "port", "bad", "empty"])
+        op = Opcode.SUBMIT_QUERY if kind == "query" else r.choice(
+            [Opcode.LOAD_WEIGHTS, Opcode.LOAD_TABLES, Opcode.CONFIGURE_STAGES])
+        w = RecordWriter(PORTS)
+        sent = {p: [] for p, _ in PORTS}
+        for _ in range(r.randrange(1, 4)):
+            p = r.choice([p for p, _ in PORTS])
+            beats = [r.getrandbits(widths[p]) for _ in range(r.randrange(1, 4))]
+            w.add(p, beats)
+            sent[p] += beats
+        words = [int(x) for x in w.words()]
+        tag = 100 + n
+        status = Status.OK
+        if kind == "short":         # the frame ends inside its last record
+            words = words[:-1]
+            status = Status.BAD_PAYLOAD
+        elif kind == "port":        # a record for a port that does not exist
+            words = words + [record_header(len(PORTS), 1), 5]
+            status = Status.BAD_PAYLOAD
+        elif kind == "bad":         # the decoder says the frame's length was wrong
+            status = Status.MALFORMED_FRAME
+        elif kind == "empty":
+            words, sent = [], {p: [] for p, _ in PORTS}
+            op = Opcode.SUBMIT_QUERY
+            status = Status.BAD_PAYLOAD
+        frames.append(frame_beats(op, tag, words, bad=kind == "bad"))
+        # a short frame: every beat before the break still arrives
+        if kind == "short":
+            got_words = words
+            sent = {p: [] for p, _ in PORTS}
+            i = 0
+            names = [p for p, _ in PORTS]
+            while i < len(got_words):
+                port, count = got_words[i] & 0xFF, got_words[i] >> 8
+                nw = -(-widths[names[port]] // 64)
+                i += 1
+                for _ in range(count):
+                    if i + nw <= len(got_words):
+                        sent[names[port]].append(
+                            sum(got_words[i + k] << (64 * k) for k in range(nw)))
+                    i += nw
+        for p in sent:
+            want[p] += sent[p]
+        answers.append((op, tag, status))
+
+    got = {p: [] for p, _ in PORTS}
+    got_answers = []
+    done = []
+
+    async def source(ctx):
+        for f in frames:
+            for b in f:
+                await stream_put(ctx, dut.cmd, b, rng=r, idle=0.2)
+        done.append("source")
+
+    def sink(p):
+        async def process(ctx):
+            while len(got[p]) < len(want[p]):
+                beat = await stream_get(ctx, getattr(dut, p), rng=r, stall=0.4)
+                got[p].append(beat.as_value().value if hasattr(beat, "as_value") else int(beat))
+            done.append(p)
+        return process
+
+    async def answer(ctx):
+        while len(got_answers) < len(answers):
+            for _ in range(r.randrange(0, 3)):
+                await ctx.tick()
+            if ctx.get(dut.ans.valid):
+                a = ctx.get(dut.ans.payload)
+                ctx.set(dut.ans.ready, 1)
+                await ctx.tick()
+                ctx.set(dut.ans.ready, 0)
+                got_answers.append((a.opcode, a.tag, Status.OK))
+            elif ctx.get(dut.err.valid):
+                e = ctx.get(dut.err.payload)
+                ctx.set(dut.err.ready, 1)
+                await ctx.tick()
+                ctx.set(dut.err.ready, 0)
+                got_answers.append((e.opcode, e.tag, e.status))
+            elif ctx.get(dut.qtag.valid):
+                t = ctx.get(dut.qtag.payload)
+                ctx.set(dut.qtag.ready, 1)
+                await ctx.tick()
+                ctx.set(dut.qtag.ready, 0)
+                got_answers.append((Opcode.SUBMIT_QUERY, t, Status.OK))
+            else:
+                await ctx.tick()
+        done.append("answers")
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    for tb in [source, answer] + [sink(p) for p, _ in PORTS]:
+        sim.add_testbench(tb)
+    sim.run_until(1e-8 * 20_000)
+    assert sorted(done) == sorted(["source", "answers"] + [p for p, _ in PORTS]), done
+    assert got == want
+    assert got_answers == answers

@@ -1,0 +1,193 @@
+# amaranth: UnusedElaboratable=no
+"""amaranth.sim tests of the stage engine (hw/stage.py) on a real MLP engine
+and systolic array (hw/mlp_cluster.py) and the feature fetch
+(hw/feature_fetch.py), the lookup units modelled in the testbench (in
+order, random delays, the golden pooled lookup): queries of a quantized
+"dot" stage (host/models.py) compiled by host/stage_program.py, every score
+compared bit for bit with QuantizedStageModel.scores, with random idle
+cycles on every input and random backpressure on every output."""
+
+import random
+
+import pytest
+from amaranth.hdl import Elaboratable, Module
+from amaranth.lib import wiring
+from amaranth.sim import Simulator
+
+from host.embedding import EmbeddingStatus, pooled_lookup
+from host.models import StageModelConfig, TableSpec, init_params, quantize_stage_model
+from host.movielens import synthetic_queries
+from host.stage_program import StageLimits, compile_stage
+from hw.config import Config
+from hw.embedding import _units
+from hw.feature_fetch import FeatureFetch
+from hw.mlp_cluster import MLPCluster
+from hw.stage import StageEngine, StageStatus
+from tests.amaranth_streams import stream_get, stream_put
+
+CFG = Config.preset("tiny")
+DIM = 4
+
+
+def dot_stage(dense, users, items, top, seed):
+    tables = tuple([TableSpec(f"u{t}", 30, "user") for t in range(users)]
+                   + [TableSpec(f"i{t}", 25, "item") for t in range(items)])
+    cfg = StageModelConfig("s", dense, (8, DIM) if dense else (), tables, DIM, "dot", top)
+    params = init_params(cfg, seed=seed, table_scale=0.5)
+    calib = synthetic_queries(cfg, 12, 8, user_bag=3, seed=seed + 100)
+    return quantize_stage_model(params, calib, emb_bits=8,
+                                score_bits=CFG.topk.score_bits, max_bag=CFG.embedding.max_bag)
+
+
+class _Harness(Elaboratable):
+    """The stage engine on engine 0 of a cluster, its bags through a feature
+    fetch; ``load`` writes the engine before the stage drives it."""
+
+    def __init__(self, limits: StageLimits, staging: int):
+        self.stage = StageEngine(CFG, engine=0, dim=limits.dim, max_users=limits.max_users,
+                                 max_items=limits.max_items, max_hidden=limits.max_hidden,
+                                 max_pen=limits.max_pen, staging=staging)
+        self.fetch = FeatureFetch(CFG.embedding, limits.dim, depth=8)
+        self.cluster = MLPCluster(CFG.array)
+        self.load_cmd = self.cluster.cmd_0.signature.flip().create()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.stage, m.submodules.fetch = self.stage, self.fetch
+        m.submodules.cluster = cl = self.cluster
+        wiring.connect(m, self.stage.bags, self.fetch.bags)
+        wiring.connect(m, self.fetch.o, self.stage.feat)
+        wiring.connect(m, cl.resp_0, self.stage.eresp)
+        lc = self.load_cmd
+        with m.If(lc.valid):
+            m.d.comb += [cl.cmd_0.valid.eq(1), cl.cmd_0.payload.eq(lc.payload),
+                         lc.ready.eq(cl.cmd_0.ready)]
+        with m.Else():
+            m.d.comb += [cl.cmd_0.valid.eq(self.stage.ecmd.valid),
+                         cl.cmd_0.payload.eq(self.stage.ecmd.payload),
+                         self.stage.ecmd.ready.eq(cl.cmd_0.ready)]
+        return m
+
+
+def run_stage(model, queries, *, sb_rows, staging, ks, seed):
+    limits = StageLimits(DIM, 3, 2, 16, 16)
+    prog = compile_stage(model, CFG, limits, sb_rows=sb_rows, table_base=1)
+    dut = _Harness(limits, staging)
+    st, fe = dut.stage, dut.fetch
+    r = random.Random(seed)
+    n_units = _units(CFG.embedding)
+    n_tables = len(model.config.tables)
+    home = [r.randrange(n_units) for _ in range(n_tables)]
+    # every bag, in the order the stage sends them, per unit
+    per_unit = [[] for _ in range(n_units)]
+    for q in queries:
+        for t, ids in enumerate(q.user_ids):
+            per_unit[home[t]].append((1 + t, [int(i) for i in ids]))
+        nu = len(model.config.user_tables)
+        for c in range(q.n_candidates):
+            for a in range(len(model.config.item_tables)):
+                per_unit[home[nu + a]].append((1 + nu + a, [int(q.item_ids[c, a])]))
+    done, lists, statuses = [], [], []
+
+    def setb(ctx, port, payload):
+        ctx.set(port.payload, payload)
+        ctx.set(port.valid, 1)
+
+    async def load(ctx):
+        for t in range(n_tables):
+            u = home[t]
+            setb(ctx, fe.desc, {"table": 1 + t, "desc": {
+                "valid": 1, "onchip": u >= CFG.embedding.channels,
+                "unit": u - CFG.embedding.channels if u >= CFG.embedding.channels else u}})
+            await ctx.tick()
+        ctx.set(fe.desc.valid, 0)
+        for port, beats in ((fe.params, prog.fetch_params), (st.ldesc, prog.ldesc),
+                            (st.p0, prog.p0), (st.dot_params, prog.dot_params),
+                            (st.upair_params, prog.upair_params), (st.uw, prog.uw),
+                            (st.sw, prog.sw), (st.conf, [prog.conf])):
+            for b in beats:
+                await stream_put(ctx, port, b)
+        for c in prog.engine_cmds:
+            await stream_put(ctx, dut.load_cmd, dut.load_cmd.payload.shape().from_bits(c))
+        done.append("load")
+        # then the queries
+        for q, k in zip(queries, ks):
+            await stream_put(ctx, st.q, {"k": k}, rng=r, idle=0.3)
+        done.append("q")
+
+    def feeder(name, beats_of):
+        async def process(ctx):
+            while "load" not in done:
+                await ctx.tick()
+            for q in queries:
+                for b in beats_of(q):
+                    await stream_put(ctx, getattr(st, name), b, rng=r, idle=0.3)
+            done.append(name)
+        return process
+
+    def unit(u):
+        async def process(ctx):
+            for t, ids in per_unit[u]:
+                seen = []
+                while True:
+                    beat = await stream_get(ctx, getattr(fe, f"i{u}"), rng=r, stall=0.3)
+                    if not beat.empty:
+                        seen.append(int(beat.id))
+                    if beat.last:
+                        break
+                assert seen == ids, f"unit {u}: bag {seen}, expected {ids}"
+                pooled, status = pooled_lookup(model.fixed[t - 1], [0, len(ids)], ids,
+                                               CFG.embedding.max_bag)
+                vec = [int(v) for v in pooled[0]] + [0] * (CFG.embedding.max_dim - DIM)
+                if int(status[0]) != EmbeddingStatus.OK:
+                    vec = [0] * CFG.embedding.max_dim
+                for _ in range(r.randrange(0, 10)):
+                    await ctx.tick()
+                await stream_put(ctx, getattr(fe, f"o{u}"),
+                                 {"status": int(status[0]), "pooled": vec})
+            done.append(f"unit{u}")
+        return process
+
+    async def topk(ctx):
+        for q in queries:
+            got = []
+            while True:
+                beat = await stream_get(ctx, st.topk, rng=r, stall=0.3)
+                assert beat.valid == 1
+                got.append((int(beat.pairs[0].id), int(beat.pairs[0].score)))
+                if beat.last:
+                    break
+            lists.append(got)
+        done.append("topk")
+
+    async def status(ctx):
+        for _ in queries:
+            statuses.append((await stream_get(ctx, st.status, rng=r, stall=0.3)))
+        done.append("status")
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    for tb in [load, topk, status, feeder("dense", prog.dense_beats),
+               feeder("ubags", prog.ubag_beats), feeder("cand", prog.cand_beats)] \
+            + [unit(u) for u in range(n_units)]:
+        sim.add_testbench(tb)
+    cands = sum(q.n_candidates for q in queries)
+    sim.run_until(1e-8 * (20_000 + 600 * cands))        # a bound: a hang fails
+    assert len(done) == 7 + n_units, f"did not finish: {sorted(done)}"
+    return lists, statuses
+
+
+@pytest.mark.parametrize("dense, users, items, n, sb_rows, staging, seed", [
+    (3, 2, 1, 10, 4, 64, 0),        # 3 sub-batches, the last one short
+    (2, 1, 2, 7, 7, 4, 1),          # one sub-batch, a staging FIFO smaller than it
+    (0, 2, 2, 9, 2, 16, 2),         # no bottom MLP
+])
+def test_scores_are_the_golden_models(dense, users, items, n, sb_rows, staging, seed):
+    model = dot_stage(dense, users, items, (8, 6, 1) if seed % 2 else (8, 1), seed)
+    queries = synthetic_queries(model.config, 3, n, user_bag=3, seed=seed + 50)
+    lists, statuses = run_stage(model, queries, sb_rows=sb_rows, staging=staging,
+                                ks=[3, 1, 5], seed=seed)
+    assert [s for s in statuses] == [StageStatus.OK] * len(queries)
+    for q, got in zip(queries, lists):
+        want = model.scores(q)
+        assert got == [(c, int(want[c])) for c in range(q.n_candidates)]
