@@ -41,3 +41,82 @@ class RecordWriter:
 
     def words(self) -> np.ndarray:
         return np.array(self._out, dtype=np.uint64)
+
+
+class DeviceFormat:
+    """How the driver speaks to the hardware top level (:class:`hw.top.Accelerator`):
+    its loads and queries as port records, and its tables as memory images
+    the transport writes into device memory (:meth:`Transport.write_memory`).
+
+    The top level runs one stage (a one-stage :class:`host.pipeline.PipelineSpec`);
+    ``sb_rows`` is the sub-batch.
+    """
+
+    name = "device records"
+
+    def __init__(self, config, shape=None, *, sb_rows: int = 64):
+        from hw.stage import StageEngine
+        from hw.top import StageShape, ports
+        from .stage_program import StageLimits
+        self.config = config
+        self.shape = shape or StageShape()
+        stage = StageEngine(config, engine=0, **self.shape.kwargs())
+        self.ports = ports(config, stage)
+        self.limits = StageLimits.of(stage)
+        self.sb_rows = sb_rows
+        self.program = None
+        self.keep = None
+
+    def compile(self, model):
+        """``(frames, images)``: the load's ``(opcode, payload)`` frames and the
+        channel memory images, for a compiled model of one stage."""
+        from .protocol import Opcode
+        from .embedding import pack_fused
+        from .stage_program import compile_stage
+        from .table_compiler import (TableSpec, bank_writes, compile_tables,
+                                     descriptor_writes)
+        spec = model.spec
+        if len(spec.stages) != 1:
+            raise ValueError(f"the hardware top level runs one stage; {spec.name!r} has "
+                             f"{len(spec.stages)}")
+        q = model.stages[spec.stages[0]]
+        emb = self.config.embedding
+        tables = compile_tables([TableSpec(t.name, pack_fused(rw), bits=q.emb_bits,
+                                           format="fused")
+                                 for t, rw in zip(q.config.tables, q.tables)], emb)
+        prog = compile_stage(q, self.config, self.limits, sb_rows=self.sb_rows)
+        if not 1 <= spec.keep[0] <= self.config.topk.k_max:
+            raise ValueError(f"keep {spec.keep[0]}: the top-k filter gives 1 .. "
+                             f"{self.config.topk.k_max}")
+        t = RecordWriter(self.ports).add("emb_desc", descriptor_writes(tables.address_map,
+                                                                         emb))
+        if emb.onchip_banks:
+            t.add("bank_w", bank_writes(tables))
+        w = RecordWriter(self.ports).add("engine", prog.engine_cmds)
+        for port, beats in (("fetch_params", prog.fetch_params), ("ldesc", prog.ldesc),
+                            ("p0", prog.p0), ("dot_params", prog.dot_params),
+                            ("upair_params", prog.upair_params), ("uw", prog.uw),
+                            ("sw", prog.sw)):
+            w.add(port, beats)
+        c = RecordWriter(self.ports).add("conf", [prog.conf])
+        self.program, self.keep = prog, spec.keep[0]
+        frames = [(Opcode.LOAD_TABLES, t.words()), (Opcode.LOAD_WEIGHTS, w.words()),
+                  (Opcode.CONFIGURE_STAGES, c.words())]
+        return frames, list(tables.channel_images)
+
+    def query(self, query) -> np.ndarray:
+        """A ``SUBMIT_QUERY`` payload (after :meth:`compile`)."""
+        if self.program is None:
+            raise RuntimeError("no model compiled for the device")
+        p = self.program
+        cfg = p.model.config
+        if query.item_ids.shape[1] != len(cfg.item_tables) or \
+                len(query.user_ids) != len(cfg.user_tables):
+            raise ValueError(f"{cfg.name} takes {len(cfg.user_tables)} user bags and "
+                             f"{len(cfg.item_tables)} item ids per candidate")
+        if not 1 <= query.n_candidates <= 1 << self.config.topk.id_bits:
+            raise ValueError(f"a query has 1 .. {1 << self.config.topk.id_bits} candidates "
+                             f"(topk.id_bits), not {query.n_candidates}")
+        return (RecordWriter(self.ports).add("q", [{"k": self.keep}])
+                .add("ubags", p.ubag_beats(query)).add("cand", p.cand_beats(query))
+                .add("dense", p.dense_beats(query)).words())

@@ -202,6 +202,16 @@ class Transport(abc.ABC):
         """Run until an answer can be received (``True``) or ``deadline`` has
         passed (``False``)."""
 
+    #: How loads and queries are written: ``None`` for the protocol's own
+    #: payloads (:mod:`host.protocol`), or a device format
+    #: (:class:`host.device_format.DeviceFormat`) with :meth:`write_memory`.
+    payload_format = None
+
+    def write_memory(self, channel: int, image) -> None:
+        """Write ``image`` (bytes) at address 0 of a memory channel of the
+        device (as a DMA would); only transports with a device format can."""
+        raise NotImplementedError(f"{self.name}: no device memory to write")
+
 
 @dataclass
 class _Slot:
@@ -718,7 +728,19 @@ class Accelerator:
         return P.decode_counters(self.command(Opcode.READ_COUNTERS).payload)
 
     def load(self, model: CompiledModel, *, chunk_rows: int = 4096) -> None:
-        """Send the model (module docstring) and configure its stages."""
+        """Send the model (module docstring) and configure its stages. Over a
+        transport with a ``payload_format`` (the hardware's device records,
+        :class:`host.device_format.DeviceFormat`), the model goes in that
+        format and its tables straight into device memory."""
+        fmt = getattr(self.transport, "payload_format", None)
+        if fmt is not None:
+            frames, images = fmt.compile(model)
+            for channel, image in enumerate(images):
+                self.transport.write_memory(channel, image)
+            for opcode, payload in frames:
+                self.command(opcode, payload)
+            self.model = model
+            return
         slots = {name: i for i, name in enumerate(dict.fromkeys(model.spec.stages))}
         for name, slot in slots.items():
             q = model.stages[name]
@@ -744,9 +766,11 @@ class Accelerator:
         now = self.transport.now()
         self._pending[tag] = (index, now if arrival is None else int(arrival),
                               np.asarray(query.candidates))
-        self.transport.send(P.encode_frame(P.Frame(
-            Opcode.SUBMIT_QUERY, tag, Status.OK,
-            P.encode_query(query.dense, query.user_ids, query.item_ids))))
+        fmt = getattr(self.transport, "payload_format", None)
+        payload = fmt.query(query) if fmt is not None else \
+            P.encode_query(query.dense, query.user_ids, query.item_ids)
+        self.transport.send(P.encode_frame(P.Frame(Opcode.SUBMIT_QUERY, tag, Status.OK,
+                                                   payload)))
         return tag
 
     def poll(self) -> list[Answer]:

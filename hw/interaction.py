@@ -103,12 +103,12 @@ class DotInteraction(wiring.Component):
         vec_l = data.ArrayLayout(signed(8), d)
         users = [Signal(vec_l, name=f"user{j}") for j in range(U)]
         items = [Signal(vec_l, name=f"item{a}") for a in range(I)]
-        n_users = Signal(range(U + 1))
+        n_users = Signal(range(max(U, 1) + 1))   # (1 bit at least: U may be 0)
         n_items = Signal(range(I + 1))
         user_open = Signal()                    # the last beat was a user beat
 
         # -- the pair sequence: item a with user j, then with item b < a --------
-        a = Signal(range(I))
+        a = Signal(range(max(I, 2)))      # (1 bit at least: I may be 1)
         j = Signal(range(max(U, I) + 1))
         with_user = Signal()                    # pairing with users (else items)
         k = Signal(range(P + 1))                # pair index
@@ -159,7 +159,7 @@ class DotInteraction(wiring.Component):
                             m.next = "PAIRS"
             with m.State("PAIRS"):
                 # one pair a cycle; a pairing with no partner is skipped
-                partner = Mux(with_user, j < n_users, j < a)
+                partner = Mux(with_user, j < n_users, j < a) if U else j < a
                 with m.If(partner):
                     for n in range(P):
                         with m.If(k == n):

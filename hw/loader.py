@@ -60,7 +60,8 @@ class RecordRouter(wiring.Component):
         if len(set(names)) != len(names):
             raise ValueError("ports: names must differ")
         self._ports = ports
-        members = {"cmd": In(stream.Signature(command_layout())),
+        members = {"loaded": In(1),
+                   "cmd": In(stream.Signature(command_layout())),
                    "ans": Out(stream.Signature(answer_layout())),
                    "err": Out(stream.Signature(error_layout())),
                    "qtag": Out(stream.Signature(unsigned(16)))}
@@ -103,7 +104,15 @@ class RecordRouter(wiring.Component):
                     hdr_port = c.data[:8]
                     hdr_count = c.data[8:32]
                     bad_hdr = (hdr_port >= len(self._ports)) | (c.data[32:] != 0)
-                    with m.If(c.empty):
+                    refuse = (c.opcode == Opcode.SUBMIT_QUERY) & ~self.loaded
+                    with m.If(refuse & ~c.bad):
+                        # a query before the stages are configured
+                        with m.If(c.last):
+                            end_of_frame(Status.NOT_LOADED)
+                        with m.Else():
+                            m.d.sync += status.eq(Status.NOT_LOADED)
+                            m.next = "DROP"
+                    with m.Elif(c.empty):
                         end_of_frame(Mux(c.bad, Status.MALFORMED_FRAME,
                                          Mux(c.opcode == Opcode.SUBMIT_QUERY,
                                              Status.BAD_PAYLOAD, Status.OK)))
@@ -178,8 +187,10 @@ class RecordRouter(wiring.Component):
                         m.next = "HEADER"
                 with m.Else():
                     a = self.ans.payload
+                    # (an empty answer: status is OK here)
                     m.d.comb += [self.ans.valid.eq(1), a.opcode.eq(opcode), a.tag.eq(tag),
-                                 a.status.eq(Status.OK), a.empty.eq(1), a.last.eq(1)]
+                                 a.status.eq(status), a.length.eq(0), a.data.eq(0),
+                                 a.empty.eq(self.ans.valid), a.last.eq(self.ans.valid)]
                     with m.If(self.ans.ready):
                         m.next = "HEADER"
         return m

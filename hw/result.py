@@ -94,8 +94,10 @@ class ResultWriter(wiring.Component):
         pair = rp.data
         m.d.comb += rp.addr.eq(at >> 1)
         a = self.ans.payload
-        m.d.comb += [a.opcode.eq(Opcode.SUBMIT_QUERY), a.tag.eq(tag),
-                     a.status.eq(Status.OK), a.length.eq(1 + 2 * count)]
+        # every field from registers (no constant drivers: they lint badly)
+        hdr = Signal(answer_layout())
+        m.d.sync += [hdr.opcode.eq(Opcode.SUBMIT_QUERY), hdr.status.eq(Status.OK)]
+        m.d.comb += [a.eq(hdr), a.tag.eq(tag), a.length.eq(1 + 2 * count)]
 
         with m.FSM():
             with m.State("COLLECT"):

@@ -463,7 +463,7 @@ class StageEngine(wiring.Component):
                     m.next = "IDLE"
 
         # -- the issuer: the bags of the queries, back to back -------------------------
-        a = Signal(range(I))                        # the candidate's item table
+        a = Signal(range(max(I, 2)))                # the candidate's item table
         row = Signal.like(conf.sb_rows)             # the candidate's row in its sub-batch
         c = self.cand.payload
         room = posq.w_rdy & rowq.w_rdy & sbq.w_rdy

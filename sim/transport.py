@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections import deque
 
+import numpy as np
+
 import cocotb
 from cocotb.task import resume
 from cocotb.triggers import RisingEdge
@@ -42,8 +44,11 @@ class SimTransport(Transport):
     latency_source = "measured: simulation cycles"
 
     def __init__(self, dut, clock, *, clock_mhz: float, reset=None, idle=None,
-                 backpressure=None, inp: str = "i", out: str = "o"):
+                 backpressure=None, inp: str = "i", out: str = "o",
+                 payload_format=None, memories=None):
         self.clock_mhz = float(clock_mhz)
+        self.payload_format = payload_format
+        self._memories = list(memories or ())
         self._clock = clock
         self._words = Packer(word_layout())
         self._src = StreamSource(dut, inp, clock, reset=reset, idle=idle)
@@ -73,6 +78,18 @@ class SimTransport(Transport):
         self._sink.stop()
 
     # -- Transport -----------------------------------------------------------------
+    def write_memory(self, channel: int, image) -> None:
+        """Into the memory model's buffer (``memories[channel]``, the array an
+        :class:`sim.axi_mem.AxiReadMemory` reads)."""
+        data = np.frombuffer(bytes(image), np.uint8)
+        if not 0 <= channel < len(self._memories):
+            raise ValueError(f"no memory channel {channel} ({len(self._memories)} given)")
+        mem = self._memories[channel]
+        if data.size > mem.size:
+            raise ValueError(f"channel {channel}: an image of {data.size} bytes, the "
+                             f"memory holds {mem.size}")
+        mem[:data.size] = data
+
     def now(self) -> int:
         return self._cycle
 

@@ -137,9 +137,53 @@ def test_records_reach_their_ports(seed):
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
+
+    async def loaded(ctx):
+        ctx.set(dut.loaded, 1)
+    sim.add_testbench(loaded)
     for tb in [source, answer] + [sink(p) for p, _ in PORTS]:
         sim.add_testbench(tb)
     sim.run_until(1e-8 * 20_000)
     assert sorted(done) == sorted(["source", "answers"] + [p for p, _ in PORTS]), done
     assert got == want
     assert got_answers == answers
+
+
+def test_queries_wait_for_a_configuration():
+    """Before ``loaded``, a query's frame is dropped whole and answered
+    ``NOT_LOADED``; loads still go through; after it, queries do."""
+    dut = RecordRouter(PORTS)
+    q = RecordWriter(PORTS).add("a", [5, 6]).words()
+    frames = [(Opcode.SUBMIT_QUERY, 1, 0), (Opcode.LOAD_WEIGHTS, 2, 0),
+              (Opcode.SUBMIT_QUERY, 3, 1)]
+    got, answers = [], []
+
+    async def source(ctx):
+        for op, tag, loaded in frames:
+            ctx.set(dut.loaded, loaded)
+            for b in frame_beats(op, tag, [int(w) for w in q]):
+                await stream_put(ctx, dut.cmd, b)
+            while len(answers) < tag:
+                await ctx.tick()
+
+    async def sink(ctx):
+        for s in (dut.a, dut.ans, dut.err, dut.qtag):
+            ctx.set(s.ready, 1)
+        for _ in range(1000):
+            *_, a, av, ev, es, ok = await ctx.tick().sample(
+                dut.a.payload, dut.a.valid, dut.err.valid, dut.err.payload,
+                dut.ans.valid | dut.qtag.valid)
+            if av:
+                got.append(a)
+            if ev:
+                answers.append((len(answers) + 1, es.status))
+            if ok:
+                answers.append((len(answers) + 1, Status.OK))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(source)
+    sim.add_testbench(sink)
+    sim.run_until(1e-8 * 2000)
+    assert answers == [(1, Status.NOT_LOADED), (2, Status.OK), (3, Status.OK)]
+    assert got == [5, 6, 5, 6]

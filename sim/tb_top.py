@@ -1,0 +1,148 @@
+"""cocotb tests of the accelerator's top level (:mod:`hw.top`) in Verilator,
+driven by the host driver (:class:`host.driver.Accelerator`) over the
+simulation transport in the device format (:class:`host.device_format.DeviceFormat`):
+a quantized one-stage "dot" model loaded (its tables into the AXI memory
+models, which answer with random latency), queries streamed, and every
+answer compared with the golden pipeline (:func:`host.pipeline.run_pipeline`),
+bit for bit; random stalls on the command and answer streams.
+
+:func:`build_top` (plain Python) builds the cached Verilator model.
+"""
+
+from __future__ import annotations
+
+import random
+
+import cocotb
+import numpy as np
+
+from host import protocol as P
+from host.device_format import DeviceFormat
+from host.driver import Accelerator, CompiledModel, DeviceError
+from host.models import StageModelConfig, TableSpec, init_params, quantize_stage_model
+from host.movielens import synthetic_queries
+from host.pipeline import PipelineSpec, run_pipeline
+from hw.config import Config
+from hw.top import StageShape
+from sim import runner
+from sim.axi_mem import AxiReadMemory
+from sim.build import design_verilog
+from sim.runner import read_tb_config
+from sim.streams import random_pauses, reset, start_clock
+from sim.transport import SimTransport
+
+__all__ = ["TOPLEVEL", "TOP_SHAPE", "build_top", "tiny_stage"]
+
+TOPLEVEL = "recaccel_top"
+#: The stage engine of the tiny top level.
+TOP_SHAPE = StageShape(dim=4, max_users=3, max_items=1, max_hidden=16, max_pen=16,
+                       staging=64)
+
+
+def build_top(*, waves: bool = False):
+    """The Verilator build of the tiny top level: ``(runner, toplevel)``."""
+    from hw.top import Accelerator
+    cfg = Config.preset("tiny")
+    tag = "top-" + "-".join(str(v) for v in TOP_SHAPE.kwargs().values())
+    src = design_verilog(cfg, lambda c: Accelerator(c, TOP_SHAPE), TOPLEVEL, tag)
+    build_dir = runner.default_build_root() / "builds" / f"{TOPLEVEL}-{tag}"
+    return runner.build([src], TOPLEVEL, build_dir, waves=waves), TOPLEVEL
+
+
+def tiny_stage(seed: int, *, dense: int = 3, users: int = 2, rows: int = 40):
+    """A quantized MovieLens-like "dot" stage that fits the tiny top level."""
+    cfg = Config.preset("tiny")
+    tables = tuple([TableSpec(f"u{t}", rows, "user") for t in range(users)]
+                   + [TableSpec("item", rows, "item")])
+    mcfg = StageModelConfig("tiny-dot", dense, (8, TOP_SHAPE.dim) if dense else (), tables,
+                            TOP_SHAPE.dim, "dot", (8, 1))
+    params = init_params(mcfg, seed=seed, table_scale=0.5)
+    calib = synthetic_queries(mcfg, 16, 8, user_bag=3, seed=seed + 100)
+    return quantize_stage_model(params, calib, emb_bits=8, score_bits=cfg.topk.score_bits,
+                                max_bag=cfg.embedding.max_bag)
+
+
+@cocotb.test(timeout_time=200, timeout_unit="ms")
+async def test_queries_through_the_top_level(dut):
+    """A query before anything is loaded; the load; queries in flight together
+    (more than the device can take at once), each answer against the golden
+    pipeline; a query with an id past its table (``BAD_ID``) and a bad frame,
+    each followed by queries that must still be right."""
+    from cocotb.task import bridge
+    tb = read_tb_config()
+    cfg = Config.preset("tiny")
+    r = random.Random(tb["seed"])
+    model = tiny_stage(tb["seed"])
+    keep = tb["keep"]
+    spec = PipelineSpec("one stage", ("s",), (keep,))
+    compiled = CompiledModel(spec, {"s": model})
+    queries = synthetic_queries(model.config, tb["queries"], tb["candidates"], user_bag=3,
+                                seed=tb["seed"] + 7)
+    start_clock(dut, 10)
+    await reset(dut, dut.clk, 3)
+    memories = [np.zeros(1 << 16, np.uint8) for _ in range(cfg.embedding.channels)]
+    for c, mem in enumerate(memories):
+        AxiReadMemory(dut, f"m{c}", dut.clk, memory=mem, reset=dut.rst,
+                      latency=tuple(tb["latency"]), seed=tb["seed"] + c)
+    idle = tb["idle"]
+    fmt = DeviceFormat(cfg, TOP_SHAPE, sb_rows=tb["sb_rows"])
+    transport = SimTransport(dut, dut.clk, clock_mhz=cfg.clock_mhz, reset=dut.rst,
+                             idle=random_pauses(random.Random(r.random()), idle),
+                             backpressure=random_pauses(random.Random(r.random()), idle),
+                             payload_format=fmt, memories=memories)
+    bad = model.config.tables[0].rows          # an id past the first user table
+
+    def host():
+        acc = Accelerator(transport, timeout_cycles=400_000)
+        out = {}
+        try:
+            acc.command(P.Opcode.SUBMIT_QUERY, fmt_query_before_load(fmt, model, queries[0]))
+            out["early"] = "answered"
+        except DeviceError as e:
+            out["early"] = e.status
+        acc.load(compiled)
+        for q in queries:
+            acc.submit(q)
+        out["answers"] = acc.wait_all()
+        broken = type(queries[0])(queries[0].dense, (np.array([bad]),) + queries[0].user_ids[1:],
+                                  queries[0].item_ids)
+        acc.submit(broken)
+        acc.submit(queries[1])
+        out["after_bad"] = acc.wait_all()
+        out["malformed"] = acc.send_raw(bytes(16)).status
+        acc.submit(queries[2])
+        out["after_malformed"] = acc.wait_all()
+        out["version"] = acc.ping()
+        out["cycles"] = transport.now()
+        return out
+
+    out = await bridge(host)()
+    transport.stop()
+    golden = {i: run_pipeline(spec, {"s": model}, q) for i, q in enumerate(queries)}
+    assert out["early"] == P.Status.NOT_LOADED
+    answers = sorted(out["answers"], key=lambda a: a.index)
+    assert [a.index for a in answers] == list(range(len(queries)))
+    for a in answers:
+        assert a.status == P.Status.OK, a.message
+        g = golden[a.index]
+        assert a.positions.tolist() == g.positions.tolist(), a.index
+        assert a.scores.tolist() == g.scores.tolist(), a.index
+    first, second = sorted(out["after_bad"], key=lambda a: a.index)
+    assert first.status == P.Status.BAD_ID and "bad id" in first.message
+    assert second.status == P.Status.OK
+    assert second.positions.tolist() == golden[1].positions.tolist()
+    assert out["malformed"] == P.Status.MALFORMED_FRAME
+    (last,) = out["after_malformed"]
+    assert last.status == P.Status.OK
+    assert last.positions.tolist() == golden[2].positions.tolist()
+    assert out["version"] == P.VERSION
+    dut._log.info(f"{len(queries)} queries of {tb['candidates']} candidates: "
+                  f"{out['cycles']} cycles in all")
+
+
+def fmt_query_before_load(fmt: DeviceFormat, model, query) -> np.ndarray:
+    """A device-format query for ``model`` without loading it (compiled on the
+    host only), to send before the device has anything."""
+    spec = PipelineSpec("one stage", ("s",), (1,))
+    fmt.compile(CompiledModel(spec, {"s": model}))
+    return fmt.query(query)

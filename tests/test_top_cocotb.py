@@ -1,0 +1,28 @@
+"""The accelerator's top level in Verilator, loaded and queried by the host
+driver over the simulation transport (sim/tb_top.py)."""
+
+import pytest
+
+from sim import runner
+from sim.tb_top import build_top
+
+
+@pytest.fixture(scope="session")
+def top_build():
+    return build_top()
+
+
+@pytest.mark.parametrize("seed, idle, latency, sb_rows, keep, candidates", [
+    (1, 0.0, (5, 20), 4, 3, 10),        # sub-batches of 4: the last one short
+    (2, 0.4, (20, 120), 16, 8, 13),     # one short sub-batch; keep = k_max
+])
+def test_queries_through_the_top_level(top_build, tmp_path, seed, idle, latency, sb_rows,
+                                       keep, candidates):
+    sim_runner, top = top_build
+    env = runner.write_tb_config(tmp_path / "tb.json", {
+        "seed": seed, "idle": idle, "latency": list(latency), "sb_rows": sb_rows,
+        "keep": keep, "queries": 6, "candidates": candidates})
+    results = runner.run(sim_runner, test_module="sim.tb_top", toplevel=top,
+                         test_filter="test_queries_through_the_top_level$", extra_env=env,
+                         results_xml=tmp_path / "results.xml")
+    assert len(results) == 1
