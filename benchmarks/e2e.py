@@ -46,7 +46,8 @@ from host.models import Query, StageModelParams, init_params, stage_preset
 from host.movielens import synthetic_queries
 from host.pipeline import PipelineSpec, run_pipeline, select_top
 
-__all__ = ["synthetic_setup", "cpu_baseline", "golden_e2e"]
+__all__ = ["synthetic_setup", "cpu_baseline", "golden_e2e", "stage_for", "hardware_e2e",
+           "format_hardware_e2e"]
 
 
 def synthetic_setup(*, n_queries: int = 64, n_candidates: int = 512, keep=(64, 10),
@@ -165,3 +166,118 @@ def golden_e2e(*, preset: str = "default", n_queries: int = 64, n_candidates: in
     if cpu:
         out["cpu"] = cpu_baseline(model, queries, params, min_seconds=min_seconds)
     return out
+
+
+# -- the hardware top level in Verilator ----------------------------------------------
+
+def stage_for(config, *, seed: int = 0):
+    """A MovieLens-sized one-stage "dot" model that fits ``config.stage``
+    (for the ``default`` preset: ml-med's shape), with synthetic weights."""
+    from host.models import StageModelConfig, TableSpec
+    st = config.stage
+    users = [TableSpec("user_id", 943, "user"), TableSpec("user_history", 1682, "user")]
+    tables = tuple(users[:max(0, st.max_users - 1)] + [TableSpec("item_id", 1682, "item")])
+    hidden = min(64, st.max_hidden, st.max_pen)
+    mcfg = StageModelConfig("one-stage", 3, (min(64, config.array.max_dim), st.dim), tables,
+                            st.dim, "dot", (hidden, 1))
+    return init_params(mcfg, seed=seed, table_scale=0.5)
+
+
+def _hardware_job(config, model, queries, *, sb_rows, latency, sequential, rate_qps=None):
+    import pickle
+    import tempfile
+    from sim import runner
+    from sim.tb_top import build_top
+    sim_runner, top = build_top(config)
+    job = {"config": config, "model": model, "queries": list(queries), "sb_rows": sb_rows,
+           "latency": list(latency), "sequential": sequential, "rate_qps": rate_qps,
+           "memory_bytes": 1 << 20, "quality": False}
+    with tempfile.NamedTemporaryFile(suffix=".pkl") as f:
+        pickle.dump(job, f)
+        f.flush()
+        return runner.run_report(sim_runner, test_module="sim.tb_top", toplevel=top,
+                                 test="run_queries", tb={"job": f.name})
+
+
+def hardware_e2e(config, *, n_queries: int = 16, n_candidates: int | None = None,
+                 sb_rows: int = 64, latency=(20, 60), seed: int = 0, cpu: bool = True,
+                 fmax_mhz: float | None = None, min_seconds: float = 1.0,
+                 progress=print) -> dict:
+    """``recaccel bench e2e``: the one-stage model of :func:`stage_for` on the
+    top level of ``config`` in Verilator (cycles **measured**), every answer
+    checked against the golden pipeline:
+
+    * ``cycles_per_query``: all queries submitted at once, sub-batches of
+      ``sb_rows``: simulated cycles from the first submission to the last
+      answer, per query (throughput);
+    * ``cycles_per_query_no_pipelining``: the same queries one at a time
+      (no query overlaps another) in one sub-batch each (no lookup overlaps
+      the MLP): mean latency;
+    * ``roofline_cycles_per_query``: the mean over queries of
+      ``max(MACs / dim**2, lookup bytes / (channels * bus bytes))``
+      (:func:`host.driver.roofline_cycles`);
+    * ``cpu_qps``: the same pipeline on this CPU (NumPy golden model,
+      measured), and ``modelled_qps``: ``fmax_mhz`` (the synthesis report's,
+      else the config's clock) over ``cycles_per_query``, modelled.
+    """
+    from host.driver import query_cost, roofline_cycles
+    n_candidates = n_candidates or min(config.array.max_rows, 1 << config.topk.id_bits)
+    keep = min(10, config.topk.k_max)
+    params = stage_for(config, seed=seed)
+    bag = min(8, config.embedding.max_bag)
+    calibration = synthetic_queries(params.config, 64, 32, user_bag=bag, seed=seed + 100)
+    queries = synthetic_queries(params.config, n_queries, n_candidates, user_bag=bag, seed=seed)
+    spec = PipelineSpec("one stage", ("s",), (keep,))
+    model = compile_model({"s": params}, spec, calibration, "int8",
+                          score_bits=config.topk.score_bits, max_bag=config.embedding.max_bag)
+    roof = []
+    for q in queries:
+        res = run_pipeline(spec, model.stages, q)
+        roof.append(roofline_cycles(*query_cost([model.stages["s"]], res, q, config), config))
+    progress(f"top level of {config.name}: {n_queries} queries of {n_candidates} candidates, "
+             f"sub-batches of {sb_rows} (the Verilator build is cached after the first run)")
+    piped = _hardware_job(config, model, queries, sb_rows=sb_rows, latency=latency,
+                          sequential=False)
+    progress("the same, one query at a time in one sub-batch each (no pipelining)")
+    plain = _hardware_job(config, model, queries, sb_rows=min(n_candidates, config.array.max_rows),
+                          latency=latency, sequential=True)
+    cpq = piped["run_cycles"] / n_queries
+    clock = fmax_mhz or config.clock_mhz
+    out = {
+        "preset": config.name, "model": "synthetic one-stage dot model (stage_for)",
+        "queries": n_queries, "candidates": n_candidates, "keep": keep, "sb_rows": sb_rows,
+        "memory_latency_cycles": list(latency),
+        "cycles_per_query": cpq,
+        "cycles_per_query_no_pipelining": float(np.mean(plain["latency_cycles"])),
+        "roofline_cycles_per_query": float(np.mean(roof)),
+        "answers_checked": piped["answers_checked"] + plain["answers_checked"],
+        "answers_wrong": piped["answers_wrong"] + plain["answers_wrong"],
+        "latency_p50_cycles": piped.get("p50_cycles"), "latency_p99_cycles": piped.get("p99_cycles"),
+        "clock_mhz_for_qps": clock,
+        "clock_source": "synthesis report" if fmax_mhz else "config clock (not synthesized)",
+        "modelled_qps": clock * 1e6 / cpq,
+        "cycles_source": "measured: Verilator cycles of the top level",
+    }
+    out["roofline_ratio"] = cpq / out["roofline_cycles_per_query"]
+    out["pipelining_gain"] = out["cycles_per_query_no_pipelining"] / cpq
+    if cpu:
+        c = cpu_baseline(model, queries, {"s": params}, min_seconds=min_seconds)
+        out["cpu"] = c
+        out["cpu_qps"] = c["numpy_golden_qps"]
+    return out
+
+
+def format_hardware_e2e(r: dict) -> str:
+    lines = [f"top level of {r['preset']}: {r['queries']} queries x {r['candidates']} "
+             f"candidates, keep {r['keep']}, sub-batches of {r['sb_rows']} "
+             f"(cycles measured in Verilator)",
+             f"  cycles per query: {r['cycles_per_query']:.0f} (roofline "
+             f"{r['roofline_cycles_per_query']:.0f}: {r['roofline_ratio']:.2f}x)",
+             f"  without sub-batching or query overlap: "
+             f"{r['cycles_per_query_no_pipelining']:.0f} ({r['pipelining_gain']:.2f}x slower)",
+             f"  answers checked {r['answers_checked']}, wrong {r['answers_wrong']}",
+             f"  modelled: {r['modelled_qps']:.0f} queries/s at {r['clock_mhz_for_qps']:g} MHz "
+             f"({r['clock_source']})"]
+    if "cpu_qps" in r:
+        lines.append(f"  CPU (NumPy golden model, measured): {r['cpu_qps']:.1f} queries/s")
+    return "\n".join(lines)

@@ -129,6 +129,19 @@ def cmd_bench(args):
             return 2
         print(format_quality(rows))
         _write_json(args.json, rows)
+    elif args.what == "e2e":
+        from benchmarks.e2e import format_hardware_e2e, hardware_e2e
+        fmax = None
+        if args.synth_json:
+            fmax = json.loads(Path(args.synth_json).read_text())["fmax_mhz"]
+        report = hardware_e2e(cfg, n_queries=args.queries, n_candidates=args.candidates,
+                              sb_rows=args.sb_rows, fmax_mhz=fmax,
+                              progress=lambda s: print(s, flush=True))
+        print(format_hardware_e2e(report))
+        _write_json(args.json, report)
+        if report["answers_wrong"]:
+            print("error: some answers differ from the golden pipeline", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -201,7 +214,7 @@ def main(argv=None):
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("bench", help="benchmarks (cycles, utilization, resources, Fmax)")
-    p.add_argument("what", choices=["array", "topk", "lookup", "cache", "quality"],
+    p.add_argument("what", choices=["array", "topk", "lookup", "cache", "quality", "e2e"],
                    help="array: MLP layers on the systolic array; topk: the top-k "
                         "filter at K_max 64/256/512, 16/32-bit scores, and the preset's own; "
                         "lookup: the embedding unit's row rate against the channels' peak; "
@@ -209,7 +222,9 @@ def main(argv=None):
                         "MovieLens and uniform traces, and cycles per round with and without; "
                         "quality: NDCG@10 / HR@10 / MACs of the MovieLens-100K pipelines at "
                         "float, int8 and int4 (trains the models once and caches them; "
-                        "training needs torch)")
+                        "training needs torch); e2e: queries through the top level in "
+                        "Verilator, cycles per query against the roofline, with and without "
+                        "sub-batching, and the CPU's queries per second")
     _add_config_args(p)
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--rows", type=int, nargs="+", default=[512, 4096],
@@ -231,6 +246,13 @@ def main(argv=None):
                    help="cache: lookups per channel simulated (after as many to warm up)")
     p.add_argument("--no-sim", action="store_true",
                    help="cache: hit rates only (no Verilator cycles)")
+    p.add_argument("--queries", type=int, default=16, help="e2e: queries")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="e2e: candidates per query (default: array.max_rows)")
+    p.add_argument("--sb-rows", type=int, default=64, help="e2e: candidates per sub-batch")
+    p.add_argument("--synth-json", metavar="PATH",
+                   help="e2e: a `recaccel synth --json` report whose Fmax gives the "
+                        "modelled queries per second (default: the config's clock)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("run", help="run a sample MLP through the simulated engine")

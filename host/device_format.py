@@ -54,13 +54,11 @@ class DeviceFormat:
 
     name = "device records"
 
-    def __init__(self, config, shape=None, *, sb_rows: int = 64):
-        from hw.stage import StageEngine
-        from hw.top import StageShape, ports
+    def __init__(self, config, *, sb_rows: int = 64):
+        from hw.top import ports, stage_engine
         from .stage_program import StageLimits
         self.config = config
-        self.shape = shape or StageShape()
-        stage = StageEngine(config, engine=0, **self.shape.kwargs())
+        stage = stage_engine(config)
         self.ports = ports(config, stage)
         self.limits = StageLimits.of(stage)
         self.sb_rows = sb_rows

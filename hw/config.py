@@ -24,7 +24,8 @@ from pathlib import Path
 
 import tomli_w
 
-__all__ = ["ArrayConfig", "TopKConfig", "EmbeddingConfig", "Config", "PRESETS", "ceil_div", "clog2"]
+__all__ = ["ArrayConfig", "TopKConfig", "EmbeddingConfig", "StageConfig", "Config", "PRESETS",
+           "ceil_div", "clog2"]
 
 
 def clog2(n: int) -> int:
@@ -176,6 +177,32 @@ class TopKConfig:
 
 
 @dataclass(frozen=True)
+class StageConfig:
+    """The top level's stage engine (:class:`hw.stage.StageEngine`): the
+    largest "dot" stage it runs. ``dim`` is the embedding dimension (every
+    interaction feature's length), ``max_users`` the user features (bottom
+    output included), ``max_items`` the item tables, ``max_hidden`` the
+    widest first top layer, ``max_pen`` the widest penultimate one;
+    ``staging`` the engine commands staged while the engine runs the
+    sub-batch before."""
+
+    dim: int = 16
+    max_users: int = 3
+    max_items: int = 1
+    max_hidden: int = 64
+    max_pen: int = 64
+    staging: int = 512
+
+    def __post_init__(self):
+        _check_int("stage.dim", self.dim, 1, 4096)
+        _check_int("stage.max_users", self.max_users, 1, 16)
+        _check_int("stage.max_items", self.max_items, 1, 16)
+        _check_int("stage.max_hidden", self.max_hidden, 1, 65536)
+        _check_int("stage.max_pen", self.max_pen, 1, 65536)
+        _check_int("stage.staging", self.staging, 2, 65536)
+
+
+@dataclass(frozen=True)
 class EmbeddingConfig:
     """The embedding lookup unit (MicroRec): ``channels`` AXI4 read masters
     in front of HBM or DDR, ``onchip_banks`` on-chip banks for small tables,
@@ -318,12 +345,21 @@ class Config:
     array: ArrayConfig = field(default_factory=ArrayConfig)
     topk: TopKConfig = field(default_factory=TopKConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
 
     def __post_init__(self):
         for name, cls in (("array", ArrayConfig), ("topk", TopKConfig),
-                          ("embedding", EmbeddingConfig)):
+                          ("embedding", EmbeddingConfig), ("stage", StageConfig)):
             if isinstance(getattr(self, name), dict):
                 object.__setattr__(self, name, _build(cls, getattr(self, name), name))
+        st = self.stage
+        if st.dim > self.embedding.max_dim:
+            raise ValueError(f"stage.dim: {st.dim} is more than embedding.max_dim "
+                             f"{self.embedding.max_dim}")
+        for f in ("max_hidden", "max_pen"):
+            if getattr(st, f) > self.array.max_dim:
+                raise ValueError(f"stage.{f}: {getattr(st, f)} is more than array.max_dim "
+                                 f"{self.array.max_dim}")
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name: must be a non-empty string, not "
                              f"{self.name!r}")
@@ -412,6 +448,8 @@ class Config:
                 lines.append(f"#define RECACCEL_EMBEDDING_{f.name.upper()}_{v.upper()} 1")
             else:
                 lines.append(f"#define RECACCEL_EMBEDDING_{f.name.upper()} {int(v)}")
+        for f in fields(StageConfig):
+            lines.append(f"#define RECACCEL_STAGE_{f.name.upper()} {getattr(self.stage, f.name)}")
         lines.append(f"#define RECACCEL_ARRAY_SUB_ARRAYS {a.sub_arrays}")
         lines += ["", f"#endif /* {guard} */", ""]
         return "\n".join(lines)
@@ -437,7 +475,9 @@ PRESETS: dict[str, Config] = {
         topk=TopKConfig(k_max=8, lanes=2, score_bits=8, id_bits=8),
         embedding=EmbeddingConfig(channels=2, data_bits=64, addr_bits=20, id_bits=3,
                                   outstanding=8, onchip_banks=1, onchip_words=64,
-                                  max_tables=8, max_dim=16, max_bag=8)),
+                                  max_tables=8, max_dim=16, max_bag=8),
+        stage=StageConfig(dim=4, max_users=3, max_items=1, max_hidden=16, max_pen=16,
+                          staging=64)),
     # The demo: a 16x16 array that splits into 4 x 8x8; per channel a static
     # cache of 384 rows (3 ways) and a dynamic one of 16 sets x 8 ways.
     "default": Config(name="default", clock_mhz=200.0, array=ArrayConfig(

@@ -2,10 +2,12 @@
 
 ``recaccel generate --preset P -o DIR`` writes::
 
-    DIR/recaccel_top.v          the top level (today: the MLP cluster)
+    DIR/recaccel_top.v          the top level (today: the MLP cluster; the
+                                whole accelerator is blocks/accelerator.v)
     DIR/blocks/*.v              each block on its own (array, engines, top-k
                                 filter, embedding lookup unit, command
-                                processor framing)
+                                processor framing, the one-stage accelerator
+                                of hw/top.py)
     DIR/files.f                 the file list, top level first
     DIR/config.json             the config with its derived values
     DIR/recaccel_config.h       the same as C #defines
@@ -22,6 +24,7 @@ from .config import Config
 from .embedding import EmbeddingLookup
 from .mlp_cluster import MLPCluster
 from .mlp_engine import MLPEngine
+from .top import Accelerator
 from .systolic import SystolicArray
 from .topk import TopKFilter
 from .verilog import to_verilog
@@ -71,6 +74,7 @@ def generate(cfg: Config, outdir: str | Path, *, blocks: bool = True) -> list[Pa
         parts["topk_filter"] = TopKFilter(cfg.topk)
         parts["embedding_lookup"] = EmbeddingLookup(cfg.embedding)
         parts["command_processor"] = CommandProcessor()
+        parts["accelerator"] = Accelerator(cfg)
         for name, comp in parts.items():
             path = outdir / "blocks" / f"{name}.v"
             path.write_text(to_verilog(comp, name))

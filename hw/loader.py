@@ -26,7 +26,7 @@ never come.
 """
 
 from amaranth.hdl import Module, Mux, Shape, Signal, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .command import Opcode, Status, answer_layout, command_layout, error_layout
@@ -52,15 +52,19 @@ class RecordRouter(wiring.Component):
         attribute ``name`` of that layout.
     """
 
-    def __init__(self, ports):
+    def __init__(self, ports, *, counters: int = 0):
         ports = [(str(n), l) for n, l in ports]
         if not ports or len(ports) > 256:
             raise ValueError(f"ports: 1 to 256 of them, not {len(ports)}")
         names = [n for n, _ in ports]
         if len(set(names)) != len(names):
             raise ValueError("ports: names must differ")
+        if not isinstance(counters, int) or not 0 <= counters < 256:
+            raise ValueError(f"counters: 0 .. 255 words, not {counters!r}")
         self._ports = ports
+        self._counters = counters
         members = {"loaded": In(1),
+                   "counters": In(data.ArrayLayout(unsigned(64), max(counters, 1))),
                    "cmd": In(stream.Signature(command_layout())),
                    "ans": Out(stream.Signature(answer_layout())),
                    "err": Out(stream.Signature(error_layout())),
@@ -87,6 +91,8 @@ class RecordRouter(wiring.Component):
         need = Signal(range(max_words + 1))     # words of a beat of this port
         opcode = Signal(Opcode)
         tag = Signal(16)
+        snapshot = Signal.like(self.counters)
+        word = Signal(range(max(self._counters, 1) + 1))
         status = Signal(Status)
         with m.Switch(port):
             for p, w in enumerate(words):
@@ -105,7 +111,16 @@ class RecordRouter(wiring.Component):
                     hdr_count = c.data[8:32]
                     bad_hdr = (hdr_port >= len(self._ports)) | (c.data[32:] != 0)
                     refuse = (c.opcode == Opcode.SUBMIT_QUERY) & ~self.loaded
-                    with m.If(refuse & ~c.bad):
+                    with m.If(c.opcode == Opcode.READ_COUNTERS):
+                        # no payload; the answer is the counters, as they are now
+                        m.d.sync += snapshot.eq(self.counters)
+                        with m.If(c.last):
+                            end_of_frame(Mux(c.bad, Status.MALFORMED_FRAME,
+                                             Mux(c.empty, Status.OK, Status.BAD_PAYLOAD)))
+                        with m.Else():
+                            m.d.sync += status.eq(Status.BAD_PAYLOAD)
+                            m.next = "DROP"
+                    with m.Elif(refuse & ~c.bad):
                         # a query before the stages are configured
                         with m.If(c.last):
                             end_of_frame(Status.NOT_LOADED)
@@ -181,6 +196,21 @@ class RecordRouter(wiring.Component):
                                  e.status.eq(status)]
                     with m.If(self.err.ready):
                         m.next = "HEADER"
+                if self._counters:
+                    with m.Elif(opcode == Opcode.READ_COUNTERS):
+                        a = self.ans.payload
+                        m.d.comb += [self.ans.valid.eq(1), a.opcode.eq(opcode),
+                                     a.tag.eq(tag), a.status.eq(status),
+                                     a.length.eq(self._counters), a.empty.eq(0),
+                                     a.last.eq(word == self._counters - 1)]
+                        for k in range(self._counters):
+                            with m.If(word == k):
+                                m.d.comb += a.data.eq(snapshot[k])
+                        with m.If(self.ans.ready):
+                            m.d.sync += word.eq(word + 1)
+                            with m.If(word == self._counters - 1):
+                                m.d.sync += word.eq(0)
+                                m.next = "HEADER"
                 with m.Elif(opcode == Opcode.SUBMIT_QUERY):
                     m.d.comb += [self.qtag.valid.eq(1), self.qtag.payload.eq(tag)]
                     with m.If(self.qtag.ready):

@@ -38,7 +38,8 @@ A query goes through these phases (the numbers are the golden model's steps,
     requantization) with the candidate's position as its tag, to ``topk``
     (lane 0; ``last`` with the query's final candidate; ``k`` from ``q``).
 
-Then the query's status leaves on ``status`` (``OK``, or the first error:
+``busy`` is high while a query is under way. Then the query's status
+leaves on ``status`` (``OK``, or the first error:
 a bag the lookup unit refused, a row the packer dropped, an engine or score
 head error; the top-k list is still completed, so nothing waits) and the
 next query starts. A query's bags go out back to back with the previous
@@ -209,6 +210,7 @@ class StageEngine(wiring.Component):
             "eresp": In(stream.Signature(response_layout(arr, engine))),
             "topk": Out(stream.Signature(topk_input_layout(config.topk))),
             "status": Out(stream.Signature(StageStatus)),
+            "busy": Out(1),
         })
 
     def elaborate(self, platform):
@@ -306,9 +308,10 @@ class StageEngine(wiring.Component):
         scoring = Signal()              # the ITEMS phase: the engine is the driver's
         finished = Signal()             # the query's final score went to topk
 
+        m.d.comb += self.busy.eq(1)         # (but in IDLE)
         with m.FSM(name="query"):
             with m.State("IDLE"):
-                m.d.comb += self.q.ready.eq(1)
+                m.d.comb += [self.q.ready.eq(1), self.busy.eq(0)]
                 with m.If(self.q.valid):
                     m.d.sync += [k.eq(self.q.payload.k), err.eq(StageStatus.OK), at.eq(0)]
                     with m.If(conf.has_bottom):

@@ -46,29 +46,28 @@ from .result import ResultWriter
 from .stage import StageEngine, StageStatus
 from .topk import TopKFilter
 
-__all__ = ["StageShape", "ports", "Accelerator"]
+__all__ = ["COUNTERS", "stage_engine", "ports", "Accelerator"]
+
+#: The ``READ_COUNTERS`` words, in order (:data:`host.protocol.COUNTERS`).
+COUNTERS = ("frames", "queries", "errors", "candidates", "macs", "lookup_bytes",
+            "busy_cycles")
 
 #: The stage engine's ports fed by records, in port order after the others.
 _STAGE_PORTS = ("conf", "ldesc", "p0", "dot_params", "upair_params", "uw", "sw",
                 "q", "ubags", "cand", "dense")
 
 
-class StageShape:
-    """The sizes the top level's stage engine is built with
-    (:class:`hw.stage.StageEngine`'s arguments)."""
-
-    def __init__(self, dim=8, max_users=3, max_items=1, max_hidden=64, max_pen=64,
-                 staging=512):
-        self.dim, self.max_users, self.max_items = dim, max_users, max_items
-        self.max_hidden, self.max_pen, self.staging = max_hidden, max_pen, staging
-
-    def kwargs(self):
-        return dict(dim=self.dim, max_users=self.max_users, max_items=self.max_items,
-                    max_hidden=self.max_hidden, max_pen=self.max_pen, staging=self.staging)
+def stage_engine(config: Config) -> StageEngine:
+    """The top level's stage engine, on MLP engine 0, sized by ``config.stage``."""
+    st = config.stage
+    return StageEngine(config, engine=0, dim=st.dim, max_users=st.max_users,
+                       max_items=st.max_items, max_hidden=st.max_hidden, max_pen=st.max_pen,
+                       staging=st.staging)
 
 
-def ports(config: Config, stage: StageEngine) -> list:
+def ports(config: Config, stage: StageEngine | None = None) -> list:
     """``(name, layout)`` of every record port, in port order."""
+    stage = stage or stage_engine(config)
     emb = config.embedding
     out = [("engine", command_layout(config.array, 0)),
            ("emb_desc", desc_write_layout(emb)),
@@ -90,14 +89,13 @@ class Accelerator(wiring.Component):
     m0, m1, ... : the lookup unit's AXI4 read masters
     """
 
-    def __init__(self, config: Config, shape: StageShape | None = None):
+    def __init__(self, config: Config):
         if not isinstance(config, Config):
             raise TypeError(f"config must be a Config, not {config!r}")
         self._cfg = config
-        self._shape = shape or StageShape()
-        self.stage = StageEngine(config, engine=0, **self._shape.kwargs())
+        self.stage = stage_engine(config)
         self.emb = EmbeddingLookup(config.embedding)
-        self.router = RecordRouter(ports(config, self.stage))
+        self.router = RecordRouter(ports(config, self.stage), counters=len(COUNTERS))
         members = {"i": In(stream.Signature(word_layout())),
                    "o": Out(stream.Signature(word_layout()))}
         for c in range(config.embedding.channels):
@@ -120,7 +118,7 @@ class Accelerator(wiring.Component):
         m.submodules.router = router = self.router
         m.submodules.stage = stage = self.stage
         m.submodules.emb = emb = self.emb
-        m.submodules.fetch = fetch = FeatureFetch(emb_cfg, self._shape.dim)
+        m.submodules.fetch = fetch = FeatureFetch(emb_cfg, cfg.stage.dim)
         m.submodules.cluster = cluster = MLPCluster(cfg.array)
         m.submodules.topk = topk = TopKFilter(cfg.topk)
         m.submodules.result = result = ResultWriter(cfg.topk)
@@ -179,6 +177,30 @@ class Accelerator(wiring.Component):
                                               Mux(st.payload == StageStatus.BAD_LOOKUP,
                                                   Status.BAD_ID, Status.DEVICE_ERROR))),
                      qt.ready.eq(both & mt.ready), st.ready.eq(both & mt.ready)]
+
+        # -- counters (READ_COUNTERS; host.protocol.COUNTERS, in that order) ----------
+        count = {n: Signal(64, name=f"count_{n}") for n in COUNTERS}
+        ow = cp.o.payload
+        o_first = Signal(init=1)            # the next answer word is a header
+        with m.If(cp.o.valid & cp.o.ready):
+            m.d.sync += o_first.eq(ow.last)
+        beats = sum(getattr(self, f"m{c}").rvalid & getattr(self, f"m{c}").rready
+                    for c in range(emb_cfg.channels)) if emb_cfg.channels else 0
+        m.d.sync += [
+            count["frames"].eq(count["frames"] + (self.i.valid & self.i.ready
+                                                  & self.i.payload.last)),
+            count["queries"].eq(count["queries"] + (qt.valid & qt.ready)),
+            count["errors"].eq(count["errors"] + (cp.o.valid & cp.o.ready & o_first
+                                                  & (ow.data[8:16] != 0))),
+            count["candidates"].eq(count["candidates"] + (stage.cand.valid
+                                                          & stage.cand.ready)),
+            count["lookup_bytes"].eq(count["lookup_bytes"] + beats * emb_cfg.bus_bytes),
+            count["busy_cycles"].eq(count["busy_cycles"] + stage.busy),
+        ]
+        # (MACs are not counted in the hardware: the host knows them from the
+        # model, host.driver.query_cost; the word is 0)
+        for k, n in enumerate(COUNTERS):
+            m.d.comb += router.counters[k].eq(count[n])
 
         # -- answers: the router's and the result writer's, a frame at a time ----------
         owner = Signal()            # 1: the result writer's answer frame is under way

@@ -23,7 +23,6 @@ from host.models import StageModelConfig, TableSpec, init_params, quantize_stage
 from host.movielens import synthetic_queries
 from host.pipeline import PipelineSpec, run_pipeline
 from hw.config import Config
-from hw.top import StageShape
 from sim import runner
 from sim.axi_mem import AxiReadMemory
 from sim.build import design_verilog
@@ -31,21 +30,18 @@ from sim.runner import read_tb_config
 from sim.streams import random_pauses, reset, start_clock
 from sim.transport import SimTransport
 
-__all__ = ["TOPLEVEL", "TOP_SHAPE", "build_top", "tiny_stage"]
+__all__ = ["TOPLEVEL", "build_top", "tiny_stage"]
 
 TOPLEVEL = "recaccel_top"
-#: The stage engine of the tiny top level.
-TOP_SHAPE = StageShape(dim=4, max_users=3, max_items=1, max_hidden=16, max_pen=16,
-                       staging=64)
 
 
-def build_top(*, waves: bool = False):
-    """The Verilator build of the tiny top level: ``(runner, toplevel)``."""
+def build_top(cfg: Config | None = None, *, waves: bool = False):
+    """The Verilator build of the top level (``tiny`` by default):
+    ``(runner, toplevel)``."""
     from hw.top import Accelerator
-    cfg = Config.preset("tiny")
-    tag = "top-" + "-".join(str(v) for v in TOP_SHAPE.kwargs().values())
-    src = design_verilog(cfg, lambda c: Accelerator(c, TOP_SHAPE), TOPLEVEL, tag)
-    build_dir = runner.default_build_root() / "builds" / f"{TOPLEVEL}-{tag}"
+    cfg = cfg or Config.preset("tiny")
+    src = design_verilog(cfg, Accelerator, TOPLEVEL, "top")
+    build_dir = runner.default_build_root() / "builds" / f"{TOPLEVEL}-{cfg.name}"
     return runner.build([src], TOPLEVEL, build_dir, waves=waves), TOPLEVEL
 
 
@@ -54,8 +50,9 @@ def tiny_stage(seed: int, *, dense: int = 3, users: int = 2, rows: int = 40):
     cfg = Config.preset("tiny")
     tables = tuple([TableSpec(f"u{t}", rows, "user") for t in range(users)]
                    + [TableSpec("item", rows, "item")])
-    mcfg = StageModelConfig("tiny-dot", dense, (8, TOP_SHAPE.dim) if dense else (), tables,
-                            TOP_SHAPE.dim, "dot", (8, 1))
+    dim = cfg.stage.dim
+    mcfg = StageModelConfig("tiny-dot", dense, (8, dim) if dense else (), tables, dim, "dot",
+                            (8, 1))
     params = init_params(mcfg, seed=seed, table_scale=0.5)
     calib = synthetic_queries(mcfg, 16, 8, user_bag=3, seed=seed + 100)
     return quantize_stage_model(params, calib, emb_bits=8, score_bits=cfg.topk.score_bits,
@@ -85,7 +82,7 @@ async def test_queries_through_the_top_level(dut):
         AxiReadMemory(dut, f"m{c}", dut.clk, memory=mem, reset=dut.rst,
                       latency=tuple(tb["latency"]), seed=tb["seed"] + c)
     idle = tb["idle"]
-    fmt = DeviceFormat(cfg, TOP_SHAPE, sb_rows=tb["sb_rows"])
+    fmt = DeviceFormat(cfg, sb_rows=tb["sb_rows"])
     transport = SimTransport(dut, dut.clk, clock_mhz=cfg.clock_mhz, reset=dut.rst,
                              idle=random_pauses(random.Random(r.random()), idle),
                              backpressure=random_pauses(random.Random(r.random()), idle),
@@ -113,6 +110,7 @@ async def test_queries_through_the_top_level(dut):
         acc.submit(queries[2])
         out["after_malformed"] = acc.wait_all()
         out["version"] = acc.ping()
+        out["counters"] = acc.counters()
         out["cycles"] = transport.now()
         return out
 
@@ -136,6 +134,12 @@ async def test_queries_through_the_top_level(dut):
     assert last.status == P.Status.OK
     assert last.positions.tolist() == golden[2].positions.tolist()
     assert out["version"] == P.VERSION
+    c = out["counters"]
+    n = len(queries) + 3                    # the good ones, the broken one, two after
+    assert c["queries"] == n and c["macs"] == 0
+    assert c["candidates"] == sum(q.n_candidates for q in queries + queries[:3]), c
+    assert c["errors"] == 3, c              # NOT_LOADED, BAD_ID, MALFORMED_FRAME
+    assert c["frames"] >= n + 5 and c["lookup_bytes"] > 0 and c["busy_cycles"] > 0, c
     dut._log.info(f"{len(queries)} queries of {tb['candidates']} candidates: "
                   f"{out['cycles']} cycles in all")
 
@@ -146,3 +150,55 @@ def fmt_query_before_load(fmt: DeviceFormat, model, query) -> np.ndarray:
     spec = PipelineSpec("one stage", ("s",), (1,))
     fmt.compile(CompiledModel(spec, {"s": model}))
     return fmt.query(query)
+
+
+@cocotb.test(timeout_time=1000, timeout_unit="sec")
+async def run_queries(dut):
+    """The driver's :meth:`~host.driver.Accelerator.run` over the top level: the
+    job ``tb["job"]`` (a pickle: config, compiled one-stage model, queries, the
+    sub-batch, the offered rate) loaded and streamed, every answer checked
+    against the golden pipeline; the report's JSON to ``tb["report"]``."""
+    import json
+    import pickle
+    from cocotb.task import bridge
+    tb = read_tb_config()
+    with open(tb["job"], "rb") as f:
+        job = pickle.load(f)
+    cfg, compiled, queries = job["config"], job["model"], job["queries"]
+    start_clock(dut, 10)
+    await reset(dut, dut.clk, 3)
+    memories = [np.zeros(job["memory_bytes"], np.uint8) for _ in range(cfg.embedding.channels)]
+    for c, mem in enumerate(memories):
+        AxiReadMemory(dut, f"m{c}", dut.clk, memory=mem, reset=dut.rst,
+                      latency=tuple(job["latency"]), seed=c)
+    transport = SimTransport(dut, dut.clk, clock_mhz=cfg.clock_mhz, reset=dut.rst,
+                             payload_format=DeviceFormat(cfg, sb_rows=job["sb_rows"]),
+                             memories=memories)
+
+    def host():
+        acc = Accelerator(transport, timeout_cycles=50_000_000)
+        acc.load(compiled)
+        start = transport.now()
+        if job.get("sequential"):
+            # one query at a time: each waits for the one before to be answered
+            answers = []
+            for i, q in enumerate(queries):
+                acc.submit(q, index=i)
+                answers += acc.wait_all()
+            wrong = sum(not (a.ok and np.array_equal(
+                a.positions, run_pipeline(compiled.spec, compiled.stages, queries[a.index])
+                .positions)) for a in answers)
+            out = {"answers_checked": len(answers), "answers_wrong": int(wrong),
+                   "latency_cycles": [int(a.latency) for a in answers]}
+        else:
+            out = acc.run(queries, rate_qps=job.get("rate_qps"),
+                          progress=job.get("progress", False),
+                          positives=job.get("positives"),
+                          quality=job.get("quality", True)).to_dict()
+        out["run_cycles"] = int(transport.now() - start)
+        return out
+
+    out = await bridge(host)()
+    transport.stop()
+    with open(tb["report"], "w") as f:
+        json.dump(out, f)

@@ -21,6 +21,12 @@ PORTS = [("a", unsigned(10)),
          ("c", data.ArrayLayout(unsigned(40), 3))]
 
 
+def test_counters_are_the_protocols():
+    from host.protocol import COUNTERS
+    from hw.top import COUNTERS as HW
+    assert HW == COUNTERS
+
+
 def test_rejects_bad_ports():
     with pytest.raises(ValueError, match="names"):
         RecordRouter([("a", 1), ("a", 2)])
