@@ -115,6 +115,8 @@ class DeviceFormat:
         if not 1 <= query.n_candidates <= 1 << self.config.topk.id_bits:
             raise ValueError(f"a query has 1 .. {1 << self.config.topk.id_bits} candidates "
                              f"(topk.id_bits), not {query.n_candidates}")
+        # (this order: the stage takes a query's dense features only when the
+        # query before is done, but may need the next query's bags before)
         return (RecordWriter(self.ports).add("q", [{"k": self.keep}])
-                .add("ubags", p.ubag_beats(query)).add("cand", p.cand_beats(query))
-                .add("dense", p.dense_beats(query)).words())
+                .add("dense", p.dense_beats(query)).add("ubags", p.ubag_beats(query))
+                .add("cand", p.cand_beats(query)).words())

@@ -134,6 +134,10 @@ def compile_stage(model: QuantizedStageModel, config: Config, limits: StageLimit
                          f"{config.embedding.max_tables}")
     target = EngineTarget(config.array, engine, split)
     S, lanes = target.side, target.lanes
+    from hw.stage import DENSE_FIFO
+    if ceil_div(mcfg.dense_features, S) > DENSE_FIFO // 2:
+        raise ValueError(f"{mcfg.name}: {mcfg.dense_features} dense features are more than "
+                         f"{DENSE_FIFO // 2} chunks of {S}, what the stage engine holds")
     if not 1 <= sb_rows <= config.array.max_rows:
         raise ValueError(f"sb_rows: must be in 1 .. {config.array.max_rows}, not {sb_rows}")
 

@@ -45,6 +45,13 @@ head error; the top-k list is still completed, so nothing waits) and the
 next query starts. A query's bags go out back to back with the previous
 query's: the lookups of the next query start while this one finishes.
 
+A query's ``q`` beat and its dense features wait in small FIFOs (two
+queries, :data:`DENSE_FIFO`), so its sender may go on to its bags and
+candidates while the query before is still running: a sender must send a
+query's ``q``, then its ``dense``, then its ``ubags`` and ``cand`` (the
+stage takes the dense features only once the query before is done, the bags
+at once).
+
 Everything a stage needs is written before its queries: the configuration
 (``conf``, :func:`conf_layout`, checked by the host: a configuration that
 cannot run is undefined here), the layer descriptors (``ldesc``: the bottom
@@ -69,7 +76,12 @@ from .mlp_isa import Opcode as EOp, Status as EStatus, command_layout, response_
 from .topk import input_layout as topk_input_layout, k_bits
 from .wide import Status as WStatus, WideMatVec, write_layout as wide_write_layout
 
-__all__ = ["StageStatus", "conf_layout", "ldesc_layout", "p0_layout", "query_layout",
+#: Dense feature chunks the stage engine holds (two queries' worth of
+#: ``DENSE_FIFO // 2`` chunks each at most: :func:`host.stage_program.compile_stage`
+#: checks).
+DENSE_FIFO = 16
+
+__all__ = ["DENSE_FIFO", "StageStatus", "conf_layout", "ldesc_layout", "p0_layout", "query_layout",
            "dense_layout", "cand_layout", "score_in", "StageEngine"]
 
 
@@ -276,6 +288,20 @@ class StageEngine(wiring.Component):
         m.submodules.rowq = rowq = SyncFIFOBuffered(width=1, depth=q_depth)
         m.submodules.sbq = sbq = SyncFIFOBuffered(width=len(conf.sb_rows), depth=8)
 
+        # -- a query's header and dense features wait in FIFOs, so that the next
+        # query's bags (which come after them) can go while this one finishes
+        # (depth 3: a buffered FIFO of 2 has a one-entry memory, which lints badly)
+        m.submodules.qfifo = qfifo = SyncFIFOBuffered(width=len(self.q.payload.as_value()),
+                                                      depth=3)
+        m.submodules.dfifo = dfifo = SyncFIFOBuffered(
+            width=len(self.dense.payload.as_value()), depth=DENSE_FIFO)
+        m.d.comb += [qfifo.w_data.eq(self.q.payload), qfifo.w_en.eq(self.q.valid),
+                     self.q.ready.eq(qfifo.w_rdy),
+                     dfifo.w_data.eq(self.dense.payload), dfifo.w_en.eq(self.dense.valid),
+                     self.dense.ready.eq(dfifo.w_rdy)]
+        q_in = query_layout(cfg)(qfifo.r_data)
+        dense_in = dense_layout(lanes)(dfifo.r_data)
+
         # -- query state ------------------------------------------------------------
         k = Signal.like(self.q.payload.k)
         err = Signal(StageStatus)
@@ -311,9 +337,9 @@ class StageEngine(wiring.Component):
         m.d.comb += self.busy.eq(1)         # (but in IDLE)
         with m.FSM(name="query"):
             with m.State("IDLE"):
-                m.d.comb += [self.q.ready.eq(1), self.busy.eq(0)]
-                with m.If(self.q.valid):
-                    m.d.sync += [k.eq(self.q.payload.k), err.eq(StageStatus.OK), at.eq(0)]
+                m.d.comb += [qfifo.r_en.eq(1), self.busy.eq(0)]
+                with m.If(qfifo.r_rdy):
+                    m.d.sync += [k.eq(q_in.k), err.eq(StageStatus.OK), at.eq(0)]
                     with m.If(conf.has_bottom):
                         m.next = "BOT_DESC"
                     with m.Else():
@@ -329,14 +355,14 @@ class StageEngine(wiring.Component):
                     with m.If(self.ecmd.ready):
                         m.d.sync += at.eq(at + 1)
             with m.State("BOT_ACT"):
-                m.d.comb += [self.ecmd.valid.eq(self.dense.valid),
-                             self.dense.ready.eq(self.ecmd.ready),
+                m.d.comb += [self.ecmd.valid.eq(dfifo.r_rdy),
+                             dfifo.r_en.eq(self.ecmd.ready),
                              ecmd.op.eq(EOp.WRITE_ACT), ecmd.args.act.buf.eq(0),
                              ecmd.args.act.addr.eq(at),
-                             ecmd.args.act.data.eq(self.dense.payload.data)]
-                with m.If(self.dense.valid & self.ecmd.ready):
+                             ecmd.args.act.data.eq(dense_in.data)]
+                with m.If(dfifo.r_rdy & self.ecmd.ready):
                     m.d.sync += at.eq(at + 1)
-                    with m.If(self.dense.payload.last):
+                    with m.If(dense_in.last):
                         m.next = "BOT_RUN"
             with m.State("BOT_RUN"):
                 m.d.comb += [self.ecmd.valid.eq(1), ecmd.op.eq(EOp.RUN),

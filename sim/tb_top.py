@@ -176,7 +176,7 @@ async def run_queries(dut):
                              memories=memories)
 
     def host():
-        acc = Accelerator(transport, timeout_cycles=50_000_000)
+        acc = Accelerator(transport, timeout_cycles=job.get("timeout_cycles", 2_000_000))
         acc.load(compiled)
         start = transport.now()
         if job.get("sequential"):
