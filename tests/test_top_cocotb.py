@@ -14,7 +14,7 @@ def top_build():
 
 @pytest.mark.parametrize("seed, idle, latency, sb_rows, keep, candidates", [
     (1, 0.0, (5, 20), 4, 3, 10),        # sub-batches of 4: the last one short
-    (2, 0.4, (20, 120), 16, 8, 13),     # one short sub-batch; keep = k_max
+    (2, 0.4, (20, 120), 8, 8, 45),      # more candidates than the fetch buffers; keep = k_max
 ])
 def test_queries_through_the_top_level(top_build, tmp_path, seed, idle, latency, sb_rows,
                                        keep, candidates):

@@ -1,0 +1,28 @@
+"""`recaccel bench e2e` on the tiny top level (Verilator): the report's keys,
+every answer checked and right, and the figures consistent with each other
+(not their values: speed is measured in benchmarks, never asserted)."""
+
+from benchmarks.e2e import format_hardware_e2e, hardware_e2e, stage_for
+from hw.config import Config
+
+
+def test_stage_for_fits_the_stage_engine():
+    for name in ("tiny", "default", "ecp5"):
+        cfg = Config.preset(name)
+        p = stage_for(cfg)
+        assert p.config.embedding_dim == cfg.stage.dim
+        assert p.config.n_user_features <= cfg.stage.max_users
+
+
+def test_hardware_e2e_on_tiny():
+    cfg = Config.preset("tiny")
+    r = hardware_e2e(cfg, n_queries=3, n_candidates=20, sb_rows=8, cpu=False,
+                     progress=lambda s: None)
+    for key in ("cycles_per_query", "roofline_cycles_per_query",
+                "cycles_per_query_no_pipelining", "answers_checked", "answers_wrong",
+                "modelled_qps"):
+        assert key in r
+    assert r["answers_checked"] == 6 and r["answers_wrong"] == 0
+    assert 0 < r["roofline_cycles_per_query"] <= r["cycles_per_query"]
+    assert r["modelled_qps"] == cfg.clock_mhz * 1e6 / r["cycles_per_query"]
+    assert "cycles per query" in format_hardware_e2e(r)
