@@ -11,17 +11,17 @@ of one stage engine, as one design.
     FeatureFetch <-> EmbeddingLookup -> m0, m1, ... (AXI4 read masters)
 
 Every command but ``PING`` is a device-format payload of port records
-(:mod:`hw.loader`); :data:`PORTS` lists the ports, by name, in record port
-order (:func:`ports`). Loading writes the MLP engine (``engine``: its own
+(:mod:`hw.loader`); :func:`ports` lists the ports, by name, in record port
+order. Loading writes the MLP engine (``engine``: its own
 commands), the lookup unit's descriptors (``emb_desc``, also read by the
 feature fetch), on-chip banks (``bank_w``) and static caches (``cache_w``),
 the feature fetch's requantization (``fetch_params``) and the stage
 engine's tables and configuration; a query is the stage engine's ``q``,
-``ubags``, ``cand`` and ``dense`` beats, answered by the result writer with
+``dense``, ``ubags`` and ``cand`` beats (in that order), answered by the result writer with
 the query's tag (:func:`host.protocol.encode_result`), or an error: a bag
 the lookup unit refused is ``BAD_ID``, any other failure ``DEVICE_ERROR``, a
 query before a configuration (or after a new load of tables or weights)
-``NOT_LOADED``.
+``NOT_LOADED``. ``READ_COUNTERS`` is answered with :data:`COUNTERS`.
 Table rows in device memory are written by the host directly (as a PCIe
 DMA would; a testbench writes the memory model).
 

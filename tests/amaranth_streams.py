@@ -1,7 +1,10 @@
 """Stream helpers for amaranth.sim testbenches (after Amaranth's stream docs),
 with random idle cycles and backpressure."""
 
+import gc
 import random
+import sys
+import traceback
 
 
 async def stream_put(ctx, stream, payload, *, rng: random.Random | None = None,
@@ -22,3 +25,24 @@ async def stream_get(ctx, stream, *, rng: random.Random | None = None,
     (payload,) = await ctx.tick().sample(stream.payload).until(stream.valid)
     ctx.set(stream.ready, 0)
     return payload
+
+
+def run_bounded(sim, deadline):
+    """``sim.run_until(deadline)``, then close the testbenches still waiting (a
+    hang, or the others when one failed) with their errors muted: Amaranth
+    0.5's triggers raise while a pending one closes, which would bury the
+    test's own failure under unraisable errors. A testbench's exception is
+    raised again, as an AssertionError with its traceback."""
+    failure = None
+    try:
+        sim.run_until(deadline)
+    except Exception:
+        failure = traceback.format_exc()
+    hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
+    try:
+        del sim
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    if failure is not None:
+        raise AssertionError(f"a testbench failed:\n{failure}")

@@ -8,10 +8,7 @@ interleaved) and in its client's order, every client gets exactly its own
 features in its own order, no more than ``depth`` bags are in flight, and
 bags are granted round-robin. Plus bad parameters and Verilator lint."""
 
-import gc
 import random
-import sys
-import traceback
 import zlib
 
 import pytest
@@ -20,32 +17,11 @@ from amaranth.sim import Simulator
 from hw.bag_arbiter import BagArbiter
 from hw.config import Config
 from hw.embedding import Status
-from tests.amaranth_streams import stream_get, stream_put
+from tests.amaranth_streams import run_bounded, stream_get, stream_put
 
 EMB = Config.preset("tiny").embedding
 DIM = 4
 PERIOD = 1e-8
-
-
-def run_bounded(sim, deadline):
-    """``sim.run_until(deadline)``, then close the testbenches still waiting (a
-    hang, or the others when one failed) with their errors muted: Amaranth
-    0.5's triggers raise while a pending one closes, which would bury the
-    test's own failure under unraisable errors. A testbench's exception is
-    raised again, as an AssertionError with its traceback."""
-    failure = None
-    try:
-        sim.run_until(deadline)
-    except Exception:
-        failure = traceback.format_exc()
-    hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
-    try:
-        del sim
-        gc.collect()
-    finally:
-        sys.unraisablehook = hook
-    if failure is not None:
-        raise AssertionError(f"a testbench failed:\n{failure}")
 
 
 def test_rejects_bad_parameters():

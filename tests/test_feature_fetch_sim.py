@@ -9,7 +9,6 @@ backpressure everywhere."""
 
 import random
 
-import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
@@ -22,6 +21,32 @@ from tests.amaranth_streams import stream_get, stream_put
 from tests.test_interaction_sim import stage
 
 CFG = Config.preset("tiny").embedding
+
+
+def unit_model(fetch, u, bags, fixed, emb, rng, done, *, max_delay=12):
+    """A lookup unit in the testbench: takes ``bags`` (``(table, ids)``, in
+    order) on ``fetch.i<u>``, checks each, and answers each with the golden
+    pooled lookup of ``fixed[table]`` after a random delay, in order."""
+    async def process(ctx):
+        for t, ids in bags:
+            seen = []
+            while True:
+                beat = await stream_get(ctx, getattr(fetch, f"i{u}"), rng=rng, stall=0.3)
+                if not beat.empty:
+                    seen.append((int(beat.table), int(beat.id)))
+                if beat.last:
+                    break
+            assert seen == [(t, i) for i in ids], f"unit {u}: bag {seen}, expected {ids}"
+            pooled, status = pooled_lookup(fixed[t], [0, len(ids)], ids, emb.max_bag)
+            st = int(status[0])
+            vec = [int(v) for v in pooled[0]] + [0] * (emb.max_dim - pooled.shape[1])
+            if st != EmbeddingStatus.OK:
+                vec = [0] * emb.max_dim
+            for _ in range(rng.randrange(0, max_delay)):
+                await ctx.tick()
+            await stream_put(ctx, getattr(fetch, f"o{u}"), {"status": st, "pooled": vec})
+        done.append(f"unit{u}")
+    return process
 
 
 def test_rejects_bad_parameters():
@@ -87,27 +112,6 @@ def test_features_are_the_golden_models(dense, users, items, seed):
                     "item": item, "group_last": group_last}, rng=r, idle=0.3)
         done.append("bags")
 
-    def unit(u):
-        async def process(ctx):
-            for t, ids in expected_per_unit[u]:
-                seen = []
-                while True:
-                    beat = await stream_get(ctx, getattr(dut, f"i{u}"), rng=r, stall=0.3)
-                    seen.append((beat.table, beat.id))
-                    if beat.last:
-                        break
-                assert seen == [(t, ident) for ident in ids], f"unit {u} got a wrong bag"
-                pooled, status = pooled_lookup(q.fixed[t], [0, len(ids)], ids, CFG.max_bag)
-                st = int(status[0])
-                vec = [int(v) for v in pooled[0]] + [0] * (CFG.max_dim - pooled.shape[1])
-                if st != EmbeddingStatus.OK:
-                    vec = [0] * CFG.max_dim
-                for _ in range(r.randrange(0, 12)):
-                    await ctx.tick()
-                await stream_put(ctx, getattr(dut, f"o{u}"), {"status": st, "pooled": vec})
-            done.append(f"unit{u}")
-        return process
-
     got = []
 
     async def sink(ctx):
@@ -118,7 +122,8 @@ def test_features_are_the_golden_models(dense, users, items, seed):
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
-    for tb in [params, sink] + [unit(u) for u in range(n_units)]:
+    for tb in [params, sink] + [unit_model(dut, u, expected_per_unit[u], q.fixed, CFG, r, done)
+                                  for u in range(n_units)]:
         sim.add_testbench(tb)
     sim.run_until(1e-8 * 400 * len(want))     # a bound: a hang fails
     assert len(done) == 2 + n_units, f"did not finish: {done}, {len(got)} of {len(want)}"

@@ -14,7 +14,6 @@ from amaranth.hdl import Elaboratable, Module
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
-from host.embedding import EmbeddingStatus, pooled_lookup
 from host.models import StageModelConfig, TableSpec, init_params, quantize_stage_model
 from host.movielens import synthetic_queries
 from host.stage_program import StageLimits, compile_stage
@@ -24,6 +23,7 @@ from hw.feature_fetch import FeatureFetch
 from hw.mlp_cluster import MLPCluster
 from hw.stage import StageEngine, StageStatus
 from tests.amaranth_streams import stream_get, stream_put
+from tests.test_feature_fetch_sim import unit_model
 
 CFG = Config.preset("tiny")
 DIM = 4
@@ -88,6 +88,7 @@ def run_stage(model, queries, *, sb_rows, staging, ks, seed):
             for a in range(len(model.config.item_tables)):
                 per_unit[home[nu + a]].append((1 + nu + a, [int(q.item_ids[c, a])]))
     done, lists, statuses = [], [], []
+    fixed = {1 + t: f for t, f in enumerate(model.fixed)}   # by the unit's table index
 
     def setb(ctx, port, payload):
         ctx.set(port.payload, payload)
@@ -125,29 +126,6 @@ def run_stage(model, queries, *, sb_rows, staging, ks, seed):
             done.append(name)
         return process
 
-    def unit(u):
-        async def process(ctx):
-            for t, ids in per_unit[u]:
-                seen = []
-                while True:
-                    beat = await stream_get(ctx, getattr(fe, f"i{u}"), rng=r, stall=0.3)
-                    if not beat.empty:
-                        seen.append(int(beat.id))
-                    if beat.last:
-                        break
-                assert seen == ids, f"unit {u}: bag {seen}, expected {ids}"
-                pooled, status = pooled_lookup(model.fixed[t - 1], [0, len(ids)], ids,
-                                               CFG.embedding.max_bag)
-                vec = [int(v) for v in pooled[0]] + [0] * (CFG.embedding.max_dim - DIM)
-                if int(status[0]) != EmbeddingStatus.OK:
-                    vec = [0] * CFG.embedding.max_dim
-                for _ in range(r.randrange(0, 10)):
-                    await ctx.tick()
-                await stream_put(ctx, getattr(fe, f"o{u}"),
-                                 {"status": int(status[0]), "pooled": vec})
-            done.append(f"unit{u}")
-        return process
-
     async def topk(ctx):
         for q in queries:
             got = []
@@ -169,7 +147,8 @@ def run_stage(model, queries, *, sb_rows, staging, ks, seed):
     sim.add_clock(1e-8)
     for tb in [load, topk, status, feeder("dense", prog.dense_beats),
                feeder("ubags", prog.ubag_beats), feeder("cand", prog.cand_beats)] \
-            + [unit(u) for u in range(n_units)]:
+            + [unit_model(fe, u, per_unit[u], fixed, CFG.embedding, r, done, max_delay=10)
+               for u in range(n_units)]:
         sim.add_testbench(tb)
     cands = sum(q.n_candidates for q in queries)
     sim.run_until(1e-8 * (20_000 + 600 * cands))        # a bound: a hang fails

@@ -8,10 +8,7 @@ candidate passed through, every survivor (pos, ids, left) and every status
 beat checked. Plus the two-halves bound on how far stage 1 runs ahead, bad
 parameters and Verilator lint."""
 
-import gc
 import random
-import sys
-import traceback
 
 import pytest
 from amaranth.sim import Simulator
@@ -20,32 +17,11 @@ from host.topk import topk
 from hw.config import Config
 from hw.survivors import SurvivorStatus, Survivors
 from hw.topk import Status as TopKStatus
-from tests.amaranth_streams import stream_get, stream_put
+from tests.amaranth_streams import run_bounded, stream_get, stream_put
 
 CFG = Config.preset("tiny")         # k_max 8, id_bits 8
 K_MAX = CFG.topk.k_max
 PERIOD = 1e-8
-
-
-def run_bounded(sim, deadline):
-    """``sim.run_until(deadline)``, then close the testbenches still waiting (a
-    hang, or the others when one failed) with their errors muted: Amaranth
-    0.5's triggers raise while a pending one closes, which would bury the
-    test's own failure under unraisable errors. A testbench's exception is
-    raised again, as an AssertionError with its traceback."""
-    failure = None
-    try:
-        sim.run_until(deadline)
-    except Exception:
-        failure = traceback.format_exc()
-    hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
-    try:
-        del sim
-        gc.collect()
-    finally:
-        sys.unraisablehook = hook
-    if failure is not None:
-        raise AssertionError(f"a testbench failed:\n{failure}")
 
 
 def test_rejects_bad_parameters():
