@@ -509,12 +509,17 @@ class MLPEngine(wiring.Component):
 
         # -- response FIFO for result rows ----------------------------------
         # Deep enough to cover the read latency: a row a cycle.
-        rfifo_depth = ram_lat + 4
+        # The read data is registered once more before the FIFO: the buffers'
+        # bank select and the FIFO's write port are far apart (the critical
+        # path of the ECP5 preset at 119 MHz).
+        rfifo_depth = ram_lat + 5
         m.submodules.rfifo = rfifo = SyncFIFOBuffered(width=lanes * 8, depth=rfifo_depth)
         out_issue = Signal()
-        out_inflight = Signal(ram_lat)     # bit d: a read issued d + 1 cycles ago
+        out_inflight = Signal(ram_lat + 1)     # bit d: a read issued d + 1 cycles ago
         m.d.sync += out_inflight.eq(Cat(out_issue, out_inflight[:-1]))
-        m.d.comb += [rfifo.w_data.eq(out_data.as_value()),
+        out_data_q = Signal.like(out_data)
+        m.d.sync += out_data_q.eq(out_data)
+        m.d.comb += [rfifo.w_data.eq(out_data_q.as_value()),
                      rfifo.w_en.eq(out_inflight[-1])]
         # Rows owed to the FIFO (in flight or in it), counted in a register
         # instead of adding up the level and the reads in flight.
