@@ -70,9 +70,10 @@ def cmd_synth(args):
     lpf = work / "clock.lpf"
     lpf.write_text(constraint_texts(cfg)["ecp5.lpf"])
     res = synth_ecp5(verilog, TOP_NAME, workdir=work, freq_mhz=cfg.clock_mhz, lpf=lpf,
-                     progress=lambda s: print(f"  {s}", flush=True), seed=args.seed)
+                     progress=lambda s: print(f"  {s}", flush=True), seed=args.seed,
+                     router=args.router)
     out = {k: res[k] for k in ("fmax_mhz", "lut", "ff", "dsp", "bram")}
-    out.update({"target_mhz": cfg.clock_mhz, "device": "LFE5U-85F-6BG381",
+    out.update({"target_mhz": cfg.clock_mhz, "device": "LFE5U-85F-6BG381", "router": args.router,
                 "preset": cfg.name, "wrapped_port_bits": wrapper.in_bits + wrapper.out_bits,
                 "wrapper_ff": wrapper.in_bits + wrapper.out_bits})
     print(f"Fmax {out['fmax_mhz']:.1f} MHz (target {cfg.clock_mhz:g}); "
@@ -211,6 +212,9 @@ def main(argv=None):
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--workdir")
     p.add_argument("--seed", type=int, default=1, help="placement seed")
+    p.add_argument("--router", choices=["router1", "router2"], default="router1",
+                   help="nextpnr router (router2 is much faster on a congested die; "
+                        "the delays it reaches may differ)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("bench", help="benchmarks (cycles, utilization, resources, Fmax)")
