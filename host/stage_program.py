@@ -101,7 +101,7 @@ def _layer_desc(target: EngineTarget, beat: int) -> dict:
 
 def compile_stage(model: QuantizedStageModel, config: Config, limits: StageLimits, *,
                   engine: int = 0, split: int = 1, sb_rows: int = 64,
-                  table_base: int = 0, wide_chunks=None) -> StageProgram:
+                  table_base: int = 0) -> StageProgram:
     """Place ``model`` on a stage engine built with ``limits``.
 
     ``sb_rows`` is the sub-batch (candidates per RUN); the stage's tables are
@@ -157,11 +157,9 @@ def compile_stage(model: QuantizedStageModel, config: Config, limits: StageLimit
             else:
                 cmds.append(beat)
         if part == "top":
+            # (with a user pass, the first layer's biases written here are
+            # replaced by each query's before its items)
             p0_base = p
-            if model.user_layer is not None:
-                # the per-query bias comes from the user pass; the first layer's
-                # bias written here is replaced before each query's items
-                pass
         w += sum(ceil_div(l.in_dim, S) * ceil_div(l.out_dim, S) * S for l in layers)
         p += sum(ceil_div(l.out_dim, S) for l in layers)
     nb = len(model.bottom.layers) if model.bottom else 0
