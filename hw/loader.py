@@ -32,14 +32,19 @@ from amaranth.lib.wiring import In, Out
 from .command import Opcode, Status, answer_layout, command_layout, error_layout
 from .config import ceil_div
 
-__all__ = ["record_header", "RecordRouter"]
+__all__ = ["record_layout", "record_header", "RecordRouter"]
+
+
+def record_layout() -> data.StructLayout:
+    """A record's header word."""
+    return data.StructLayout({"port": 8, "count": 24, "zero": 32})
 
 
 def record_header(port: int, count: int) -> int:
     """The header word of a record."""
     if not 0 <= port < 256 or not 0 <= count < 1 << 24:
         raise ValueError(f"record: port {port} (0..255), count {count} (0..2**24-1)")
-    return port | count << 8
+    return record_layout().const({"port": port, "count": count}).as_bits()
 
 
 class RecordRouter(wiring.Component):
@@ -107,9 +112,9 @@ class RecordRouter(wiring.Component):
             with m.State("HEADER"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    hdr_port = c.data[:8]
-                    hdr_count = c.data[8:32]
-                    bad_hdr = (hdr_port >= len(self._ports)) | (c.data[32:] != 0)
+                    rec = record_layout()(c.data)
+                    hdr_port, hdr_count = rec.port, rec.count
+                    bad_hdr = (hdr_port >= len(self._ports)) | (rec.zero != 0)
                     refuse = (c.opcode == Opcode.SUBMIT_QUERY) & ~self.loaded
                     with m.If(c.opcode == Opcode.READ_COUNTERS):
                         # no payload; the answer is the counters, as they are now

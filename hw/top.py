@@ -34,7 +34,7 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .command import CommandProcessor, Opcode, Status, word_layout
+from .command import CommandProcessor, Opcode, Status, header_layout, word_layout
 from .config import Config
 from .embedding import (EmbeddingLookup, _units, bank_write_layout, cache_write_layout,
                         desc_write_layout)
@@ -191,7 +191,7 @@ class Accelerator(wiring.Component):
                                                   & self.i.payload.last)),
             count["queries"].eq(count["queries"] + (qt.valid & qt.ready)),
             count["errors"].eq(count["errors"] + (cp.o.valid & cp.o.ready & o_first
-                                                  & (ow.data[8:16] != 0))),
+                                                  & (header_layout()(ow.data).status != 0))),
             count["candidates"].eq(count["candidates"] + (stage.cand.valid
                                                           & stage.cand.ready)),
             count["lookup_bytes"].eq(count["lookup_bytes"] + beats * emb_cfg.bus_bytes),
