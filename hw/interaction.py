@@ -19,12 +19,21 @@ Streams
     ``params``: always ready, writes pair ``k``'s ``mult`` and ``shift``.
     ``o``: one beat per candidate, its ``n`` pairs (the rest zero).
 
-One pair a cycle (``dim`` multipliers and an adder tree).
+A candidate a cycle: every pair at once (``max_pairs * dim`` multipliers,
+an adder tree per pair; the pairs' ``mult`` and ``shift`` in registers), so
+a candidate of ``I`` item beats is taken in ``I`` cycles, back to back with
+the next. Three register stages, moving together whenever ``o`` is free
+(``i.ready = ~o.valid | o.ready``): the candidate's items, the pair sums
+(gathered into their output places by the number of users), the
+requantized output. The beat of a candidate whose last item beat is taken
+in cycle ``t`` is on ``o`` from cycle ``t + 3``. A new query's user beats
+may follow a candidate at once: the candidate's sums read the user features
+in the cycle it leaves the first stage, before the edge that writes the
+next user beat.
 """
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .config import clog2
@@ -86,95 +95,106 @@ class DotInteraction(wiring.Component):
         m = Module()
         d, U, I, P = self.dim, self.max_users, self.max_items, self.max_pairs
         beat = self.i.payload
-
-        # -- pair parameters ----------------------------------------------------
-        m.submodules.mult = mult_mem = Memory(shape=unsigned(16), depth=P, init=[])
-        m.submodules.shift = shift_mem = Memory(shape=unsigned(6), depth=P, init=[])
-        for mem, field in ((mult_mem, "mult"), (shift_mem, "shift")):
-            wp = mem.write_port()
-            m.d.comb += [wp.addr.eq(self.params.payload.pair),
-                         wp.data.eq(getattr(self.params.payload, field)),
-                         wp.en.eq(self.params.valid)]
-        m.d.comb += self.params.ready.eq(1)
-        mult_rp = mult_mem.read_port(domain="comb")
-        shift_rp = shift_mem.read_port(domain="comb")
-
-        # -- features -------------------------------------------------------------
         vec_l = data.ArrayLayout(signed(8), d)
+
+        # -- pair parameters: registers, since every pair reads its own at once --
+        mult = [Signal(unsigned(16), name=f"mult{k}") for k in range(P)]
+        shift = [Signal(unsigned(6), name=f"shift{k}") for k in range(P)]
+        m.d.comb += self.params.ready.eq(1)
+        with m.If(self.params.valid):
+            with m.Switch(self.params.payload.pair):
+                for k in range(P):
+                    with m.Case(k):
+                        m.d.sync += [mult[k].eq(self.params.payload.mult),
+                                     shift[k].eq(self.params.payload.shift)]
+
+        # -- input: the query's user features, a candidate's items but its last --
         users = [Signal(vec_l, name=f"user{j}") for j in range(U)]
-        items = [Signal(vec_l, name=f"item{a}") for a in range(I)]
         n_users = Signal(range(max(U, 1) + 1))   # (1 bit at least: U may be 0)
-        n_items = Signal(range(I + 1))
         user_open = Signal()                    # the last beat was a user beat
+        loading = [Signal(vec_l, name=f"loading{a}") for a in range(I - 1)]
+        n_loading = Signal(range(max(I, 2)))    # items so far (saturates at I - 1)
 
-        # -- the pair sequence: item a with user j, then with item b < a --------
-        a = Signal(range(max(I, 2)))      # (1 bit at least: I may be 1)
-        j = Signal(range(max(U, I) + 1))
-        with_user = Signal()                    # pairing with users (else items)
-        k = Signal(range(P + 1))                # pair index
-        out = Signal(output_layout(P))
+        # every stage moves when the output register is free
+        advance = Signal()
+        m.d.comb += [advance.eq(~self.o.valid | self.o.ready),
+                     self.i.ready.eq(advance)]
+        take = self.i.valid & advance
 
-        def pick(sigs, idx):
-            v = Signal(vec_l)
-            for n, s in enumerate(sigs):
-                with m.If(idx == n):
-                    m.d.comb += v.eq(s)
-            return v
+        # -- stage 1: the candidate --------------------------------------------
+        c_valid = Signal()
+        c_items = [Signal(vec_l, name=f"c_item{a}") for a in range(I)]
+        c_n_items = Signal(range(I + 1))
 
-        lhs = pick(items, a)
-        rhs = Mux(with_user, pick(users, j).as_value(), pick(items, j).as_value())
-        rhs = vec_l(rhs)
+        with m.If(take & ~beat.item):
+            # (without user features, user beats are dropped)
+            with m.If(~user_open):
+                if U:
+                    m.d.sync += [n_users.eq(1), users[0].eq(beat.vec)]
+            with m.Else():
+                for n in range(1, U):
+                    with m.If(n_users == n):
+                        m.d.sync += users[n].eq(beat.vec)
+                if U:
+                    m.d.sync += n_users.eq(n_users + 1)
+            m.d.sync += user_open.eq(1)
+        with m.If(take & beat.item):
+            m.d.sync += user_open.eq(0)
+            with m.If(beat.last):
+                for a in range(I - 1):
+                    m.d.sync += c_items[a].eq(Mux(n_loading == a, beat.vec.as_value(),
+                                                  loading[a].as_value()))
+                # (when n_loading < I - 1, item I - 1 is absent and unread)
+                m.d.sync += [c_items[I - 1].eq(beat.vec), c_n_items.eq(n_loading + 1),
+                             n_loading.eq(0)]
+            with m.Else():
+                for a in range(I - 1):
+                    with m.If(n_loading == a):
+                        m.d.sync += [loading[a].eq(beat.vec), n_loading.eq(a + 1)]
+        with m.If(advance):
+            m.d.sync += c_valid.eq(take & beat.item & beat.last)
+
+        # -- stage 2: every pair's sum, in its place in the output -----------------
+        # Pair (a, partner) of the full order; with n_users users present, the
+        # present pairs are packed from 0 in the same order, so a pair's place
+        # depends on n_users alone (and it is present if a < c_n_items).
         acc_bits = 16 + clog2(d) + 1
-        z = Signal(signed(acc_bits))
-        m.d.comb += z.eq(sum(lhs[e] * rhs[e] for e in range(d)))
-        m.d.comb += [mult_rp.addr.eq(k), shift_rp.addr.eq(k)]
-        q = Signal(signed(8))
-        m.d.comb += q.eq(requantize_int8(z, mult_rp.data, shift_rp.data))
+        full = []                               # (a, partner vector), full order
+        for a in range(I):
+            full += [(a, users[j]) for j in range(U)]
+            full += [(a, c_items[b]) for b in range(a)]
+        assert len(full) == P
+        sums = []
+        for p, (a, rhs) in enumerate(full):
+            dot = Signal(signed(acc_bits), name=f"sum{p}")
+            m.d.comb += dot.eq(sum(c_items[a][e] * rhs[e] for e in range(d)))
+            sums.append(Mux(a < c_n_items, dot, 0))
 
-        with m.FSM():
-            with m.State("LOAD"):
-                m.d.comb += self.i.ready.eq(1)
-                with m.If(self.i.valid):
-                    with m.If(~beat.item):
-                        # (without user features, user beats are dropped)
-                        with m.If(~user_open):
-                            if U:
-                                m.d.sync += [n_users.eq(1), users[0].eq(beat.vec)]
-                        with m.Else():
-                            for n in range(1, U):
-                                with m.If(n_users == n):
-                                    m.d.sync += users[n].eq(beat.vec)
-                            if U:
-                                m.d.sync += n_users.eq(n_users + 1)
-                        m.d.sync += user_open.eq(1)
-                    with m.Else():
-                        m.d.sync += user_open.eq(0)
-                        for n in range(I):
-                            with m.If(n_items == n):
-                                m.d.sync += items[n].eq(beat.vec)
-                        m.d.sync += n_items.eq(n_items + 1)
-                        with m.If(beat.last):
-                            m.d.sync += [a.eq(0), j.eq(0), k.eq(0), with_user.eq(n_users != 0),
-                                         out.eq(0)]
-                            m.next = "PAIRS"
-            with m.State("PAIRS"):
-                # one pair a cycle; a pairing with no partner is skipped
-                partner = Mux(with_user, j < n_users, j < a) if U else j < a
-                with m.If(partner):
-                    for n in range(P):
-                        with m.If(k == n):
-                            m.d.sync += out.pairs[n].eq(q)
-                    m.d.sync += [k.eq(k + 1), j.eq(j + 1)]
-                with m.Elif(with_user):
-                    m.d.sync += [with_user.eq(0), j.eq(0)]
-                with m.Elif(a + 1 < n_items):
-                    m.d.sync += [a.eq(a + 1), j.eq(0), with_user.eq(n_users != 0)]
-                with m.Else():
-                    m.d.sync += out.n.eq(k)
-                    m.next = "EMIT"
-            with m.State("EMIT"):
-                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(out)]
-                with m.If(self.o.ready):
-                    m.d.sync += n_items.eq(0)
-                    m.next = "LOAD"
+        z_valid = Signal()
+        z = [Signal(signed(acc_bits), name=f"z{k}") for k in range(P)]
+        z_n = Signal.like(self.o.payload.n)
+        with m.If(advance):
+            m.d.sync += [z_valid.eq(c_valid),
+                         z_n.eq(sum(Mux(a < c_n_items, n_users + a, 0) for a in range(I)))]
+            with m.Switch(n_users):
+                for nu in range(U + 1):
+                    with m.Case(nu):
+                        k = 0
+                        for a in range(I):
+                            first = a * U + a * (a - 1) // 2    # item a's first pair
+                            for j in [*range(nu), *range(U, U + a)]:
+                                m.d.sync += z[k].eq(sums[first + j])
+                                k += 1
+                        for rest in range(k, P):
+                            m.d.sync += z[rest].eq(0)
+
+        # -- stage 3: requantized -------------------------------------------------
+        o_valid = Signal()
+        out = Signal(output_layout(P))
+        with m.If(advance):
+            m.d.sync += [o_valid.eq(z_valid), out.n.eq(z_n)]
+            for k in range(P):
+                # (an absent pair's sum is 0, which requantizes to 0)
+                m.d.sync += out.pairs[k].eq(requantize_int8(z[k], mult[k], shift[k]))
+        m.d.comb += [self.o.valid.eq(o_valid), self.o.payload.eq(out)]
         return m

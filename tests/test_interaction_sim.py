@@ -14,7 +14,7 @@ from host.models import (QuantizedStageModel, StageModelConfig, TableSpec, init_
                          quantize_stage_model)
 from host.movielens import synthetic_queries
 from hw.interaction import DotInteraction, item_pairs
-from tests.amaranth_streams import stream_get, stream_put
+from tests.amaranth_streams import run_bounded, stream_get, stream_put
 
 
 def stage(dense: int, users: int, items: int, dim: int, seed: int) -> QuantizedStageModel:
@@ -96,3 +96,126 @@ def test_no_user_features():
     rtlil.convert(DotInteraction(8, 0, 3))
     with pytest.raises(ValueError, match="make no pair"):
         DotInteraction(8, 0, 1)
+
+
+def packed_pairs(users, items, mult, shift) -> list[int]:
+    """The item part for ``users`` and one candidate's ``items`` (int8
+    vectors), from its definition: for item ``a``, its dot products with the
+    users, then with the items before it, pair ``k`` requantized with
+    ``mult[k]``, ``shift[k]``."""
+    from host.numerics import requantize
+    z = []
+    for a, x in enumerate(items):
+        z += [int(np.dot(x, u)) for u in users] + [int(np.dot(x, b)) for b in items[:a]]
+    return requantize(np.array(z, dtype=np.int64), 0, mult[:len(z)], shift[:len(z)],
+                      False).tolist()
+
+
+def random_params(P: int, r: random.Random) -> tuple[list[int], list[int]]:
+    return [r.randrange(256, 1 << 12) for _ in range(P)], [r.randrange(15, 22) for _ in range(P)]
+
+
+def vec(r: random.Random, dim: int) -> np.ndarray:
+    return np.array([r.randrange(-128, 128) for _ in range(dim)], dtype=np.int64)
+
+
+def beat(item: bool, last: bool, v: np.ndarray) -> dict:
+    return {"item": int(item), "last": int(last), "vec": v.tolist()}
+
+
+@pytest.mark.parametrize("dim, U, I", [(16, 3, 1), (8, 2, 2)])
+def test_one_candidate_a_cycle(dim, U, I):
+    """No stalls: N candidates of one item beat each (and a change of user set
+    half way) take N + the user beats + the latency cycles, each beat right."""
+    dut = DotInteraction(dim, U, I)
+    P = dut.max_pairs
+    r = random.Random(dim)
+    mult, shift = random_params(P, r)
+    N = 40
+    sets = [[vec(r, dim) for _ in range(U)] for _ in range(2)]
+    beats, want = [], []
+    for s, users in enumerate(sets):
+        beats += [beat(False, j == U - 1, u) for j, u in enumerate(users)]
+        for _ in range(N // 2):
+            x = vec(r, dim)
+            beats.append(beat(True, True, x))
+            want.append(packed_pairs(users, [x], mult, shift))
+    got, cycles = [], []
+
+    async def tb(ctx):
+        for k in range(P):
+            await stream_put(ctx, dut.params, {"pair": k, "mult": mult[k], "shift": shift[k]})
+        ctx.set(dut.o.ready, 1)
+        sent = n = 0
+        while len(got) < N and n < 10 * N:
+            if sent < len(beats):
+                ctx.set(dut.i.valid, 1)
+                ctx.set(dut.i.payload, beats[sent])
+            else:
+                ctx.set(dut.i.valid, 0)
+            _, _, ready, valid, out = await ctx.tick().sample(dut.i.ready, dut.o.valid,
+                                                              dut.o.payload)
+            n += 1
+            sent += sent < len(beats) and ready
+            if valid:
+                assert out.n == U
+                got.append([int(x) for x in out.pairs][:U])
+        cycles.append(n)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run_until(1e-4)
+    assert got == want
+    # the output is three registers behind the input
+    assert cycles[0] <= len(beats) + 4, f"{cycles[0]} cycles for {N} candidates"
+
+
+@pytest.mark.parametrize("dim, U, I, seed", [(8, 3, 2, 1), (4, 0, 3, 2), (4, 2, 3, 3)])
+def test_back_to_back_with_stalls(dim, U, I, seed):
+    """Many candidates in a row at random idle and backpressure (often none,
+    often long), the user set (and its size) changing between them: none is
+    lost or doubled, each pair right, ``n`` the present pairs."""
+    dut = DotInteraction(dim, U, I)
+    P = dut.max_pairs
+    r = random.Random(seed)
+    mult, shift = random_params(P, r)
+    beats, want = [], []
+    users: list = []
+    for q in range(10):
+        # (without user features the unit drops user beats)
+        nu = r.randrange(0 if q == 0 else 1, max(U, 1) + 1)
+        new = [vec(r, dim) for _ in range(nu)]
+        beats += [beat(False, j == nu - 1, u) for j, u in enumerate(new)]
+        if U:
+            users = new
+        for _ in range(r.randrange(1, 12)):
+            cand = [vec(r, dim) for _ in range(r.randrange(1, I + 1))]
+            beats += [beat(True, a == len(cand) - 1, x) for a, x in enumerate(cand)]
+            pairs = packed_pairs(users, cand, mult, shift)
+            if pairs:
+                want.append((len(pairs), pairs + [0] * (P - len(pairs))))
+            else:
+                want.append((0, [0] * P))
+    got = []
+
+    async def source(ctx):
+        for k in range(P):
+            await stream_put(ctx, dut.params, {"pair": k, "mult": mult[k], "shift": shift[k]})
+        for b in beats:
+            await stream_put(ctx, dut.i, b, rng=r, idle=r.choice([0, 0.6]))
+
+    async def sink(ctx):
+        while len(got) < len(want):
+            out = await stream_get(ctx, dut.o, rng=r, stall=r.choice([0, 0.7]))
+            got.append((int(out.n), [int(x) for x in out.pairs]))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(source)
+    sim.add_testbench(sink)
+    run_bounded(sim, 1e-4)
+    assert len(got) == len(want), "not every candidate came out"
+    assert got == want
+    assert len(want) > 40
+    assert len({v for _, row in want for v in row}) > 10, "degenerate test data"
