@@ -183,22 +183,6 @@ def stage_for(config, *, seed: int = 0):
     return init_params(mcfg, seed=seed, table_scale=0.5)
 
 
-def _hardware_job(config, model, queries, *, sb_rows, latency, sequential, rate_qps=None):
-    import pickle
-    import tempfile
-    from sim import runner
-    from sim.tb_top import build_top
-    sim_runner, top = build_top(config)
-    job = {"config": config, "model": model, "queries": list(queries), "sb_rows": sb_rows,
-           "latency": list(latency), "sequential": sequential, "rate_qps": rate_qps,
-           "memory_bytes": 1 << 20, "quality": False}
-    with tempfile.NamedTemporaryFile(suffix=".pkl") as f:
-        pickle.dump(job, f)
-        f.flush()
-        return runner.run_report(sim_runner, test_module="sim.tb_top", toplevel=top,
-                                 test="run_queries", tb={"job": f.name})
-
-
 def hardware_e2e(config, *, n_queries: int = 16, n_candidates: int | None = None,
                  sb_rows: int = 64, latency=(20, 60), seed: int = 0, cpu: bool = True,
                  fmax_mhz: float | None = None, min_seconds: float = 1.0,
@@ -222,6 +206,7 @@ def hardware_e2e(config, *, n_queries: int = 16, n_candidates: int | None = None
       else the config's clock) over ``cycles_per_query``, modelled.
     """
     from host.driver import query_cost, roofline_cycles
+    from sim.tb_top import run_job
     n_candidates = n_candidates or min(config.array.max_rows, 1 << config.topk.id_bits)
     keep = min(10, config.topk.k_max)
     params = stage_for(config, seed=seed)
@@ -237,11 +222,12 @@ def hardware_e2e(config, *, n_queries: int = 16, n_candidates: int | None = None
         roof.append(roofline_cycles(*query_cost([model.stages["s"]], res, q, config), config))
     progress(f"top level of {config.name}: {n_queries} queries of {n_candidates} candidates, "
              f"sub-batches of {sb_rows} (the Verilator build is cached after the first run)")
-    piped = _hardware_job(config, model, queries, sb_rows=sb_rows, latency=latency,
-                          sequential=False)
+    (piped,) = run_job(config, model, queries, sb_rows=sb_rows, latency=latency,
+                       quality=False, seed=seed)
     progress("the same, one query at a time in one sub-batch each (no pipelining)")
-    plain = _hardware_job(config, model, queries, sb_rows=min(n_candidates, config.array.max_rows),
-                          latency=latency, sequential=True)
+    (plain,) = run_job(config, model, queries,
+                       sb_rows=min(n_candidates, config.array.max_rows), latency=latency,
+                       sequential=True, seed=seed)
     cpq = piped["run_cycles"] / n_queries
     clock = fmax_mhz or config.clock_mhz
     out = {

@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from hw.config import Config, PRESETS
 
 __all__ = ["main"]
@@ -29,6 +27,7 @@ def _add_config_args(p, default="default"):
 
 def _write_json(path, obj):
     if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(obj, indent=2) + "\n")
         print(f"wrote {path}")
 
@@ -146,54 +145,26 @@ def cmd_bench(args):
     return 0
 
 
-def demo_mlp(seed: int = 0):
-    """A calibrated sample MLP (RM-med-like bottom MLP and a top layer) with
-    float weights, and float inputs drawn like standardized dense features."""
-    from host.quantize import calibrate_mlp
-    rng = np.random.default_rng(seed)
-    dims = [13, 64, 64, 16]
-    weights = [rng.normal(0, 1 / np.sqrt(i), (i, o)) for i, o in zip(dims, dims[1:])]
-    biases = [rng.normal(0, 0.1, o) for o in dims[1:]]
-    relus = [True] * (len(dims) - 2) + [False]
-    calib = rng.normal(0, 1, (256, dims[0]))
-    return weights, biases, relus, calibrate_mlp(weights, biases, relus, calib)
-
-
 def cmd_run(args):
-    from host.numerics import float_mlp, int8_mlp
-    from sim.jobs import Job, run_jobs
+    from host.run import format_run, hardware_run, movielens_setup, write_plots
     cfg = _config(args)
-    weights, biases, relus, qmlp = demo_mlp(args.seed)
-    rng = np.random.default_rng(args.seed + 1)
-    xf = rng.normal(0, 1, (args.rows, weights[0].shape[0]))
-    x = qmlp.quantize_input(xf)
-    dims = [weights[0].shape[0]] + [w.shape[1] for w in weights]
-    print(f"preset {cfg.name}: {cfg.array.dim}x{cfg.array.dim} array at {cfg.clock_mhz:g} MHz; "
-          f"MLP {'-'.join(map(str, dims))}, {args.rows} rows")
-    print("building the simulator (cached after the first time) and running ...", flush=True)
-    t = time.time()
-    (res,) = run_jobs(cfg, [Job(qmlp.layers, x)], idle=0.2, backpressure=0.2, seed=args.seed)
-    wall = time.time() - t
-    golden = int8_mlp(x, qmlp.layers)
-    exact = np.array_equal(res.y, golden)
-    cycles = sum(res.cycles)
-    macs = args.rows * sum(w.shape[0] * w.shape[1] for w in weights)
-    n2 = cfg.array.dim ** 2
-    ref = float_mlp(xf, weights, biases, relus)
-    err = np.abs(qmlp.dequantize_output(res.y) - ref)
-    print(f"  answers: {res.y.size} int8 outputs, "
-          f"{'bit-exact against the golden model' if exact else 'MISMATCH against the golden model'}")
-    print(f"  cycles: {cycles} ({cycles / args.rows:.1f} per row; {len(res.cycles)} run(s)); "
-          f"{cycles / cfg.clock_mhz:.1f} us at {cfg.clock_mhz:g} MHz")
-    print(f"  MAC utilization: {macs / (n2 * cycles):.3f} "
-          f"(roofline {macs / n2:.0f} cycles)")
-    print(f"  int8 vs float: mean abs error {err.mean():.4f}, max {err.max():.4f} "
-          f"(output range +-{np.abs(ref).max():.2f}, step {qmlp.output_scale:.4f})")
-    print(f"  simulated in {wall:.1f} s wall time")
-    _write_json(args.json, {"preset": cfg.name, "rows": args.rows, "cycles": cycles,
-                            "utilization": macs / (n2 * cycles), "exact": exact,
-                            "mean_abs_error": float(err.mean())})
-    return 0 if exact else 1
+    say = lambda s: print(s, flush=True)  # noqa: E731
+    fmax = json.loads(Path(args.synth_json).read_text())["fmax_mhz"] if args.synth_json else None
+    setup = movielens_setup(cfg, n_queries=args.queries, n_candidates=args.candidates,
+                            sb_rows=args.sb_rows, seed=args.seed, progress=say)
+    report = hardware_run(cfg, setup, load=args.load, rate_qps=args.rate, sweep=args.sweep,
+                          sb_rows=args.sb_rows, seed=args.seed, cpu=not args.no_cpu,
+                          fmax_mhz=fmax, progress=say)
+    if args.plots:
+        report["plots"] = write_plots(report, args.plots)
+    print(format_run(report))
+    for p in report.get("plots", []):
+        print(f"  plot: {p}")
+    _write_json(args.json, report)
+    if report["answers_wrong"]:
+        print("error: some answers differ from the golden pipeline", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv=None):
@@ -259,11 +230,29 @@ def main(argv=None):
                         "modelled queries per second (default: the config's clock)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("run", help="run a sample MLP through the simulated engine")
+    p = sub.add_parser("run", help="the main job: the MovieLens model through the simulated "
+                                   "top level, every answer checked, latency, throughput, "
+                                   "quality, CPU baseline")
     _add_config_args(p)
-    p.add_argument("--rows", type=int, default=512)
+    p.add_argument("--queries", type=int, default=32, help="queries (one per user)")
+    p.add_argument("--candidates", type=int, default=256, help="candidates per query")
+    p.add_argument("--sb-rows", type=int, default=64, help="candidates per sub-batch")
+    p.add_argument("--load", type=float, default=0.5,
+                   help="offered load of the latency run, as a fraction of the measured "
+                        "saturation throughput (Poisson arrivals)")
+    p.add_argument("--rate", type=float, default=None, metavar="QPS",
+                   help="offered load of the latency run in queries/s (overrides --load)")
+    p.add_argument("--sweep", type=float, nargs="*", default=[0.25, 0.5, 0.9, 1.2],
+                   help="more runs at these fractions of saturation (throughput against "
+                        "offered load)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--no-cpu", action="store_true", help="skip the CPU baseline")
+    p.add_argument("--synth-json", metavar="PATH",
+                   help="a `recaccel synth --json` report whose Fmax gives the modelled "
+                        "queries per second (default: the config's clock)")
+    p.add_argument("--plots", metavar="DIR", default="build/run",
+                   help="where the plots go (latency CDF, throughput against load)")
+    p.add_argument("--json", metavar="PATH", default="build/run/report.json")
     p.set_defaults(func=cmd_run)
 
     args = parser.parse_args(argv)

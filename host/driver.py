@@ -61,9 +61,8 @@ answers were checked against the golden pipeline on the host
 (:mod:`host.metrics`) against the float model's answers: the recall of the
 float pipeline's top 10, NDCG@10 with the float top 10 as the relevant
 items, HR@10 of the float model's first item; with held-out positives also
-NDCG@10 and HR@10 of the accelerator and of the float model. Plots (a
-latency CDF) only when matplotlib can be imported: it is not a dependency,
-and the report says when they were skipped.
+NDCG@10 and HR@10 of the accelerator and of the float model. Plots: a
+latency CDF (:mod:`host.plots`).
 
 Modelled time (golden transport)
 --------------------------------
@@ -575,29 +574,14 @@ class RunReport:
         return path
 
     def write_plots(self, directory) -> list[str]:
-        """A latency CDF as PNG in ``directory`` when matplotlib is importable;
-        otherwise a note in :attr:`notes` and no file."""
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            self.notes.append("plots skipped: matplotlib is not installed (not a "
-                              "dependency)")
-            return []
-        lat = np.sort(self.latency_cycles) / self.clock_mhz
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.step(lat, np.arange(1, lat.size + 1) / max(lat.size, 1), where="post")
-        ax.set_xlabel(f"latency, us at {self.clock_mhz:g} MHz ({self.latency_source.split(':')[0]})")
-        ax.set_ylabel("share of queries")
-        ax.grid(alpha=0.3)
-        path = Path(directory) / "latency_cdf.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        self.plots.append(str(path))
-        return [str(path)]
+        """A latency CDF as PNG in ``directory``."""
+        from .plots import latency_cdf
+        path = latency_cdf(self.latency_cycles / self.clock_mhz,
+                           Path(directory) / "latency_cdf.png",
+                           xlabel=f"latency, us at {self.clock_mhz:g} MHz "
+                                  f"({self.latency_source.split(':')[0]})")
+        self.plots.append(path)
+        return [path]
 
 
 def _quality(answers: Sequence[Answer], reference: Sequence[PipelineResult] | None,

@@ -87,7 +87,8 @@ _WARNING_ARGS = ("-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE")
 _TIMESCALE = ("1ns", "1ps")
 _DEFAULT_TRACE_DEPTH = 2
 # Bump when the build recipe changes in a way the hash key does not see.
-_CACHE_SCHEME = 1
+# (2: only the toplevel's signals public, not every signal of the design)
+_CACHE_SCHEME = 2
 _STAMP_NAME = "recaccel-build.json"
 
 _log = logging.getLogger(__name__)
@@ -159,7 +160,14 @@ class VerilatorRunner(cocotb_tools.runner.Verilator):
     * compiles through ``ccache`` when it is on ``PATH``;
     * decides tracing from the build (``waves``), not from the ``WAVES`` variable, so
       a run never asks an untraced binary for a trace;
-    * lets ``extra_env`` override the caller's environment in :meth:`test`.
+    * lets ``extra_env`` override the caller's environment in :meth:`test`;
+    * makes only the toplevel's signals visible to VPI (a Verilator
+      configuration file, ``public_flat_rw`` on the toplevel module) instead
+      of cocotb's ``--public-flat-rw`` on every signal of the design, which
+      keeps Verilator from optimizing anything away: on the ``default``
+      accelerator it wrote 75 MB of C++ instead of 17 MB and took 2.6 times
+      as long to compile (17 against 6.5 minutes). The testbenches drive and
+      read the toplevel's ports only; waves still record every signal.
 
     Instances come from :func:`build`; pass them to :func:`run`.
 
@@ -198,7 +206,11 @@ class VerilatorRunner(cocotb_tools.runner.Verilator):
         verilate, make = super()._build_command()
         # cocotb adds "--trace" (VCD) and VM_TRACE from `WAVES`; tracing is chosen by
         # the build arguments instead.
-        verilate = [arg for arg in verilate if arg != "--trace"]
+        verilate = [arg for arg in verilate if arg not in ("--trace", "--public-flat-rw")]
+        public = Path(self.build_dir) / "public_ports.vlt"
+        public.write_text("`verilator_config\n"
+                          f'public_flat_rw -module "{self.hdl_toplevel}" -var "*"\n')
+        verilate.insert(verilate.index("--vpi") + 1, str(public))
         make = [arg for arg in make if not arg.startswith("VM_TRACE=")]
         make += [f"VM_TRACE={int(self.traced)}", "CFG_CXXFLAGS_PCH_I=-include"]
         if shutil.which("ccache", path=self.env.get("PATH")):

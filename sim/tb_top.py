@@ -30,7 +30,7 @@ from sim.runner import read_tb_config
 from sim.streams import random_pauses, reset, start_clock
 from sim.transport import SimTransport
 
-__all__ = ["TOPLEVEL", "build_top", "tiny_stage"]
+__all__ = ["TOPLEVEL", "build_top", "tiny_stage", "run_job"]
 
 TOPLEVEL = "recaccel_top"
 
@@ -152,12 +152,36 @@ def fmt_query_before_load(fmt: DeviceFormat, model, query) -> np.ndarray:
     return fmt.query(query)
 
 
-@cocotb.test(timeout_time=1000, timeout_unit="sec")
+def run_job(config: Config, model: CompiledModel, queries, *, sb_rows: int, latency,
+            rates=(None,), fractions=(), sequential: bool = False, positives=None,
+            quality: bool = True, seed: int = 0, memory_bytes: int = 1 << 20,
+            timeout_cycles: int = 2_000_000) -> list[dict]:
+    """Build the top level of ``config`` (cached) and run :func:`run_queries`
+    on it in one simulation: ``model`` loaded, ``queries`` streamed once per
+    offered rate of ``rates`` (queries/s; ``None``: all at once), then once
+    per fraction of ``fractions`` of the first run's throughput, or (with
+    ``sequential``) one at a time. Returns one report per run (the driver's
+    :meth:`~host.driver.RunReport.to_dict` with ``run_cycles`` and
+    ``counters_delta``, the device's counters over the run)."""
+    import pickle
+    import tempfile
+    sim_runner, top = build_top(config)
+    job = {"config": config, "model": model, "queries": list(queries), "sb_rows": sb_rows,
+           "latency": list(latency), "sequential": sequential, "rates": list(rates),
+           "fractions": list(fractions), "positives": positives, "quality": quality,
+           "seed": seed, "memory_bytes": memory_bytes, "timeout_cycles": timeout_cycles}
+    with tempfile.NamedTemporaryFile(suffix=".pkl") as f:
+        pickle.dump(job, f)
+        f.flush()
+        return runner.run_report(sim_runner, test_module="sim.tb_top", toplevel=top,
+                                 test="run_queries", tb={"job": f.name})
+
+
+@cocotb.test(timeout_time=3000, timeout_unit="sec")
 async def run_queries(dut):
-    """The driver's :meth:`~host.driver.Accelerator.run` over the top level: the
-    job ``tb["job"]`` (a pickle: config, compiled one-stage model, queries, the
-    sub-batch, the offered rate) loaded and streamed, every answer checked
-    against the golden pipeline; the report's JSON to ``tb["report"]``."""
+    """The driver over the top level: the job ``tb["job"]`` (a pickle, written
+    by :func:`run_job`) loaded and streamed, every answer checked against the
+    golden pipeline; the reports' JSON to ``tb["report"]``."""
     import json
     import pickle
     from cocotb.task import bridge
@@ -170,16 +194,14 @@ async def run_queries(dut):
     memories = [np.zeros(job["memory_bytes"], np.uint8) for _ in range(cfg.embedding.channels)]
     for c, mem in enumerate(memories):
         AxiReadMemory(dut, f"m{c}", dut.clk, memory=mem, reset=dut.rst,
-                      latency=tuple(job["latency"]), seed=c)
+                      latency=tuple(job["latency"]), seed=job["seed"] + c)
     transport = SimTransport(dut, dut.clk, clock_mhz=cfg.clock_mhz, reset=dut.rst,
                              payload_format=DeviceFormat(cfg, sb_rows=job["sb_rows"]),
                              memories=memories)
 
-    def host():
-        acc = Accelerator(transport, timeout_cycles=job.get("timeout_cycles", 2_000_000))
-        acc.load(compiled)
-        start = transport.now()
-        if job.get("sequential"):
+    def one(acc, rate):
+        before, start = acc.counters(), transport.now()
+        if job["sequential"]:
             # one query at a time: each waits for the one before to be answered
             answers = []
             for i, q in enumerate(queries):
@@ -191,14 +213,25 @@ async def run_queries(dut):
             out = {"answers_checked": len(answers), "answers_wrong": int(wrong),
                    "latency_cycles": [int(a.latency) for a in answers]}
         else:
-            out = acc.run(queries, rate_qps=job.get("rate_qps"),
-                          progress=job.get("progress", False),
-                          positives=job.get("positives"),
-                          quality=job.get("quality", True)).to_dict()
+            out = acc.run(queries, rate_qps=rate, seed=job["seed"] + len(runs),
+                          progress=False, positives=job["positives"],
+                          quality=job["quality"]).to_dict()
         out["run_cycles"] = int(transport.now() - start)
+        after = acc.counters()
+        out["counters_delta"] = {k: after[k] - before[k] for k in after}
         return out
 
-    out = await bridge(host)()
+    runs = []
+
+    def host():
+        acc = Accelerator(transport, timeout_cycles=job["timeout_cycles"])
+        acc.load(compiled)
+        for rate in job["rates"]:
+            runs.append(one(acc, rate))
+        for f in job["fractions"]:
+            runs.append(one(acc, f * runs[0]["throughput_qps"]))
+
+    await bridge(host)()
     transport.stop()
     with open(tb["report"], "w") as f:
-        json.dump(out, f)
+        json.dump(runs, f)
