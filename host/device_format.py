@@ -58,7 +58,7 @@ class DeviceFormat:
         from hw.top import ports, stage_engine
         from .stage_program import StageLimits
         self.config = config
-        stage = stage_engine(config)
+        stage = stage_engine(config, layouts_only=True)
         self.ports = ports(config, stage)
         self.limits = StageLimits.of(stage)
         self.sb_rows = sb_rows

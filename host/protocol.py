@@ -150,9 +150,12 @@ MAX_PAYLOAD_WORDS = (1 << 24) - 1
 MAX_TAG = (1 << 16) - 1
 #: ``LOAD_WEIGHTS`` format 1: the golden model's tensors by name (module docstring).
 WEIGHTS_FORMAT = 1
-#: ``READ_COUNTERS`` answer, one word each, in this order.
+#: ``READ_COUNTERS`` answer, one word each, in this order. ``cache_hits`` and
+#: ``cache_misses``: embedding rows found in the static or dynamic caches and
+#: rows read from memory instead (0 on a device without caches; the golden
+#: device models none).
 COUNTERS = ("frames", "queries", "errors", "candidates", "macs", "lookup_bytes",
-            "busy_cycles")
+            "busy_cycles", "cache_hits", "cache_misses")
 
 _U64 = np.dtype("<u8")
 _U32 = np.dtype("<u4")

@@ -50,24 +50,30 @@ __all__ = ["COUNTERS", "stage_engine", "ports", "Accelerator"]
 
 #: The ``READ_COUNTERS`` words, in order (:data:`host.protocol.COUNTERS`).
 COUNTERS = ("frames", "queries", "errors", "candidates", "macs", "lookup_bytes",
-            "busy_cycles")
+            "busy_cycles", "cache_hits", "cache_misses")
 
 #: The stage engine's ports fed by records, in port order after the others.
 _STAGE_PORTS = ("conf", "ldesc", "p0", "dot_params", "upair_params", "uw", "sw",
                 "q", "ubags", "cand", "dense")
 
 
-def stage_engine(config: Config) -> StageEngine:
-    """The top level's stage engine, on MLP engine 0, sized by ``config.stage``."""
+def stage_engine(config: Config, *, layouts_only: bool = False) -> StageEngine:
+    """The top level's stage engine, on MLP engine 0, sized by ``config.stage``.
+    ``layouts_only``: built only for its ports' layouts and sizes (the host's
+    device format), never elaborated, so Amaranth's unused-elaboratable
+    warning is silenced for it."""
     st = config.stage
-    return StageEngine(config, engine=0, dim=st.dim, max_users=st.max_users,
-                       max_items=st.max_items, max_hidden=st.max_hidden, max_pen=st.max_pen,
-                       staging=st.staging)
+    stage = StageEngine(config, engine=0, dim=st.dim, max_users=st.max_users,
+                        max_items=st.max_items, max_hidden=st.max_hidden, max_pen=st.max_pen,
+                        staging=st.staging)
+    if layouts_only:
+        stage._MustUse__silence = True       # (amaranth._unused.MustUse)
+    return stage
 
 
 def ports(config: Config, stage: StageEngine | None = None) -> list:
     """``(name, layout)`` of every record port, in port order."""
-    stage = stage or stage_engine(config)
+    stage = stage or stage_engine(config, layouts_only=True)
     emb = config.embedding
     out = [("engine", command_layout(config.array, 0)),
            ("emb_desc", desc_write_layout(emb)),
@@ -197,6 +203,13 @@ class Accelerator(wiring.Component):
             count["lookup_bytes"].eq(count["lookup_bytes"] + beats * emb_cfg.bus_bytes),
             count["busy_cycles"].eq(count["busy_cycles"] + stage.busy),
         ]
+        # the embedding caches' counters, summed over the channels (static and
+        # dynamic hits; lookups that went to memory); 0 without caches
+        if emb_cfg.cached:
+            cc = [getattr(emb, f"c{c}") for c in range(emb_cfg.channels)]
+            m.d.comb += [count["cache_hits"].eq(sum(c.static_hits + c.dynamic_hits
+                                                    for c in cc)),
+                         count["cache_misses"].eq(sum(c.misses for c in cc))]
         # (MACs are not counted in the hardware: the host knows them from the
         # model, host.driver.query_cost; the word is 0)
         for k, n in enumerate(COUNTERS):

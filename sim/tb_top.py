@@ -140,6 +140,7 @@ async def test_queries_through_the_top_level(dut):
     assert c["candidates"] == sum(q.n_candidates for q in queries + queries[:3]), c
     assert c["errors"] == 3, c              # NOT_LOADED, BAD_ID, MALFORMED_FRAME
     assert c["frames"] >= n + 5 and c["lookup_bytes"] > 0 and c["busy_cycles"] > 0, c
+    assert not cfg.embedding.cached and c["cache_hits"] == c["cache_misses"] == 0, c
     dut._log.info(f"{len(queries)} queries of {tb['candidates']} candidates: "
                   f"{out['cycles']} cycles in all")
 
