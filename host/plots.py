@@ -47,11 +47,12 @@ def throughput_vs_load(offered_qps: Sequence[float], throughput_qps: Sequence[fl
     x = np.asarray(offered_qps, float) / 1e3
     ax.plot(x, np.asarray(throughput_qps, float) / 1e3, "o-", label="throughput")
     ax.axhline(saturation_qps / 1e3, ls="--", c="gray", label="saturation (all at once)")
+    ax.plot(x, x, ":", c="k", lw=0.8, label="throughput = offered load")
     ax.set_xlabel("offered load, thousand queries/s (Poisson)")
     ax.set_ylabel("thousand queries/s")
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()
     ax2.plot(x, p99_us, "s:", c="C3", label="p99 latency")
     ax2.set_ylabel("p99 latency, us")
-    fig.legend(loc="upper left", fontsize=8)
+    fig.legend(loc="lower right", fontsize=7, bbox_to_anchor=(0.88, 0.2))
     return _save(fig, path)
