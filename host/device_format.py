@@ -65,23 +65,65 @@ class DeviceFormat:
         self.program = None
         self.keep = None
 
+    def tables(self, stage):
+        """The quantized ``stage``'s tables compiled for the device
+        (:func:`host.table_compiler.compile_tables`, row-wise fused rows):
+        where each lives and its memory image."""
+        from .embedding import pack_fused
+        from .table_compiler import TableSpec, compile_tables
+        return compile_tables([TableSpec(t.name, pack_fused(rw), bits=stage.emb_bits,
+                                         format="fused")
+                               for t, rw in zip(stage.config.tables, stage.tables)],
+                              self.config.embedding)
+
+    def pin_hot_rows(self, model, queries):
+        """``model`` with, for its stage, the rows that ``queries`` (a
+        profile: calibration queries, say) look up most pinned in the static
+        caches: per channel, the most frequent rows of the tables that
+        channel holds that fit its ``static_rows``-row, ``static_ways``-way
+        cache (:func:`host.cache.select_pinned`). Tables on chip never pass
+        the caches and are left out."""
+        import dataclasses
+        from .cache import select_pinned
+        emb = self.config.embedding
+        if not emb.static_rows:
+            raise ValueError(f"pin_hot_rows: {self.config.name} has no static cache "
+                             f"(embedding.static_rows = 0)")
+        name = model.spec.stages[0]
+        q = model.stages[name]
+        cfg = q.config
+        counts = {t.name: np.zeros(t.rows, np.int64) for t in cfg.tables}
+        for query in queries:
+            for t, ids in zip(cfg.user_tables, query.user_ids):
+                np.add.at(counts[t.name], np.asarray(ids, np.int64), 1)
+            for k, t in enumerate(cfg.item_tables):
+                np.add.at(counts[t.name], np.asarray(query.item_ids[:, k], np.int64), 1)
+        amap = self.tables(q).address_map
+        index = {t.name: i for i, t in enumerate(cfg.tables)}
+        table, rows = [], []
+        for c in range(emb.channels):
+            here = {t.name: counts[t.name] for t in amap.tables
+                    if t.kind == "channel" and t.unit == c and t.name in counts}
+            if here:
+                sel = select_pinned(here, emb.static_rows, tables=amap, ways=emb.static_ways)
+                table += [index[amap.tables[t].name] for t in sel.table.tolist()]
+                rows += sel.row.tolist()
+        return dataclasses.replace(model, pinned={
+            **(model.pinned or {}), name: (np.array(table, np.int64), np.array(rows, np.int64))})
+
     def compile(self, model):
         """``(frames, images)``: the load's ``(opcode, payload)`` frames and the
         channel memory images, for a compiled model of one stage."""
         from .protocol import Opcode
-        from .embedding import pack_fused
         from .stage_program import compile_stage
-        from .table_compiler import (TableSpec, bank_writes, compile_tables,
-                                     descriptor_writes)
+        from .table_compiler import bank_writes, descriptor_writes
         spec = model.spec
         if len(spec.stages) != 1:
             raise ValueError(f"the hardware top level runs one stage; {spec.name!r} has "
                              f"{len(spec.stages)}")
         q = model.stages[spec.stages[0]]
         emb = self.config.embedding
-        tables = compile_tables([TableSpec(t.name, pack_fused(rw), bits=q.emb_bits,
-                                           format="fused")
-                                 for t, rw in zip(q.config.tables, q.tables)], emb)
+        tables = self.tables(q)
         prog = compile_stage(q, self.config, self.limits, sb_rows=self.sb_rows)
         if not 1 <= spec.keep[0] <= self.config.topk.k_max:
             raise ValueError(f"keep {spec.keep[0]}: the top-k filter gives 1 .. "
@@ -97,10 +139,28 @@ class DeviceFormat:
                             ("sw", prog.sw)):
             w.add(port, beats)
         c = RecordWriter(self.ports).add("conf", [prog.conf])
+        frames = [(Opcode.LOAD_TABLES, t.words()), (Opcode.LOAD_WEIGHTS, w.words())]
+        pinned = (model.pinned or {}).get(spec.stages[0])
+        if pinned is not None:
+            frames.append((Opcode.LOAD_CACHE, self._cache(q, tables, *pinned)))
+        frames.append((Opcode.CONFIGURE_STAGES, c.words()))
         self.program, self.keep = prog, spec.keep[0]
-        frames = [(Opcode.LOAD_TABLES, t.words()), (Opcode.LOAD_WEIGHTS, w.words()),
-                  (Opcode.CONFIGURE_STAGES, c.words())]
         return frames, list(tables.channel_images)
+
+    def _cache(self, q, tables, table_idx, rows) -> np.ndarray:
+        """The ``LOAD_CACHE`` payload pinning ``rows`` of the stage's tables
+        ``table_idx`` in the static caches (checked against the compiled
+        tables and each channel's static cache: a row pinned twice, a table
+        on chip, a full set are refused here)."""
+        from .cache import static_cache_load, static_cache_writes
+        emb = self.config.embedding
+        if not emb.static_rows:
+            raise ValueError(f"pinned rows: {self.config.name} has no static cache "
+                             f"(embedding.static_rows = 0)")
+        names = [q.config.tables[int(t)].name for t in np.asarray(table_idx).tolist()]
+        load = static_cache_load(tables, list(zip(names, np.asarray(rows).tolist())),
+                                 emb.static_rows, emb.static_ways)
+        return RecordWriter(self.ports).add("cache_w", static_cache_writes(load, emb)).words()
 
     def query(self, query) -> np.ndarray:
         """A ``SUBMIT_QUERY`` payload (after :meth:`compile`)."""

@@ -18,7 +18,10 @@ The model
   :func:`benchmarks.e2e.stage_for`.
 
 ``setup.notes`` says which, and the summary prints it. Calibration uses
-other users' queries than the ones streamed.
+other users' queries than the ones streamed; when the preset has static
+caches, the rows those calibration queries look up most are pinned in them
+(:meth:`host.device_format.DeviceFormat.pin_hot_rows`, RPAccel's profiled
+static cache), and the dynamic caches catch the rest.
 
 The run
 -------
@@ -148,6 +151,9 @@ def movielens_setup(config: Config, *, n_queries: int = 32, n_candidates: int = 
         weights = "synthetic (stage_for)"
         queries, positives, cal, data = queries_for(params)
         model = compile_model({"s": params}, spec, cal, "int8", **quant)
+    if config.embedding.static_rows:
+        from .device_format import DeviceFormat
+        model = DeviceFormat(config, sb_rows=sb_rows).pin_hot_rows(model, cal)
     return RunSetup(model, {"s": params}, queries, positives, data, weights, notes)
 
 
@@ -190,6 +196,7 @@ def hardware_run(config: Config, setup: RunSetup, *, load: float | None = 0.5,
         "candidates_per_query": float(np.mean([q.n_candidates for q in queries])),
         "keep": model.spec.keep[0], "sb_rows": sb_rows, "memory_latency_cycles": list(latency),
         "cycles_source": "measured: Verilator cycles of the top level",
+        "pinned_rows": int(len(model.pinned["s"][0])) if model.pinned else 0,
         "run": main, "saturation": sat,
         "cycles_per_query": cycles / len(queries),
         "saturation_qps": sat["throughput_qps"],
@@ -259,7 +266,8 @@ def format_run(r: dict) -> str:
     looked = c.get("cache_hits", 0) + c.get("cache_misses", 0)
     if looked:
         lines.append(f"  embedding caches: hit rate {c['cache_hits'] / looked:.3f} "
-                     f"({c['cache_hits']} hits, {c['cache_misses']} misses)")
+                     f"({c['cache_hits']} hits, {c['cache_misses']} misses; "
+                     f"{r['pinned_rows']} rows pinned in the static caches)")
     q = run.get("quality") or {}
     if q:
         lines.append("  quality at k=10: " + ", ".join(

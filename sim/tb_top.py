@@ -30,7 +30,7 @@ from sim.runner import read_tb_config
 from sim.streams import random_pauses, reset, start_clock
 from sim.transport import SimTransport
 
-__all__ = ["TOPLEVEL", "build_top", "tiny_stage", "run_job"]
+__all__ = ["TOPLEVEL", "build_top", "tiny_stage", "cached_tiny", "run_job"]
 
 TOPLEVEL = "recaccel_top"
 
@@ -143,6 +143,81 @@ async def test_queries_through_the_top_level(dut):
     assert not cfg.embedding.cached and c["cache_hits"] == c["cache_misses"] == 0, c
     dut._log.info(f"{len(queries)} queries of {tb['candidates']} candidates: "
                   f"{out['cycles']} cycles in all")
+
+
+#: The ``tiny`` top level with static and dynamic caches (``cached_tiny``).
+CACHED_TINY = {"embedding": {"static_rows": 8, "static_ways": 2, "cache_sets": 4,
+                             "cache_ways": 2}}
+
+
+def cached_tiny() -> Config:
+    return Config.preset("tiny").replace(**CACHED_TINY)
+
+
+@cocotb.test(timeout_time=200, timeout_unit="ms")
+async def test_static_cache_through_the_top_level(dut):
+    """On :func:`cached_tiny`: a model loaded with the rows its queries look
+    up most pinned in the static caches (``LOAD_CACHE``), queries streamed
+    with random stalls and memory latency, every answer against the golden
+    pipeline; the caches' counters: every row looked up counted once, as a
+    hit or a miss, and every lookup of a pinned row a hit."""
+    from cocotb.task import bridge
+    tb = read_tb_config()
+    cfg = cached_tiny()
+    r = random.Random(tb["seed"])
+    model = tiny_stage(tb["seed"], rows=tb["rows"])
+    spec = PipelineSpec("one stage", ("s",), (3,))
+    queries = synthetic_queries(model.config, tb["queries"], tb["candidates"], user_bag=3,
+                                seed=tb["seed"] + 7)
+    fmt = DeviceFormat(cfg, sb_rows=tb["sb_rows"])
+    compiled = fmt.pin_hot_rows(CompiledModel(spec, {"s": model}), queries)
+    start_clock(dut, 10)
+    await reset(dut, dut.clk, 3)
+    memories = [np.zeros(1 << 16, np.uint8) for _ in range(cfg.embedding.channels)]
+    for c, mem in enumerate(memories):
+        AxiReadMemory(dut, f"m{c}", dut.clk, memory=mem, reset=dut.rst,
+                      latency=tuple(tb["latency"]), seed=tb["seed"] + c)
+    transport = SimTransport(dut, dut.clk, clock_mhz=cfg.clock_mhz, reset=dut.rst,
+                             idle=random_pauses(random.Random(r.random()), tb["idle"]),
+                             backpressure=random_pauses(random.Random(r.random()), tb["idle"]),
+                             payload_format=fmt, memories=memories)
+
+    def host():
+        acc = Accelerator(transport, timeout_cycles=400_000)
+        acc.load(compiled)
+        before = acc.counters()
+        for q in queries:
+            acc.submit(q)
+        answers = acc.wait_all()
+        after = acc.counters()
+        return answers, {k: after[k] - before[k] for k in after}
+
+    answers, c = await bridge(host)()
+    transport.stop()
+    for a in answers:
+        assert a.status == P.Status.OK, a.message
+        g = run_pipeline(spec, {"s": model}, queries[a.index])
+        assert a.positions.tolist() == g.positions.tolist(), a.index
+        assert a.scores.tolist() == g.scores.tolist(), a.index
+    assert sorted(a.index for a in answers) == list(range(len(queries)))
+    cfgm = model.config
+    pinned = set(zip(*(x.tolist() for x in compiled.pinned["s"])))
+    index = {t.name: i for i, t in enumerate(cfgm.tables)}
+    # (rows of tables in on-chip banks never pass the caches)
+    channel = {t.name for t in fmt.tables(model).address_map.tables if t.kind == "channel"}
+    looked = pinned_looked = 0
+    for q in queries:
+        keys = [(index[t.name], int(i)) for t, ids in zip(cfgm.user_tables, q.user_ids)
+                if t.name in channel for i in ids]
+        keys += [(index[t.name], int(i)) for k, t in enumerate(cfgm.item_tables)
+                 if t.name in channel for i in q.item_ids[:, k]]
+        looked += len(keys)
+        pinned_looked += sum(k in pinned for k in keys)
+    assert len(channel) == 2 and pinned, (channel, pinned)   # one table in the bank
+    assert c["cache_hits"] + c["cache_misses"] == looked, (c, looked)
+    assert c["cache_hits"] >= pinned_looked > 0, (c, pinned_looked)
+    dut._log.info(f"{looked} rows looked up, {pinned_looked} of them pinned; "
+                  f"{c['cache_hits']} hits")
 
 
 def fmt_query_before_load(fmt: DeviceFormat, model, query) -> np.ndarray:

@@ -4,7 +4,7 @@ driver over the simulation transport (sim/tb_top.py)."""
 import pytest
 
 from sim import runner
-from sim.tb_top import build_top
+from sim.tb_top import build_top, cached_tiny
 
 
 @pytest.fixture(scope="session")
@@ -24,5 +24,17 @@ def test_queries_through_the_top_level(top_build, tmp_path, seed, idle, latency,
         "keep": keep, "queries": 6, "candidates": candidates})
     results = runner.run(sim_runner, test_module="sim.tb_top", toplevel=top,
                          test_filter="test_queries_through_the_top_level$", extra_env=env,
+                         results_xml=tmp_path / "results.xml")
+    assert len(results) == 1
+
+
+def test_static_cache_through_the_top_level(tmp_path):
+    """The tiny top level with static and dynamic caches, pinned rows loaded."""
+    sim_runner, top = build_top(cached_tiny())
+    env = runner.write_tb_config(tmp_path / "tb.json", {
+        "seed": 3, "idle": 0.3, "latency": [10, 60], "sb_rows": 8, "rows": 24,
+        "queries": 5, "candidates": 20})
+    results = runner.run(sim_runner, test_module="sim.tb_top", toplevel=top,
+                         test_filter="test_static_cache_through_the_top_level$", extra_env=env,
                          results_xml=tmp_path / "results.xml")
     assert len(results) == 1

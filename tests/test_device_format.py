@@ -1,0 +1,75 @@
+"""The device format's static-cache pinning (host.device_format): the rows
+picked, the LOAD_CACHE frame, and the refusals; through the hardware in
+tests/test_top_cocotb.py."""
+
+import numpy as np
+import pytest
+
+from host.device_format import DeviceFormat
+from host.driver import CompiledModel
+from host.movielens import synthetic_queries
+from host.pipeline import PipelineSpec
+from host.protocol import Opcode
+from hw.config import Config
+from sim.tb_top import cached_tiny, tiny_stage
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_stage(3, rows=40)
+    queries = synthetic_queries(model.config, 6, 20, user_bag=3, seed=5)
+    return CompiledModel(PipelineSpec("one", ("s",), (3,)), {"s": model}), queries
+
+
+def test_pin_hot_rows_picks_the_most_frequent_rows_per_channel(setup):
+    compiled, queries = setup
+    cfg = cached_tiny()
+    fmt = DeviceFormat(cfg)
+    pinned = fmt.pin_hot_rows(compiled, queries)
+    table, rows = pinned.pinned["s"]
+    mcfg = compiled.stages["s"].config
+    amap = fmt.tables(compiled.stages["s"]).address_map
+    counts = {t.name: np.zeros(t.rows, np.int64) for t in mcfg.tables}
+    for q in queries:
+        for t, ids in zip(mcfg.user_tables, q.user_ids):
+            np.add.at(counts[t.name], ids, 1)
+        np.add.at(counts[mcfg.item_tables[0].name], q.item_ids[:, 0], 1)
+    for c in range(cfg.embedding.channels):
+        names = {t.name for t in amap.tables if t.kind == "channel" and t.unit == c}
+        mine = [(mcfg.tables[t].name, r) for t, r in zip(table.tolist(), rows.tolist())
+                if mcfg.tables[t].name in names]
+        assert 0 < len(mine) <= cfg.embedding.static_rows
+        got = sorted(counts[n][r] for n, r in mine)
+        # a pinned row is looked up at least as often as any row left out of
+        # its set (ways permitting: here the sets are never the limit for the
+        # most frequent row)
+        left = [counts[n][r] for n in names for r in range(counts[n].size)
+                if (n, r) not in mine]
+        assert max(got) >= max(left) and min(got) > 0
+    frames, _ = fmt.compile(pinned)
+    assert [op for op, _ in frames] == [Opcode.LOAD_TABLES, Opcode.LOAD_WEIGHTS,
+                                        Opcode.LOAD_CACHE, Opcode.CONFIGURE_STAGES]
+    # without pinned rows, no LOAD_CACHE
+    assert Opcode.LOAD_CACHE not in [op for op, _ in fmt.compile(compiled)[0]]
+
+
+def test_pinning_needs_a_static_cache(setup):
+    compiled, queries = setup
+    fmt = DeviceFormat(Config.preset("tiny"))
+    with pytest.raises(ValueError, match="no static cache"):
+        fmt.pin_hot_rows(compiled, queries)
+    pinned = DeviceFormat(cached_tiny()).pin_hot_rows(compiled, queries)
+    with pytest.raises(ValueError, match="no static cache"):
+        fmt.compile(pinned)
+
+
+def test_bad_pinned_rows_are_refused(setup):
+    compiled, _ = setup
+    fmt = DeviceFormat(cached_tiny())
+    import dataclasses
+    twice = dataclasses.replace(compiled, pinned={"s": (np.array([2, 2]), np.array([1, 1]))})
+    with pytest.raises(ValueError, match="twice"):
+        fmt.compile(twice)
+    past = dataclasses.replace(compiled, pinned={"s": (np.array([2]), np.array([40]))})
+    with pytest.raises(ValueError):
+        fmt.compile(past)
