@@ -25,6 +25,13 @@ def _add_config_args(p, default="default"):
     p.add_argument("--config", metavar="TOML", help="a config file (overrides --preset)")
 
 
+def _sb_rows(args, cfg: Config) -> int:
+    """The sub-batch: ``--sb-rows``, else 128 candidates (the best of 64, 128
+    and 256 on the default preset, README "End to end") or the array's
+    ``max_rows`` if fewer."""
+    return args.sb_rows if args.sb_rows is not None else min(128, cfg.array.max_rows)
+
+
 def _write_json(path, obj):
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +142,7 @@ def cmd_bench(args):
         if args.synth_json:
             fmax = json.loads(Path(args.synth_json).read_text())["fmax_mhz"]
         report = hardware_e2e(cfg, n_queries=args.queries, n_candidates=args.candidates,
-                              sb_rows=args.sb_rows, fmax_mhz=fmax,
+                              sb_rows=_sb_rows(args, cfg), fmax_mhz=fmax,
                               progress=lambda s: print(s, flush=True))
         print(format_hardware_e2e(report))
         _write_json(args.json, report)
@@ -150,10 +157,11 @@ def cmd_run(args):
     cfg = _config(args)
     say = lambda s: print(s, flush=True)  # noqa: E731
     fmax = json.loads(Path(args.synth_json).read_text())["fmax_mhz"] if args.synth_json else None
+    sb_rows = _sb_rows(args, cfg)
     setup = movielens_setup(cfg, n_queries=args.queries, n_candidates=args.candidates,
-                            sb_rows=args.sb_rows, seed=args.seed, progress=say)
+                            sb_rows=sb_rows, seed=args.seed, progress=say)
     report = hardware_run(cfg, setup, load=args.load, rate_qps=args.rate, sweep=args.sweep,
-                          sb_rows=args.sb_rows, seed=args.seed, cpu=not args.no_cpu,
+                          sb_rows=sb_rows, seed=args.seed, cpu=not args.no_cpu,
                           fmax_mhz=fmax, progress=say)
     if args.plots:
         report["plots"] = write_plots(report, args.plots)
@@ -224,7 +232,8 @@ def main(argv=None):
     p.add_argument("--queries", type=int, default=16, help="e2e: queries")
     p.add_argument("--candidates", type=int, default=None,
                    help="e2e: candidates per query (default: array.max_rows)")
-    p.add_argument("--sb-rows", type=int, default=64, help="e2e: candidates per sub-batch")
+    p.add_argument("--sb-rows", type=int, default=None,
+                   help="e2e: candidates per sub-batch (default: 128, at most array.max_rows)")
     p.add_argument("--synth-json", metavar="PATH",
                    help="e2e: a `recaccel synth --json` report whose Fmax gives the "
                         "modelled queries per second (default: the config's clock)")
@@ -236,7 +245,8 @@ def main(argv=None):
     _add_config_args(p)
     p.add_argument("--queries", type=int, default=32, help="queries (one per user)")
     p.add_argument("--candidates", type=int, default=256, help="candidates per query")
-    p.add_argument("--sb-rows", type=int, default=64, help="candidates per sub-batch")
+    p.add_argument("--sb-rows", type=int, default=None,
+                   help="candidates per sub-batch (default: 128, at most array.max_rows)")
     p.add_argument("--load", type=float, default=0.5,
                    help="offered load of the latency run, as a fraction of the measured "
                         "saturation throughput (Poisson arrivals)")
