@@ -59,6 +59,25 @@ def tiny_stage(seed: int, *, dense: int = 3, users: int = 2, rows: int = 40):
                                 max_bag=cfg.embedding.max_bag)
 
 
+async def _device(dut, cfg: Config, fmt: DeviceFormat, *, latency, seed: int,
+                  idle: float = 0.0, memory_bytes: int = 1 << 16) -> SimTransport:
+    """Clock and reset ``dut``, give each AXI port a memory model of
+    ``memory_bytes`` answering with random ``latency`` (cycles, a range),
+    and return the simulation transport, with random stalls of rate
+    ``idle`` on the command and answer streams."""
+    start_clock(dut, 10)
+    await reset(dut, dut.clk, 3)
+    memories = [np.zeros(memory_bytes, np.uint8) for _ in range(cfg.embedding.channels)]
+    for c, mem in enumerate(memories):
+        AxiReadMemory(dut, f"m{c}", dut.clk, memory=mem, reset=dut.rst,
+                      latency=tuple(latency), seed=seed + c)
+    r = random.Random(seed)
+    idle_a, idle_b = (random_pauses(random.Random(r.random()), idle) if idle else None
+                      for _ in range(2))
+    return SimTransport(dut, dut.clk, clock_mhz=cfg.clock_mhz, reset=dut.rst, idle=idle_a,
+                        backpressure=idle_b, payload_format=fmt, memories=memories)
+
+
 @cocotb.test(timeout_time=200, timeout_unit="ms")
 async def test_queries_through_the_top_level(dut):
     """A query before anything is loaded; the load; queries in flight together
@@ -68,25 +87,15 @@ async def test_queries_through_the_top_level(dut):
     from cocotb.task import bridge
     tb = read_tb_config()
     cfg = Config.preset("tiny")
-    r = random.Random(tb["seed"])
     model = tiny_stage(tb["seed"])
     keep = tb["keep"]
     spec = PipelineSpec("one stage", ("s",), (keep,))
     compiled = CompiledModel(spec, {"s": model})
     queries = synthetic_queries(model.config, tb["queries"], tb["candidates"], user_bag=3,
                                 seed=tb["seed"] + 7)
-    start_clock(dut, 10)
-    await reset(dut, dut.clk, 3)
-    memories = [np.zeros(1 << 16, np.uint8) for _ in range(cfg.embedding.channels)]
-    for c, mem in enumerate(memories):
-        AxiReadMemory(dut, f"m{c}", dut.clk, memory=mem, reset=dut.rst,
-                      latency=tuple(tb["latency"]), seed=tb["seed"] + c)
-    idle = tb["idle"]
     fmt = DeviceFormat(cfg, sb_rows=tb["sb_rows"])
-    transport = SimTransport(dut, dut.clk, clock_mhz=cfg.clock_mhz, reset=dut.rst,
-                             idle=random_pauses(random.Random(r.random()), idle),
-                             backpressure=random_pauses(random.Random(r.random()), idle),
-                             payload_format=fmt, memories=memories)
+    transport = await _device(dut, cfg, fmt, latency=tb["latency"], seed=tb["seed"],
+                              idle=tb["idle"])
     bad = model.config.tables[0].rows          # an id past the first user table
 
     def host():
@@ -164,23 +173,14 @@ async def test_static_cache_through_the_top_level(dut):
     from cocotb.task import bridge
     tb = read_tb_config()
     cfg = cached_tiny()
-    r = random.Random(tb["seed"])
     model = tiny_stage(tb["seed"], rows=tb["rows"])
     spec = PipelineSpec("one stage", ("s",), (3,))
     queries = synthetic_queries(model.config, tb["queries"], tb["candidates"], user_bag=3,
                                 seed=tb["seed"] + 7)
     fmt = DeviceFormat(cfg, sb_rows=tb["sb_rows"])
     compiled = fmt.pin_hot_rows(CompiledModel(spec, {"s": model}), queries)
-    start_clock(dut, 10)
-    await reset(dut, dut.clk, 3)
-    memories = [np.zeros(1 << 16, np.uint8) for _ in range(cfg.embedding.channels)]
-    for c, mem in enumerate(memories):
-        AxiReadMemory(dut, f"m{c}", dut.clk, memory=mem, reset=dut.rst,
-                      latency=tuple(tb["latency"]), seed=tb["seed"] + c)
-    transport = SimTransport(dut, dut.clk, clock_mhz=cfg.clock_mhz, reset=dut.rst,
-                             idle=random_pauses(random.Random(r.random()), tb["idle"]),
-                             backpressure=random_pauses(random.Random(r.random()), tb["idle"]),
-                             payload_format=fmt, memories=memories)
+    transport = await _device(dut, cfg, fmt, latency=tb["latency"], seed=tb["seed"],
+                              idle=tb["idle"])
 
     def host():
         acc = Accelerator(transport, timeout_cycles=400_000)
@@ -265,15 +265,9 @@ async def run_queries(dut):
     with open(tb["job"], "rb") as f:
         job = pickle.load(f)
     cfg, compiled, queries = job["config"], job["model"], job["queries"]
-    start_clock(dut, 10)
-    await reset(dut, dut.clk, 3)
-    memories = [np.zeros(job["memory_bytes"], np.uint8) for _ in range(cfg.embedding.channels)]
-    for c, mem in enumerate(memories):
-        AxiReadMemory(dut, f"m{c}", dut.clk, memory=mem, reset=dut.rst,
-                      latency=tuple(job["latency"]), seed=job["seed"] + c)
-    transport = SimTransport(dut, dut.clk, clock_mhz=cfg.clock_mhz, reset=dut.rst,
-                             payload_format=DeviceFormat(cfg, sb_rows=job["sb_rows"]),
-                             memories=memories)
+    transport = await _device(dut, cfg, DeviceFormat(cfg, sb_rows=job["sb_rows"]),
+                              latency=job["latency"], seed=job["seed"],
+                              memory_bytes=job["memory_bytes"])
 
     def one(acc, rate):
         before, start = acc.counters(), transport.now()
