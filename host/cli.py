@@ -162,12 +162,13 @@ def cmd_run(args):
                             sb_rows=sb_rows, seed=args.seed, progress=say)
     report = hardware_run(cfg, setup, load=args.load, rate_qps=args.rate, sweep=args.sweep,
                           sb_rows=sb_rows, seed=args.seed, cpu=not args.no_cpu,
+                          log_file=Path(args.out) / "simulator.log",
                           fmax_mhz=fmax, progress=say)
-    if args.plots:
-        report["plots"] = write_plots(report, args.plots)
+    report["plots"] = write_plots(report, args.out)
     print(format_run(report))
     for p in report.get("plots", []):
         print(f"  plot: {p}")
+    print(f"  simulator output: {report['simulator_log']}")
     _write_json(args.json, report)
     if report["answers_wrong"]:
         print("error: some answers differ from the golden pipeline", file=sys.stderr)
@@ -260,8 +261,9 @@ def main(argv=None):
     p.add_argument("--synth-json", metavar="PATH",
                    help="a `recaccel synth --json` report whose Fmax gives the modelled "
                         "queries per second (default: the config's clock)")
-    p.add_argument("--plots", metavar="DIR", default="build/run",
-                   help="where the plots go (latency CDF, throughput against load)")
+    p.add_argument("--out", metavar="DIR", default="build/run",
+                   help="where the plots (latency CDF, throughput against load) and the "
+                        "simulator's output go")
     p.add_argument("--json", metavar="PATH", default="build/run/report.json")
     p.set_defaults(func=cmd_run)
 

@@ -160,13 +160,14 @@ def movielens_setup(config: Config, *, n_queries: int = 32, n_candidates: int = 
 def hardware_run(config: Config, setup: RunSetup, *, load: float | None = 0.5,
                  rate_qps: float | None = None, sweep: Sequence[float] = (),
                  sb_rows: int = 64, latency=(20, 60), seed: int = 0, cpu: bool = True,
-                 fmax_mhz: float | None = None,
+                 fmax_mhz: float | None = None, log_file=None,
                  progress: Callable[[str], None] = print) -> dict:
     """Stream ``setup``'s queries through the top level (module docstring),
     in one simulation: first all at once (the saturation throughput
     ``S``), then the latency run at ``rate_qps`` queries/s, or at ``load *
     S`` (Poisson), then once at each ``f * S`` of ``sweep``. Returns the
-    report (JSON-able); ``run`` is the latency run."""
+    report (JSON-able); ``run`` is the latency run. ``log_file``: where the
+    simulator's output goes (default: stdout)."""
     from sim.tb_top import run_job
     if rate_qps is not None and not rate_qps > 0:
         raise ValueError(f"rate: must be positive, not {rate_qps!r}")
@@ -185,7 +186,8 @@ def hardware_run(config: Config, setup: RunSetup, *, load: float | None = 0.5,
              f"simulator build is cached after the first run) ...")
     runs = run_job(config, model, queries, sb_rows=sb_rows, latency=latency,
                    rates=[None] + ([rate_qps] if rate_qps is not None else []),
-                   fractions=fractions, positives=setup.positives, seed=seed)
+                   fractions=fractions, positives=setup.positives, seed=seed,
+                   log_file=log_file)
     sat, main = runs[0], runs[1]
     cycles = sat["run_cycles"]
     emb = config.embedding
@@ -196,6 +198,7 @@ def hardware_run(config: Config, setup: RunSetup, *, load: float | None = 0.5,
         "candidates_per_query": float(np.mean([q.n_candidates for q in queries])),
         "keep": model.spec.keep[0], "sb_rows": sb_rows, "memory_latency_cycles": list(latency),
         "cycles_source": "measured: Verilator cycles of the top level",
+        "simulator_log": str(log_file) if log_file else None,
         "pinned_rows": int(len(model.pinned["s"][0])) if model.pinned else 0,
         "run": main, "saturation": sat,
         "cycles_per_query": cycles / len(queries),

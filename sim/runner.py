@@ -443,6 +443,7 @@ def run(
     extra_env: Mapping[str, str] | None = None,
     results_xml: str | os.PathLike[str],
     seed: int | None = None,
+    log_file: str | os.PathLike[str] | None = None,
 ) -> list[TestResult]:
     """Run the cocotb tests of one module in one simulator launch.
 
@@ -464,6 +465,8 @@ def run(
         if any, lands there too). Give each concurrent run its own folder.
     seed : int, optional
         ``COCOTB_RANDOM_SEED`` for the run.
+    log_file : path-like, optional
+        Where the simulator's output goes (default: this process's stdout).
 
     Returns
     -------
@@ -499,6 +502,7 @@ def run(
             build_dir=runner.build_dir,
             seed=seed,
             waves=runner.traced,
+            log_file=log_file,
         )
     except SystemExit as exc:
         # cocotb's runner exits (rather than raising) on simulator or test failures.
@@ -545,15 +549,18 @@ def read_tb_config() -> dict[str, Any]:
 
 
 def run_report(runner: VerilatorRunner, *, test_module: str, toplevel: str, test: str,
-               tb: Mapping[str, Any]) -> dict[str, Any]:
+               tb: Mapping[str, Any],
+               log_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Run one cocotb benchmark ``test`` with the testbench configuration
     ``tb`` plus ``"report"``, the path where the test writes its JSON
-    figures, and return them."""
+    figures, and return them (``log_file``: as :func:`run`)."""
     with tempfile.TemporaryDirectory(prefix=f"{test}-") as tmp:
         tmp = Path(tmp)
         env = write_tb_config(tmp / "tb.json", {**tb, "report": str(tmp / "report.json")})
+        if log_file is not None:
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         run(runner, test_module=test_module, toplevel=toplevel, test_filter=f"{test}$",
-            extra_env=env, results_xml=tmp / "results.xml")
+            extra_env=env, results_xml=tmp / "results.xml", log_file=log_file)
         return json.loads((tmp / "report.json").read_text())
 
 

@@ -231,14 +231,15 @@ def fmt_query_before_load(fmt: DeviceFormat, model, query) -> np.ndarray:
 def run_job(config: Config, model: CompiledModel, queries, *, sb_rows: int, latency,
             rates=(None,), fractions=(), sequential: bool = False, positives=None,
             quality: bool = True, seed: int = 0, memory_bytes: int = 1 << 20,
-            timeout_cycles: int = 2_000_000) -> list[dict]:
+            timeout_cycles: int = 2_000_000, log_file=None) -> list[dict]:
     """Build the top level of ``config`` (cached) and run :func:`run_queries`
     on it in one simulation: ``model`` loaded, ``queries`` streamed once per
     offered rate of ``rates`` (queries/s; ``None``: all at once), then once
     per fraction of ``fractions`` of the first run's throughput, or (with
     ``sequential``) one at a time. Returns one report per run (the driver's
     :meth:`~host.driver.RunReport.to_dict` with ``run_cycles`` and
-    ``counters_delta``, the device's counters over the run)."""
+    ``counters_delta``, the device's counters over the run). ``log_file``:
+    where the simulator's output goes (default: stdout)."""
     import pickle
     import tempfile
     sim_runner, top = build_top(config)
@@ -250,7 +251,7 @@ def run_job(config: Config, model: CompiledModel, queries, *, sb_rows: int, late
         pickle.dump(job, f)
         f.flush()
         return runner.run_report(sim_runner, test_module="sim.tb_top", toplevel=top,
-                                 test="run_queries", tb={"job": f.name})
+                                 test="run_queries", tb={"job": f.name}, log_file=log_file)
 
 
 @cocotb.test(timeout_time=3000, timeout_unit="sec")

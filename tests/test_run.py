@@ -17,7 +17,7 @@ def test_cli_run_on_tiny(tmp_path, capsys):
     out = tmp_path / "report.json"
     rc = main(["run", "--preset", "tiny", "--queries", "5", "--candidates", "24",
                "--sb-rows", "8", "--sweep", "0.5", "1.5", "--no-cpu",
-               "--json", str(out), "--plots", str(tmp_path / "plots")])
+               "--json", str(out), "--out", str(tmp_path / "plots")])
     text = capsys.readouterr().out
     assert rc == 0, text
     r = json.loads(out.read_text())
@@ -41,7 +41,8 @@ def test_cli_run_on_tiny(tmp_path, capsys):
     assert any("does not fit tiny" in n for n in r["notes"])
     assert "does not fit tiny" in text and "0 wrong" in text
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
-        "latency_cdf.png", "throughput_vs_load.png"]
+        "latency_cdf.png", "simulator.log", "throughput_vs_load.png"]
+    assert "run_queries passed" in (tmp_path / "plots" / "simulator.log").read_text()
 
 
 def test_setup_without_data(monkeypatch):
