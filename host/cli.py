@@ -253,7 +253,7 @@ def main(argv=None):
                         "saturation throughput (Poisson arrivals)")
     p.add_argument("--rate", type=float, default=None, metavar="QPS",
                    help="offered load of the latency run in queries/s (overrides --load)")
-    p.add_argument("--sweep", type=float, nargs="*", default=[0.25, 0.75, 1.2],
+    p.add_argument("--sweep", type=float, nargs="*", default=[0.75, 1.2],
                    help="more runs at these fractions of saturation (throughput against "
                         "offered load)")
     p.add_argument("--seed", type=int, default=0)
