@@ -157,7 +157,7 @@ def movielens_setup(config: Config, *, n_queries: int = 32, n_candidates: int = 
     return RunSetup(model, {"s": params}, queries, positives, data, weights, notes)
 
 
-def hardware_run(config: Config, setup: RunSetup, *, load: float | None = 0.5,
+def hardware_run(config: Config, setup: RunSetup, *, load: float = 0.5,
                  rate_qps: float | None = None, sweep: Sequence[float] = (),
                  sb_rows: int = 64, latency=(20, 60), seed: int = 0, cpu: bool = True,
                  fmax_mhz: float | None = None, log_file=None,
@@ -171,7 +171,7 @@ def hardware_run(config: Config, setup: RunSetup, *, load: float | None = 0.5,
     from sim.tb_top import run_job
     if rate_qps is not None and not rate_qps > 0:
         raise ValueError(f"rate: must be positive, not {rate_qps!r}")
-    for f in ([load] if load is not None else []) + list(sweep):
+    for f in [load, *sweep]:
         if not f > 0:
             raise ValueError(f"load and sweep: fractions of saturation must be positive, "
                              f"not {f!r}")
@@ -180,7 +180,7 @@ def hardware_run(config: Config, setup: RunSetup, *, load: float | None = 0.5,
     macs = 0
     for q in queries:
         macs += query_cost([stage], run_pipeline(model.spec, model.stages, q), q, config)[0]
-    fractions = ([] if rate_qps is not None else [load or 1.0]) + list(sweep)
+    fractions = ([] if rate_qps is not None else [load]) + list(sweep)
     progress(f"streaming {len(queries)} queries through the top level of {config.name} in "
              f"Verilator, {1 + (rate_qps is not None) + len(fractions)} times (the "
              f"simulator build is cached after the first run) ...")
