@@ -108,7 +108,7 @@ from .protocol import Opcode, Status
 
 __all__ = ["Transport", "GoldenDevice", "GoldenTransport", "CompiledModel", "compile_model",
            "Accelerator", "Answer", "RunReport", "DeviceError", "percentile",
-           "roofline_cycles", "query_cost", "poisson_arrivals"]
+           "roofline_cycles", "query_cost", "poisson_arrivals", "answer_right"]
 
 
 class DeviceError(RuntimeError):
@@ -616,6 +616,14 @@ def _quality(answers: Sequence[Answer], reference: Sequence[PipelineResult] | No
     return out
 
 
+def answer_right(model: CompiledModel, query: Query, answer: Answer) -> bool:
+    """``answer`` is OK and its positions and scores are, bit for bit, those
+    of the golden pipeline (:func:`host.pipeline.run_pipeline`) on ``query``."""
+    want = run_pipeline(model.spec, model.stages, query)
+    return (answer.ok and np.array_equal(answer.positions, want.positions)
+            and np.array_equal(answer.scores, want.scores))
+
+
 class Accelerator:
     """The driver (module docstring).
 
@@ -811,10 +819,8 @@ class Accelerator:
         checked = wrong = 0
         if check:
             for a in answers:
-                want = run_pipeline(self.model.spec, self.model.stages, queries[a.index])
                 checked += 1
-                wrong += not (a.ok and np.array_equal(a.positions, want.positions)
-                              and np.array_equal(a.scores, want.scores))
+                wrong += not answer_right(self.model, queries[a.index], a)
         reference = None
         if quality and self.model.float_stages is not None:
             reference = [run_pipeline(self.model.spec, self.model.float_stages, q)

@@ -153,7 +153,8 @@ WEIGHTS_FORMAT = 1
 #: ``READ_COUNTERS`` answer, one word each, in this order. ``cache_hits`` and
 #: ``cache_misses``: embedding rows found in the static or dynamic caches and
 #: rows read from memory instead (0 on a device without caches; the golden
-#: device models none).
+#: device models none). The hardware sums per-channel counts that each wrap
+#: at 2**32.
 COUNTERS = ("frames", "queries", "errors", "candidates", "macs", "lookup_bytes",
             "busy_cycles", "cache_hits", "cache_misses")
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from host import protocol as P
 from host.device_format import DeviceFormat
-from host.driver import Accelerator, CompiledModel, DeviceError
+from host.driver import Accelerator, CompiledModel, DeviceError, answer_right
 from host.models import StageModelConfig, TableSpec, init_params, quantize_stage_model
 from host.movielens import synthetic_queries
 from host.pipeline import PipelineSpec, run_pipeline
@@ -278,9 +278,7 @@ async def run_queries(dut):
             for i, q in enumerate(queries):
                 acc.submit(q, index=i)
                 answers += acc.wait_all()
-            wrong = sum(not (a.ok and np.array_equal(
-                a.positions, run_pipeline(compiled.spec, compiled.stages, queries[a.index])
-                .positions)) for a in answers)
+            wrong = sum(not answer_right(compiled, queries[a.index], a) for a in answers)
             out = {"answers_checked": len(answers), "answers_wrong": int(wrong),
                    "latency_cycles": [int(a.latency) for a in answers]}
         else:
