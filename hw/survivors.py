@@ -63,10 +63,12 @@ Flow and deadlock
     finishes queries ``n`` and ``n + 1``, and sends their lists, without
     taking any more candidates). While a query's survivors leave, ``topk``
     waits (the filter's own FIFOs hold the next list), so stage 1 must
-    also not wait on stage 2 in any other way: with the two sharing a
-    feature fetch (:class:`hw.bag_arbiter.BagArbiter`, whose return is in
-    order), each stage must take its features without waiting for the
-    other.
+    also not wait on stage 2 in any other way. The feature fetch the two
+    share (:class:`hw.bag_arbiter.BagArbiter`) does not make it: each stage
+    has its own return FIFO and credits there, so a stage holding its
+    features back stops only its own bags. Each stage need only take its
+    own features eventually, not in step with the other (and must not stop
+    in the middle of a bag, which stops both stages' bags).
 
 One survivor a cycle out; one pair a cycle in; the query buffer's read port
 is synchronous (block RAM), its list RAM combinational (at most ``k_max``

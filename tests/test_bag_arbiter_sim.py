@@ -10,6 +10,7 @@ bags are granted round-robin. Plus bad parameters and Verilator lint."""
 
 import random
 import zlib
+from dataclasses import dataclass, field
 
 import pytest
 from amaranth.sim import Simulator
@@ -33,6 +34,8 @@ def test_rejects_bad_parameters():
         BagArbiter(EMB, DIM, clients=1)
     with pytest.raises(ValueError, match="depth: .* not 0"):
         BagArbiter(EMB, DIM, depth=0)
+    with pytest.raises(ValueError, match=r"depth: .*at least 3\), not 2"):
+        BagArbiter(EMB, DIM, depth=2)
 
 
 def _bags(r, client, n):
@@ -73,19 +76,33 @@ def _as_feature(f):
     return {"item": f.item, "last": f.last, "status": f.status, "vec": list(f.vec)}
 
 
-def _run(dut, r, bags, *, idle, stall, delay, cycles):
-    """Clients send ``bags[c]``; returns what the fetch saw (per bag: its
-    client), the features each client got, the most bags in flight, and the
-    processes that finished."""
+@dataclass
+class Run:
+    order: list         # the client of each bag at o
+    got: list           # the features each client got
+    most: list          # per client: most credits in use (bags in flight + features waiting)
+    done: list          # the processes that finished
+    held: dict = field(default_factory=dict)  # held client: (bags granted, r<c>.valid) at release
+    r_offers: int = 0   # cycles with r.valid
+    stuck: int = 0      # ... with the head feature's client not ready on r<c>
+
+
+def _run(dut, r, bags, *, idle, stall, delay, cycles, slow=None, hold=(),
+         never_blocks=False):
+    """Clients send ``bags[c]`` and take their features with ``stall`` (or
+    ``slow``, when given), the fetch takes bags with ``stall``; a client in
+    ``hold`` takes none of its features until every other client got all of
+    its own. With
+    ``never_blocks`` (and a fetch answering at least 2 cycles after a bag:
+    ``min(delay) >= 2``), ``r`` must be ready whenever it is valid."""
     n = dut.clients
     ins = [getattr(dut, f"i{c}") for c in range(n)]
     outs = [getattr(dut, f"r{c}") for c in range(n)]
-    order = []                          # the client of each bag at o
+    run = Run(order=[], got=[[] for _ in range(n)], most=[0] * n, done=[])
+    order, got, done = run.order, run.got, run.done
     pending = []                        # features the fetch owes, in bag order
-    got = [[] for _ in range(n)]
-    inflight = [0, 0]                   # now, most
-    done = []
     total = sum(len(b) for b in bags)
+    assert not never_blocks or min(delay) >= 2
 
     def client(c):
         async def send(ctx):
@@ -102,8 +119,15 @@ def _run(dut, r, bags, *, idle, stall, delay, cycles):
 
     def receiver(c):
         async def receive(ctx):
+            if c in hold:
+                while not all(f"r{o}" in done for o in range(n) if o not in hold):
+                    await ctx.tick()
+                for _ in range(20):     # time enough to grant a bag, were there a credit
+                    await ctx.tick()
+                run.held[c] = (order.count(c), ctx.get(outs[c].valid))
             while len(got[c]) < len(bags[c]):
-                got[c].append(_as_feature(await stream_get(ctx, outs[c], rng=r, stall=stall)))
+                got[c].append(_as_feature(await stream_get(
+                    ctx, outs[c], rng=r, stall=stall if slow is None else slow)))
             done.append(f"r{c}")
         return receive
 
@@ -137,23 +161,38 @@ def _run(dut, r, bags, *, idle, stall, delay, cycles):
         done.append("answer")
 
     async def monitor(ctx):
-        # bags in flight: a first beat taken at o, minus features taken at r;
-        # and the stream rules at o: a beat offered stays until taken
+        # each client's credits in use: its bags' first beats taken at o,
+        # minus its features taken at r<c>; and the stream rules at o: a
+        # beat offered stays until taken
         mid = False
         waiting = None
+        used = [0] * n
+        sigs = [dut.o.valid, dut.o.ready, dut.o.payload.lookup.last, dut.o.payload.lookup.id,
+                dut.o.payload.as_value(), dut.r.valid, dut.r.ready]
+        for c in range(n):
+            sigs += [outs[c].valid, outs[c].ready]
+        heads = []                      # clients of the features owed on r
         while len(done) < 2 * n + 2:
-            _, _, ov, ordy, last, beat, rv, rrdy = await ctx.tick().sample(
-                dut.o.valid, dut.o.ready, dut.o.payload.lookup.last, dut.o.payload.as_value(),
-                dut.r.valid, dut.r.ready)
+            _, _, ov, ordy, last, oid, beat, rv, rrdy, *rc = await ctx.tick().sample(*sigs)
             if waiting is not None:
                 assert ov and beat == waiting, "a bag's beat changed or left before taken"
             waiting = beat if ov and not ordy else None
             if ov and ordy:
-                inflight[0] += not mid
+                if not mid:
+                    used[oid >> 28] += 1
+                    heads.append(oid >> 28)
                 mid = not last
-            inflight[0] -= rv and rrdy
-            assert 0 <= inflight[0] <= dut.depth, f"{inflight[0]} bags in flight"
-            inflight[1] = max(inflight)
+            if rv:
+                run.r_offers += 1
+                h = heads[0]
+                run.stuck += not rc[2 * h + 1]
+                assert rrdy or not never_blocks, "r blocked"
+                if rrdy:
+                    heads.pop(0)
+            for c in range(n):
+                used[c] -= rc[2 * c] and rc[2 * c + 1]
+                assert 0 <= used[c] <= dut.depth, f"client {c}: {used[c]} credits in use"
+                run.most[c] = max(run.most[c], used[c])
         done.append("monitor")
 
     sim = Simulator(dut)
@@ -162,28 +201,72 @@ def _run(dut, r, bags, *, idle, stall, delay, cycles):
               + [fetch, answer, monitor]):
         sim.add_testbench(p)
     run_bounded(sim, PERIOD * cycles)
-    return order, got, inflight[1], done
+    return run
 
 
-@pytest.mark.parametrize("clients, depth, seed", [(2, 32, 0), (2, 3, 1), (2, 1, 2), (3, 4, 3)])
+def _all_done(n):
+    return sorted([f"i{c}" for c in range(n)] + [f"r{c}" for c in range(n)]
+                  + ["fetch", "answer", "monitor"])
+
+
+@pytest.mark.parametrize("clients, depth, seed", [(2, 32, 0), (2, 3, 1), (3, 3, 2), (3, 4, 3)])
 def test_each_client_gets_its_own_features(clients, depth, seed):
     r = random.Random(seed)
     dut = BagArbiter(EMB, DIM, clients=clients, depth=depth)
     bags = [_bags(r, c, r.randint(30, 50)) for c in range(clients)]
-    # a slow fetch: the order FIFO fills
-    order, got, most, done = _run(dut, r, bags, idle=0.3, stall=0.3, delay=[0, 0, 1, 6],
-                                  cycles=8_000)
-    assert sorted(done) == sorted([f"i{c}" for c in range(clients)]
-                                  + [f"r{c}" for c in range(clients)]
-                                  + ["fetch", "answer", "monitor"]), f"hung: only {done}"
+    # a slow fetch: the credits run out
+    run = _run(dut, r, bags, idle=0.3, stall=0.3, delay=[0, 0, 1, 6], cycles=8_000)
+    assert sorted(run.done) == _all_done(clients), f"hung: only {run.done}"
     for c in range(clients):
-        assert got[c] == [_feature(b) for b in bags[c]]
-    assert sorted(order) == sorted(c for c in range(clients) for _ in bags[c])
+        assert run.got[c] == [_feature(b) for b in bags[c]]
+    assert sorted(run.order) == sorted(c for c in range(clients) for _ in bags[c])
     if depth <= 4:
-        assert most == depth, "the order FIFO never filled"
+        assert max(run.most) == depth, "no client ever ran out of credits"
     # both clients were busy at once, or arbitration was never tested
-    switches = sum(a != b for a, b in zip(order, order[1:]))
-    assert switches > len(order) // 4
+    switches = sum(a != b for a, b in zip(run.order, run.order[1:]))
+    assert switches > len(run.order) // 4
+
+
+@pytest.mark.parametrize("clients, depth, seed", [(2, 4, 11), (3, 3, 12), (2, 32, 13)])
+def test_held_client_stalls_only_itself(clients, depth, seed):
+    """Client 0 takes none of its features (r0.ready low) and has more than
+    ``depth`` bags: it is granted exactly ``depth`` bags, its features wait
+    in its FIFO, and the other clients' bags and features (taken with random
+    stalls) all go through meanwhile. Then client 0 takes its features and
+    sends the rest of its bags."""
+    r = random.Random(seed)
+    dut = BagArbiter(EMB, DIM, clients=clients, depth=depth)
+    bags = [_bags(r, 0, depth + 10)] + [_bags(r, c, 60) for c in range(1, clients)]
+    run = _run(dut, r, bags, idle=0.2, stall=0.4, delay=[2, 2, 3, 7], cycles=20_000,
+               hold={0}, never_blocks=True)
+    assert sorted(run.done) == _all_done(clients), f"hung: only {run.done}"
+    for c in range(clients):
+        assert run.got[c] == [_feature(b) for b in bags[c]], f"client {c}"
+    # on release: client 0 had been granted depth bags, no more, and their
+    # features were waiting for it
+    assert run.held == {0: (depth, 1)}
+    # client 0's bag after those came only after all the others' bags
+    after = [i for i, c in enumerate(run.order) if c == 0][depth]
+    assert all(c == 0 for c in run.order[after:])
+    assert run.most[0] == depth
+
+
+def test_return_never_blocks():
+    """Clients slow to take their features (random stalls), a fetch
+    answering at random after at least 2 cycles: ``r`` is ready whenever
+    valid, also while the head feature's client is not ready (where an
+    in-order return would have waited)."""
+    r = random.Random(21)
+    dut = BagArbiter(EMB, DIM, clients=3, depth=4)
+    bags = [_bags(r, c, 50) for c in range(3)]
+    run = _run(dut, r, bags, idle=0.1, stall=0.1, slow=0.8, delay=[2, 2, 2, 3], cycles=20_000,
+               never_blocks=True)
+    assert sorted(run.done) == _all_done(3), f"hung: only {run.done}"
+    for c in range(3):
+        assert run.got[c] == [_feature(b) for b in bags[c]]
+    assert run.r_offers == 150
+    assert run.stuck > 30, "the clients' stalls never met a feature on r"
+    assert max(run.most) == 4
 
 
 def test_round_robin():
@@ -192,10 +275,10 @@ def test_round_robin():
     r = random.Random(5)
     dut = BagArbiter(EMB, DIM, clients=2, depth=8)
     bags = [_bags(r, c, 20) for c in range(2)]
-    order, got, _, done = _run(dut, r, bags, idle=0, stall=0, delay=[0], cycles=1_000)
-    assert len(done) == 7, f"hung: only {done}"
-    assert order == [0, 1] * 20
-    assert got == [[_feature(b) for b in bags[c]] for c in range(2)]
+    run = _run(dut, r, bags, idle=0, stall=0, delay=[0], cycles=1_000)
+    assert sorted(run.done) == _all_done(2), f"hung: only {run.done}"
+    assert run.order == [0, 1] * 20
+    assert run.got == [[_feature(b) for b in bags[c]] for c in range(2)]
 
 
 def test_offered_bag_keeps_o():
@@ -257,7 +340,7 @@ def test_offered_bag_keeps_o():
     assert seen == [(0, _feature(x)), (0, _feature(y)), (1, _feature(z))]
 
 
-@pytest.mark.parametrize("clients, depth", [(2, 32), (3, 1)])
+@pytest.mark.parametrize("clients, depth", [(2, 32), (3, 3)])
 def test_lints_clean(tmp_path, clients, depth):
     from hw.verilog import to_verilog
     from sim.runner import lint
