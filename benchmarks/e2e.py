@@ -183,20 +183,40 @@ def stage_for(config, *, seed: int = 0):
     return init_params(mcfg, seed=seed, table_scale=0.5)
 
 
+def pipeline_for(config, *, seed: int = 0, n_candidates: int | None = None):
+    """``(params, spec)``: synthetic weights of a pipeline of as many stages
+    as ``config``'s top level runs. One stage: :func:`stage_for`, keeping
+    10. Two: a cheap filter (its top layer 16 wide) keeping
+    ``min(64, k_max)`` of the ``n_candidates``, then :func:`stage_for`'s
+    model keeping 10."""
+    import dataclasses
+    k = config.topk.k_max
+    big = stage_for(config, seed=seed)
+    if config.stage.stages == 1:
+        return {"s": big}, PipelineSpec("one stage", ("s",), (min(10, k),))
+    mcfg = big.config
+    small = dataclasses.replace(mcfg, name="filter", top_mlp=(min(16, mcfg.top_mlp[0]), 1))
+    keep1 = min(64, k, n_candidates or k)
+    return ({"s1": init_params(small, seed=seed + 1, table_scale=0.5), "s2": big},
+            PipelineSpec("two stages", ("s1", "s2"), (keep1, min(10, keep1))))
+
+
 def hardware_e2e(config, *, n_queries: int = 16, n_candidates: int | None = None,
                  sb_rows: int = 64, latency=(20, 60), seed: int = 0, cpu: bool = True,
                  fmax_mhz: float | None = None, min_seconds: float = 1.0,
                  progress=print) -> dict:
-    """``recaccel bench e2e``: the one-stage model of :func:`stage_for` on the
-    top level of ``config`` in Verilator (cycles **measured**), every answer
-    checked against the golden pipeline:
+    """``recaccel bench e2e``: the pipeline of :func:`pipeline_for` (one or two
+    stages, as the top level runs) on the top level of ``config`` in
+    Verilator (cycles **measured**), every answer checked against the golden
+    pipeline:
 
     * ``cycles_per_query``: all queries submitted at once, sub-batches of
       ``sb_rows``: simulated cycles from the first submission to the last
       answer, per query (throughput);
     * ``cycles_per_query_no_pipelining``: the same queries one at a time
-      (no query overlaps another) in one sub-batch each (no lookup overlaps
-      the MLP): mean latency;
+      (no query overlaps another, so no stage 2 overlaps the next query's
+      stage 1) in one sub-batch each (no lookup overlaps the MLP): mean
+      latency;
     * ``roofline_cycles_per_query``: the mean over queries of
       ``max(MACs / dim**2, lookup bytes / (channels * bus bytes))``
       (:func:`host.driver.roofline_cycles`);
@@ -208,18 +228,18 @@ def hardware_e2e(config, *, n_queries: int = 16, n_candidates: int | None = None
     from host.driver import query_cost, roofline_cycles
     from sim.tb_top import run_job
     n_candidates = n_candidates or min(config.array.max_rows, 1 << config.topk.id_bits)
-    keep = min(10, config.topk.k_max)
-    params = stage_for(config, seed=seed)
+    params, spec = pipeline_for(config, seed=seed, n_candidates=n_candidates)
+    first = params[spec.stages[0]].config
     bag = min(8, config.embedding.max_bag)
-    calibration = synthetic_queries(params.config, 64, 32, user_bag=bag, seed=seed + 100)
-    queries = synthetic_queries(params.config, n_queries, n_candidates, user_bag=bag, seed=seed)
-    spec = PipelineSpec("one stage", ("s",), (keep,))
-    model = compile_model({"s": params}, spec, calibration, "int8",
+    calibration = synthetic_queries(first, 64, 32, user_bag=bag, seed=seed + 100)
+    queries = synthetic_queries(first, n_queries, n_candidates, user_bag=bag, seed=seed)
+    model = compile_model(params, spec, calibration, "int8",
                           score_bits=config.topk.score_bits, max_bag=config.embedding.max_bag)
+    stages = [model.stages[n] for n in spec.stages]
     roof = []
     for q in queries:
         res = run_pipeline(spec, model.stages, q)
-        roof.append(roofline_cycles(*query_cost([model.stages["s"]], res, q, config), config))
+        roof.append(roofline_cycles(*query_cost(stages, res, q, config), config))
     progress(f"top level of {config.name}: {n_queries} queries of {n_candidates} candidates, "
              f"sub-batches of {sb_rows} (the Verilator build is cached after the first run)")
     (piped,) = run_job(config, model, queries, sb_rows=sb_rows, latency=latency,
@@ -231,8 +251,9 @@ def hardware_e2e(config, *, n_queries: int = 16, n_candidates: int | None = None
     cpq = piped["run_cycles"] / n_queries
     clock = fmax_mhz or config.clock_mhz
     out = {
-        "preset": config.name, "model": "synthetic one-stage dot model (stage_for)",
-        "queries": n_queries, "candidates": n_candidates, "keep": keep, "sb_rows": sb_rows,
+        "preset": config.name, "model": f"synthetic dot models (pipeline_for): {spec.name}",
+        "queries": n_queries, "candidates": n_candidates, "keep": list(spec.keep),
+        "sb_rows": sb_rows,
         "memory_latency_cycles": list(latency),
         "cycles_per_query": cpq,
         "cycles_per_query_no_pipelining": float(np.mean(plain["latency_cycles"])),
@@ -248,7 +269,7 @@ def hardware_e2e(config, *, n_queries: int = 16, n_candidates: int | None = None
     out["roofline_ratio"] = cpq / out["roofline_cycles_per_query"]
     out["pipelining_gain"] = out["cycles_per_query_no_pipelining"] / cpq
     if cpu:
-        c = cpu_baseline(model, queries, {"s": params}, min_seconds=min_seconds)
+        c = cpu_baseline(model, queries, params, min_seconds=min_seconds)
         out["cpu"] = c
         # the fastest CPU run (float NumPy, int8 golden NumPy, float torch)
         runs = {k: v for k, v in c.items() if k.endswith("_qps") and v}
@@ -259,7 +280,8 @@ def hardware_e2e(config, *, n_queries: int = 16, n_candidates: int | None = None
 
 def format_hardware_e2e(r: dict) -> str:
     lines = [f"top level of {r['preset']}: {r['queries']} queries x {r['candidates']} "
-             f"candidates, keep {r['keep']}, sub-batches of {r['sb_rows']} "
+             f"candidates, keep {' then '.join(map(str, r['keep']))}, sub-batches of "
+             f"{r['sb_rows']} "
              f"(cycles measured in Verilator)",
              f"  cycles per query: {r['cycles_per_query']:.0f} (roofline "
              f"{r['roofline_cycles_per_query']:.0f}: {r['roofline_ratio']:.2f}x)",

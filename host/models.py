@@ -466,8 +466,8 @@ ML_DENSE_FEATURES = 3
 #: Named stage models. RM-*: RecPipe's Kaggle models (PAPERS.md: dim 4/16/32;
 #: bottom 13-64-4, 13-64-16, 13-512-256-128-64-32; top 64-1, 64-1, 96-1;
 #: concat). ml-*: MovieLens-100K-sized models of this project (RecPipe's own
-#: MovieLens models are NeuMF, not DLRM): small and medium with the dot
-#: interaction, large with concat.
+#: MovieLens models are NeuMF, not DLRM): small, filter and medium with the
+#: dot interaction, large with concat.
 PRESETS: dict[str, StageModelConfig] = {
     "rm-small": _rm("rm-small", 4, (64, 4), (64, 1)),
     "rm-med": _rm("rm-med", 16, (64, 16), (64, 1)),
@@ -476,6 +476,10 @@ PRESETS: dict[str, StageModelConfig] = {
                                  "dot", (16, 1)),
     "ml-med": StageModelConfig("ml-med", ML_DENSE_FEATURES, (64, 16), _ml_tables(), 16,
                                "dot", (64, 1)),
+    # the cheap filter in front of ml-med (the two-stage top level: both
+    # stages share the feature fetch, so the same embedding dim)
+    "ml-filter": StageModelConfig("ml-filter", ML_DENSE_FEATURES, (16, 16), _ml_tables(), 16,
+                                  "dot", (16, 1)),
     "ml-large": StageModelConfig("ml-large", ML_DENSE_FEATURES, (128, 64), _ml_tables(), 64,
                                  "concat", (256, 64, 1)),
 }

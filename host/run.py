@@ -10,12 +10,16 @@ The model
   query per user of 1 held-out positive and ``candidates - 1`` unseen items;
   else (:class:`host.datasets.DatasetUnavailable`) synthetic queries with
   Zipf ids (:func:`host.movielens.synthetic_queries`);
-* the weights: ``ml-med`` trained on that data (:func:`host.train.trained_params`,
+* the pipeline: as many stages as the preset's top level runs
+  (``config.stage.stages``, :data:`MODELS`): ``ml-med`` keeping 10, or the
+  cheap ``ml-filter`` keeping :data:`FILTER_KEEP` and ``ml-med`` re-ranking
+  those and keeping 10;
+* the weights: those models trained on that data (:func:`host.train.trained_params`,
   from the model cache, or trained when torch is installed); else
-  (:class:`host.train.TorchUnavailable`) synthetic weights of the same shape
-  (:func:`host.models.init_params`); and when ``ml-med`` does not fit the
-  preset's stage engine (``config.stage``), the one-stage model of
-  :func:`benchmarks.e2e.stage_for`.
+  (:class:`host.train.TorchUnavailable`) synthetic weights of the same shapes
+  (:func:`host.models.init_params`); and when they do not fit the preset's
+  stage engines (``config.stage``), the synthetic pipeline of
+  :func:`benchmarks.e2e.pipeline_for`.
 
 ``setup.notes`` says which, and the summary prints it. Calibration uses
 other users' queries than the ones streamed; when the preset has static
@@ -59,14 +63,20 @@ from .pipeline import PipelineSpec, run_pipeline
 
 __all__ = ["RunSetup", "movielens_setup", "hardware_run", "format_run", "write_plots"]
 
-#: The stage model the default preset's stage engine is sized for.
-MODEL = "ml-med"
+#: The stage models of a one-stage and a two-stage top level (the default
+#: preset's stage engines are sized for them), and what the filter keeps.
+MODELS = {1: ("ml-med",), 2: ("ml-filter", "ml-med")}
+FILTER_KEEP = 64
+
+
+def models_for(config: Config) -> tuple[str, ...]:
+    return MODELS[config.stage.stages]
 
 
 @dataclass
 class RunSetup:
-    """A compiled one-stage model, its float weights, the queries and (with
-    MovieLens) each query's held-out positive."""
+    """A compiled pipeline, its float weights (by stage), the queries and
+    (with MovieLens) each query's held-out positive."""
 
     model: CompiledModel
     params: dict[str, StageModelParams]
@@ -100,7 +110,14 @@ def movielens_setup(config: Config, *, n_queries: int = 32, n_candidates: int = 
     if n_queries < 1:
         raise ValueError(f"queries: must be >= 1, not {n_queries}")
     keep = min(keep, config.topk.k_max, n_candidates)
-    spec = PipelineSpec(f"{MODEL}, keep {keep}", ("s",), (keep,))
+    names = models_for(config)
+    if len(names) == 2:
+        keep1 = min(FILTER_KEEP, config.topk.k_max, n_candidates)
+        keeps = (keep1, min(keep, keep1))
+    else:
+        keeps = (keep,)
+    spec = PipelineSpec(", ".join(f"{n} keeps {k}" for n, k in zip(names, keeps)), names,
+                        keeps)
     quant = {"score_bits": config.topk.score_bits, "max_bag": config.embedding.max_bag}
     notes: list[str] = []
     split = None
@@ -111,17 +128,18 @@ def movielens_setup(config: Config, *, n_queries: int = 32, n_candidates: int = 
     params, weights = None, None
     if split is not None:
         try:
-            params = trained_params(MODEL, split, seed=seed, progress=progress)
-            weights = f"{MODEL} trained on MovieLens-100K"
+            params = {n: trained_params(n, split, seed=seed, progress=progress) for n in names}
+            weights = f"{' and '.join(names)} trained on MovieLens-100K"
         except TorchUnavailable:
-            notes.append(f"synthetic weights: {MODEL} is neither cached nor trainable "
-                         f"without torch (pip install 'recaccel[torch]')")
+            notes.append(f"synthetic weights: {' and '.join(names)} neither cached nor "
+                         f"trainable without torch (pip install 'recaccel[torch]')")
     if params is None:
-        params = init_params(stage_preset(MODEL), seed=seed, table_scale=0.5)
-        weights = f"{MODEL} shape, synthetic weights"
+        params = {n: init_params(stage_preset(n), seed=seed + i, table_scale=0.5)
+                  for i, n in enumerate(names)}
+        weights = f"{' and '.join(names)} shapes, synthetic weights"
 
     def queries_for(p: StageModelParams):
-        if split is not None and p.config.tables == stage_preset(MODEL).tables:
+        if split is not None and p.config.tables == stage_preset(names[0]).tables:
             rng = np.random.default_rng([seed, 3])
             users = rng.permutation(split.n_users)
             if n_queries + 64 > users.size:
@@ -137,24 +155,24 @@ def movielens_setup(config: Config, *, n_queries: int = 32, n_candidates: int = 
                 None, synthetic_queries(p.config, 64, 32, user_bag=bag, seed=seed + 100),
                 "synthetic (Zipf ids)")
 
-    queries, positives, cal, data = queries_for(params)
+    queries, positives, cal, data = queries_for(params[names[0]])
     try:
-        model = compile_model({"s": params}, spec, cal, "int8", **quant)
+        model = compile_model(params, spec, cal, "int8", **quant)
         why = _fits(config, model, sb_rows)
     except ValueError as e:
         why = str(e)
     if why is not None:
-        from benchmarks.e2e import stage_for
-        notes.append(f"synthetic one-stage model: {MODEL} does not fit {config.name}'s "
-                     f"stage engine ({why})")
-        params = stage_for(config, seed=seed)
-        weights = "synthetic (stage_for)"
-        queries, positives, cal, data = queries_for(params)
-        model = compile_model({"s": params}, spec, cal, "int8", **quant)
+        from benchmarks.e2e import pipeline_for
+        notes.append(f"synthetic models: {' and '.join(names)} do not fit {config.name}'s "
+                     f"stage engines ({why})")
+        params, spec = pipeline_for(config, seed=seed, n_candidates=n_candidates)
+        weights = "synthetic (pipeline_for)"
+        queries, positives, cal, data = queries_for(params[spec.stages[0]])
+        model = compile_model(params, spec, cal, "int8", **quant)
     if config.embedding.static_rows:
         from .device_format import DeviceFormat
         model = DeviceFormat(config, sb_rows=sb_rows).pin_hot_rows(model, cal)
-    return RunSetup(model, {"s": params}, queries, positives, data, weights, notes)
+    return RunSetup(model, params, queries, positives, data, weights, notes)
 
 
 def hardware_run(config: Config, setup: RunSetup, *, load: float = 0.5,
@@ -176,10 +194,10 @@ def hardware_run(config: Config, setup: RunSetup, *, load: float = 0.5,
             raise ValueError(f"load and sweep: fractions of saturation must be positive, "
                              f"not {f!r}")
     model, queries = setup.model, setup.queries
-    stage = model.stages[model.spec.stages[0]]
+    stages = [model.stages[n] for n in model.spec.stages]
     macs = 0
     for q in queries:
-        macs += query_cost([stage], run_pipeline(model.spec, model.stages, q), q, config)[0]
+        macs += query_cost(stages, run_pipeline(model.spec, model.stages, q), q, config)[0]
     fractions = ([] if rate_qps is not None else [load]) + list(sweep)
     progress(f"streaming {len(queries)} queries through the top level of {config.name} in "
              f"Verilator, {1 + (rate_qps is not None) + len(fractions)} times (the "
@@ -196,10 +214,10 @@ def hardware_run(config: Config, setup: RunSetup, *, load: float = 0.5,
         "data": setup.data, "weights": setup.weights, "notes": list(setup.notes),
         "queries": len(queries),
         "candidates_per_query": float(np.mean([q.n_candidates for q in queries])),
-        "keep": model.spec.keep[0], "sb_rows": sb_rows, "memory_latency_cycles": list(latency),
+        "pipeline": model.spec.name, "keep": list(model.spec.keep), "sb_rows": sb_rows, "memory_latency_cycles": list(latency),
         "cycles_source": "measured: Verilator cycles of the top level",
         "simulator_log": str(log_file) if log_file else None,
-        "pinned_rows": int(len(model.pinned["s"][0])) if model.pinned else 0,
+        "pinned_rows": sum(int(len(t)) for t, _ in (model.pinned or {}).values()),
         "run": main, "saturation": sat,
         "cycles_per_query": cycles / len(queries),
         "saturation_qps": sat["throughput_qps"],
@@ -252,8 +270,8 @@ def format_run(r: dict) -> str:
     lines = [
         f"preset {r['preset']} at {r['clock_mhz']:g} MHz: {r['weights']}; queries: {r['data']}",
         *(f"  note: {n}" for n in r["notes"]),
-        f"  {r['queries']} queries x {r['candidates_per_query']:.0f} candidates, keep "
-        f"{r['keep']}, sub-batches of {r['sb_rows']}, AXI latency "
+        f"  {r['queries']} queries x {r['candidates_per_query']:.0f} candidates, "
+        f"{r['pipeline']}, sub-batches of {r['sb_rows']}, AXI latency "
         f"{r['memory_latency_cycles'][0]}-{r['memory_latency_cycles'][1]} cycles; "
         f"cycles measured in Verilator, us at {r['clock_mhz']:g} MHz",
         f"  answers: {r['answers_checked']} checked against the golden pipeline over "

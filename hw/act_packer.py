@@ -169,7 +169,7 @@ class ActPacker(wiring.Component):
 
         # -- the sub-batch: control registers, set up in two steps -----------
         ctl = Signal(control_layout(cfg, self._engine))
-        side_idx = Signal(range(len(sides)))
+        side_idx = Signal(range(max(len(sides), 2)))   # (never 0 bits wide)
         ctl_bad = Signal()
         rows = Signal(range(cfg.max_rows + 1))
         rows_m1 = Signal.like(rows)

@@ -184,7 +184,13 @@ class StageConfig:
     output included), ``max_items`` the item tables, ``max_hidden`` the
     widest first top layer, ``max_pen`` the widest penultimate one;
     ``staging`` the engine commands staged while the engine runs the
-    sub-batch before."""
+    sub-batch before.
+
+    ``stages`` is 1 or 2: with 2, a second stage engine of the same sizes
+    re-ranks stage 1's survivors on MLP engine 1, both on the array's first
+    split (RPAccel's stage overlap), and a query has at most
+    ``max_candidates`` candidates (the survivors' buffer,
+    :class:`hw.survivors.Survivors`; at most ``2 ** topk.id_bits``)."""
 
     dim: int = 16
     max_users: int = 3
@@ -192,6 +198,8 @@ class StageConfig:
     max_hidden: int = 64
     max_pen: int = 64
     staging: int = 512
+    stages: int = 1
+    max_candidates: int = 1024
 
     def __post_init__(self):
         _check_int("stage.dim", self.dim, 1, 4096)
@@ -200,6 +208,8 @@ class StageConfig:
         _check_int("stage.max_hidden", self.max_hidden, 1, 65536)
         _check_int("stage.max_pen", self.max_pen, 1, 65536)
         _check_int("stage.staging", self.staging, 2, 65536)
+        _check_int("stage.stages", self.stages, 1, 2)
+        _check_int("stage.max_candidates", self.max_candidates, 1, 65536)
 
 
 @dataclass(frozen=True)
@@ -360,6 +370,14 @@ class Config:
             if getattr(st, f) > self.array.max_dim:
                 raise ValueError(f"stage.{f}: {getattr(st, f)} is more than array.max_dim "
                                  f"{self.array.max_dim}")
+        if st.stages == 2:
+            if self.array.engines < 2 or len(self.array.splits) < 2:
+                raise ValueError(f"stage.stages: 2 stages need array.engines >= 2 and a "
+                                 f"split (array.splits {list(self.array.splits)!r}, "
+                                 f"engines {self.array.engines})")
+            if st.max_candidates > 1 << self.topk.id_bits:
+                raise ValueError(f"stage.max_candidates: {st.max_candidates} is more than "
+                                 f"2 ** topk.id_bits = {1 << self.topk.id_bits}")
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name: must be a non-empty string, not "
                              f"{self.name!r}")

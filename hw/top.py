@@ -1,5 +1,5 @@
 """The accelerator's top level: the command processor and the query path
-of one stage engine, as one design.
+of one or two stage engines, as one design.
 
 ::
 
@@ -23,17 +23,39 @@ the lookup unit refused is ``BAD_ID``, any other failure ``DEVICE_ERROR``, a
 query before a configuration (or after a new load of tables or weights)
 ``NOT_LOADED``. ``READ_COUNTERS`` is answered with :data:`COUNTERS`.
 Table rows in device memory are written by the host directly (as a PCIe
-DMA would; a testbench writes the memory model).
+DMA would; a testbench writes the memory model). The router takes the next
+query's records as soon as a query's are in: its tag waits in a FIFO of
+:data:`QUERIES` for its answer.
+
+Two stages (``config.stage.stages == 2``: RPAccel's multi-stage pipeline)
+    Stage 2 is a second stage engine on MLP engine 1; the load splits the
+    array (``SET_SPLIT``, the first of engine 0's commands; its trailer is
+    dropped here, it is not the stage's) so the two run side by side on
+    their own sub-arrays. Its ports are stage 1's with an ``s2_`` prefix
+    (``s2_engine`` its engine's commands), but for ``cand``: a query is
+    stage 1's records, then stage 2's ``s2_q``, ``s2_dense`` and
+    ``s2_ubags``. Stage 1's candidates are recorded on their way in
+    (:class:`hw.survivors.Survivors`); its top-k list names the survivors,
+    which are stage 2's candidates (their position in stage 1 is their id,
+    so the answer names the query's candidates); stage 2's top-k list is the
+    answer. The two share the feature fetch (:class:`hw.bag_arbiter.BagArbiter`),
+    so stage 2 of one query overlaps stage 1 of the next ones. A query
+    whose stage-1 list failed (no survivors) gives stage 2 one stand-in
+    candidate (position 0, ids 0) and is answered with the error. The
+    answer's status is the first error of stage 1, the survivors (``BAD_K``
+    or a position past ``stage.max_candidates``: ``BAD_PAYLOAD``) and stage 2.
 
 Writing the engine, the tables or the configuration while queries run is
 undefined; so is a load the stage cannot run (the host checks,
 :mod:`host.stage_program`).
 """
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Module, Mux, Shape, Signal
 from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
+from .bag_arbiter import BagArbiter
 from .command import CommandProcessor, Opcode, Status, header_layout, word_layout
 from .config import Config
 from .embedding import (EmbeddingLookup, _units, bank_write_layout, cache_write_layout,
@@ -41,12 +63,20 @@ from .embedding import (EmbeddingLookup, _units, bank_write_layout, cache_write_
 from .feature_fetch import FeatureFetch, param_layout as fetch_param_layout
 from .loader import RecordRouter
 from .mlp_cluster import MLPCluster
-from .mlp_isa import command_layout
+from .mlp_isa import Opcode as EOp, command_layout
 from .result import ResultWriter
 from .stage import StageEngine, StageStatus
+from .survivors import SurvivorStatus, Survivors
 from .topk import TopKFilter
 
-__all__ = ["COUNTERS", "stage_engine", "ports", "Accelerator"]
+__all__ = ["COUNTERS", "QUERIES", "stage_engine", "stage_engines", "ports", "Accelerator"]
+
+#: Queries whose frame is in but whose answer is not out yet, per status FIFO
+#: (the router goes on to the next query's records meanwhile).
+QUERIES = 4
+
+#: Bags each stage may have in flight in the shared feature fetch (two stages).
+ARBITER_DEPTH = 8
 
 #: The ``READ_COUNTERS`` words, in order (:data:`host.protocol.COUNTERS`).
 COUNTERS = ("frames", "queries", "errors", "candidates", "macs", "lookup_bytes",
@@ -57,13 +87,14 @@ _STAGE_PORTS = ("conf", "ldesc", "p0", "dot_params", "upair_params", "uw", "sw",
                 "q", "ubags", "cand", "dense")
 
 
-def stage_engine(config: Config, *, layouts_only: bool = False) -> StageEngine:
-    """The top level's stage engine, on MLP engine 0, sized by ``config.stage``.
-    ``layouts_only``: built only for its ports' layouts and sizes (the host's
-    device format), never elaborated, so Amaranth's unused-elaboratable
-    warning is silenced for it."""
+def stage_engine(config: Config, engine: int = 0, *,
+                 layouts_only: bool = False) -> StageEngine:
+    """The top level's stage engine on MLP engine ``engine`` (0: stage 1, 1:
+    stage 2), sized by ``config.stage``. ``layouts_only``: built only for its
+    ports' layouts and sizes (the host's device format), never elaborated, so
+    Amaranth's unused-elaboratable warning is silenced for it."""
     st = config.stage
-    stage = StageEngine(config, engine=0, dim=st.dim, max_users=st.max_users,
+    stage = StageEngine(config, engine=engine, dim=st.dim, max_users=st.max_users,
                         max_items=st.max_items, max_hidden=st.max_hidden, max_pen=st.max_pen,
                         staging=st.staging)
     if layouts_only:
@@ -71,9 +102,18 @@ def stage_engine(config: Config, *, layouts_only: bool = False) -> StageEngine:
     return stage
 
 
-def ports(config: Config, stage: StageEngine | None = None) -> list:
-    """``(name, layout)`` of every record port, in port order."""
-    stage = stage or stage_engine(config, layouts_only=True)
+def stage_engines(config: Config, *, layouts_only: bool = False) -> list:
+    """One stage engine per stage (``config.stage.stages``), on engines 0, 1."""
+    return [stage_engine(config, e, layouts_only=layouts_only)
+            for e in range(config.stage.stages)]
+
+
+def ports(config: Config, stages: list | None = None) -> list:
+    """``(name, layout)`` of every record port, in port order. Stage 2's
+    ports (two stages) are stage 1's with an ``s2_`` prefix, ``s2_engine``
+    its MLP engine's commands; it has no ``cand`` (its candidates are stage
+    1's survivors)."""
+    stages = stages or stage_engines(config, layouts_only=True)
     emb = config.embedding
     out = [("engine", command_layout(config.array, 0)),
            ("emb_desc", desc_write_layout(emb)),
@@ -82,8 +122,27 @@ def ports(config: Config, stage: StageEngine | None = None) -> list:
         out.append(("bank_w", bank_write_layout(emb)))
     if emb.cached:
         out.append(("cache_w", cache_write_layout(emb)))
-    out += [(n, getattr(stage, n).signature.members["payload"].shape) for n in _STAGE_PORTS]
+    out += [(n, getattr(stages[0], n).signature.members["payload"].shape)
+            for n in _STAGE_PORTS]
+    if len(stages) == 2:
+        out.append(("s2_engine", command_layout(config.array, 1)))
+        out += [(f"s2_{n}", getattr(stages[1], n).signature.members["payload"].shape)
+                for n in _STAGE_PORTS if n != "cand"]
     return out
+
+
+def _engine_port(m, ld, sc, ec):
+    """An MLP engine's commands: written by records, else driven by its stage."""
+    with m.If(ld.valid):
+        m.d.comb += [ec.valid.eq(1), ec.payload.eq(ld.payload), ld.ready.eq(ec.ready)]
+    with m.Else():
+        m.d.comb += [ec.valid.eq(sc.valid), ec.payload.eq(sc.payload), sc.ready.eq(ec.ready)]
+
+
+def _answer_status(st):
+    """A stage's status as the query's answer status."""
+    return Mux(st == StageStatus.OK, Status.OK,
+               Mux(st == StageStatus.BAD_LOOKUP, Status.BAD_ID, Status.DEVICE_ERROR))
 
 
 class Accelerator(wiring.Component):
@@ -99,9 +158,9 @@ class Accelerator(wiring.Component):
         if not isinstance(config, Config):
             raise TypeError(f"config must be a Config, not {config!r}")
         self._cfg = config
-        self.stage = stage_engine(config)
+        self.stages = stage_engines(config)
         self.emb = EmbeddingLookup(config.embedding)
-        self.router = RecordRouter(ports(config, self.stage), counters=len(COUNTERS))
+        self.router = RecordRouter(ports(config, self.stages), counters=len(COUNTERS))
         members = {"i": In(stream.Signature(word_layout())),
                    "o": Out(stream.Signature(word_layout()))}
         for c in range(config.embedding.channels):
@@ -120,9 +179,10 @@ class Accelerator(wiring.Component):
         m = Module()
         cfg = self._cfg
         emb_cfg = cfg.embedding
+        two = len(self.stages) == 2
         m.submodules.cp = cp = CommandProcessor()
         m.submodules.router = router = self.router
-        m.submodules.stage = stage = self.stage
+        m.submodules.stage = stage = self.stages[0]
         m.submodules.emb = emb = self.emb
         m.submodules.fetch = fetch = FeatureFetch(emb_cfg, cfg.stage.dim)
         m.submodules.cluster = cluster = MLPCluster(cfg.array)
@@ -158,31 +218,40 @@ class Accelerator(wiring.Component):
         m.d.comb += [emb.desc.valid.eq(d.valid), emb.desc.payload.eq(d.payload),
                      fetch.desc.valid.eq(d.valid), fetch.desc.payload.eq(d.payload),
                      d.ready.eq(emb.desc.ready & fetch.desc.ready)]
-        # the engine: written by records, else driven by the stage
-        ld, sc, ec = router.engine, stage.ecmd, cluster.cmd_0
-        with m.If(ld.valid):
-            m.d.comb += [ec.valid.eq(1), ec.payload.eq(ld.payload), ld.ready.eq(ec.ready)]
-        with m.Else():
-            m.d.comb += [ec.valid.eq(sc.valid), ec.payload.eq(sc.payload),
-                         sc.ready.eq(ec.ready)]
-        wiring.connect(m, cluster.resp_0, stage.eresp)
+
+        _engine_port(m, router.engine, stage.ecmd, cluster.cmd_0)
+        # a SET_SPLIT written by records (two stages: the load splits the
+        # array) is answered with a trailer, which is not the stage's: dropped
+        splits = Signal(2)      # SET_SPLITs written, their trailers not yet seen
+        ld, r0 = router.engine, cluster.resp_0
+        set_split = (ld.valid & ld.ready & (ld.payload.op == EOp.SET_SPLIT))
+        drop = (splits != 0) & r0.payload.last
+        m.d.comb += [stage.eresp.valid.eq(r0.valid & ~drop), stage.eresp.payload.eq(r0.payload),
+                     r0.ready.eq(stage.eresp.ready | drop)]
+        m.d.sync += splits.eq(splits + set_split - (r0.valid & drop))
 
         # -- the query path ------------------------------------------------------------
-        wiring.connect(m, stage.bags, fetch.bags)
-        wiring.connect(m, fetch.o, stage.feat)
         for u in range(_units(emb_cfg)):
             wiring.connect(m, getattr(fetch, f"i{u}"), getattr(emb, f"i{u}"))
             wiring.connect(m, getattr(emb, f"o{u}"), getattr(fetch, f"o{u}"))
         wiring.connect(m, stage.topk, topk.i)
-        wiring.connect(m, topk.o, result.i)
-        # a query's answer: its tag (from its frame) and its status (from the stage)
-        qt, st, mt = router.qtag, stage.status, result.meta
-        both = qt.valid & st.valid
-        m.d.comb += [mt.valid.eq(both), mt.payload.tag.eq(qt.payload),
-                     mt.payload.status.eq(Mux(st.payload == StageStatus.OK, Status.OK,
-                                              Mux(st.payload == StageStatus.BAD_LOOKUP,
-                                                  Status.BAD_ID, Status.DEVICE_ERROR))),
-                     qt.ready.eq(both & mt.ready), st.ready.eq(both & mt.ready)]
+        # the query's tag, from its frame (the router goes on to the next query)
+        m.submodules.qtags = qtags = SyncFIFOBuffered(width=16, depth=QUERIES)
+        m.d.comb += [qtags.w_data.eq(router.qtag.payload), qtags.w_en.eq(router.qtag.valid),
+                     router.qtag.ready.eq(qtags.w_rdy)]
+        mt = result.meta
+        if not two:
+            wiring.connect(m, stage.bags, fetch.bags)
+            wiring.connect(m, fetch.o, stage.feat)
+            wiring.connect(m, topk.o, result.i)
+            st = stage.status
+            both = qtags.r_rdy & st.valid
+            m.d.comb += [mt.valid.eq(both), mt.payload.tag.eq(qtags.r_data),
+                         mt.payload.status.eq(_answer_status(st.payload)),
+                         qtags.r_en.eq(both & mt.ready), st.ready.eq(both & mt.ready)]
+            busy = stage.busy
+        else:
+            busy = self._stage_two(m, router, cluster, fetch, stage, topk, result, qtags)
 
         # -- counters (READ_COUNTERS; host.protocol.COUNTERS, in that order) ----------
         count = {n: Signal(64, name=f"count_{n}") for n in COUNTERS}
@@ -195,13 +264,13 @@ class Accelerator(wiring.Component):
         m.d.sync += [
             count["frames"].eq(count["frames"] + (self.i.valid & self.i.ready
                                                   & self.i.payload.last)),
-            count["queries"].eq(count["queries"] + (qt.valid & qt.ready)),
+            count["queries"].eq(count["queries"] + (mt.valid & mt.ready)),
             count["errors"].eq(count["errors"] + (cp.o.valid & cp.o.ready & o_first
                                                   & (header_layout()(ow.data).status != 0))),
-            count["candidates"].eq(count["candidates"] + (stage.cand.valid
-                                                          & stage.cand.ready)),
+            count["candidates"].eq(count["candidates"] + (router.cand.valid
+                                                          & router.cand.ready)),
             count["lookup_bytes"].eq(count["lookup_bytes"] + beats * emb_cfg.bus_bytes),
-            count["busy_cycles"].eq(count["busy_cycles"] + stage.busy),
+            count["busy_cycles"].eq(count["busy_cycles"] + busy),
         ]
         # the embedding caches' counters, summed over the channels (static and
         # dynamic hits; lookups that went to memory); 0 without caches
@@ -236,3 +305,64 @@ class Accelerator(wiring.Component):
             m.d.comb += [cp.cerr.valid.eq(we.valid), cp.cerr.payload.eq(we.payload),
                          we.ready.eq(cp.cerr.ready)]
         return m
+
+    def _stage_two(self, m, router, cluster, fetch, stage, topk, result, qtags):
+        """Stage 2 (module documentation); returns the stages' busy."""
+        cfg = self._cfg
+        m.submodules.stage2 = stage2 = self.stages[1]
+        m.submodules.topk2 = topk2 = TopKFilter(cfg.topk)
+        m.submodules.arbiter = arb = BagArbiter(cfg.embedding, cfg.stage.dim, clients=2,
+                                                depth=ARBITER_DEPTH)
+        m.submodules.survivors = surv = Survivors(cfg, max_items=cfg.stage.max_items,
+                                                  max_candidates=cfg.stage.max_candidates)
+        for name in _STAGE_PORTS:
+            if name != "cand":
+                wiring.connect(m, getattr(router, f"s2_{name}"), getattr(stage2, name))
+        _engine_port(m, router.s2_engine, stage2.ecmd, cluster.cmd_1)
+        wiring.connect(m, cluster.resp_1, stage2.eresp)
+        # one feature fetch for both stages
+        wiring.connect(m, stage.bags, arb.i0)
+        wiring.connect(m, stage2.bags, arb.i1)
+        wiring.connect(m, arb.o, fetch.bags)
+        wiring.connect(m, fetch.o, arb.r)
+        wiring.connect(m, arb.r0, stage.feat)
+        wiring.connect(m, arb.r1, stage2.feat)
+        # stage 1's candidates are recorded on their way in; its list gives
+        # stage 2's candidates
+        wiring.connect(m, router.cand, surv.cand)
+        wiring.connect(m, surv.cand_o, stage.cand)
+        wiring.connect(m, topk.o, surv.topk)
+        wiring.connect(m, stage2.topk, topk2.i)
+        wiring.connect(m, topk2.o, result.i)
+        # stage 2's candidates: the survivors, or for a query without any (a
+        # failed list) one stand-in (position 0, ids 0: every table has a
+        # row 0) whose answer is dropped by the error status
+        sw = Shape.cast(Status).width
+        m.submodules.s1_status = s1 = SyncFIFOBuffered(width=sw, depth=QUERIES)
+        m.submodules.sv_status = sv = SyncFIFOBuffered(width=sw, depth=QUERIES)
+        m.d.comb += [s1.w_data.eq(_answer_status(stage.status.payload)),
+                     s1.w_en.eq(stage.status.valid), stage.status.ready.eq(s1.w_rdy)]
+        e, o, c2 = surv.err, surv.o, stage2.cand
+        ok = e.payload.status == SurvivorStatus.OK
+        with m.If(e.valid & sv.w_rdy):
+            with m.If(ok):
+                m.d.comb += [c2.valid.eq(o.valid), c2.payload.eq(o.payload),
+                             o.ready.eq(c2.ready),
+                             e.ready.eq(o.valid & c2.ready & (o.payload.left == 0))]
+            with m.Else():
+                m.d.comb += [c2.valid.eq(1), e.ready.eq(c2.ready)]
+        bad_input = ((e.payload.status == SurvivorStatus.BAD_POS)
+                     | (e.payload.status == SurvivorStatus.BAD_K))
+        m.d.comb += [sv.w_en.eq(e.valid & e.ready),
+                     sv.w_data.eq(Mux(ok, Status.OK, Mux(bad_input, Status.BAD_PAYLOAD,
+                                                         Status.DEVICE_ERROR)))]
+        # the answer's status: the first error of stage 1, the survivors, stage 2
+        st2, mt = stage2.status, result.meta
+        all_in = qtags.r_rdy & s1.r_rdy & sv.r_rdy & st2.valid
+        m.d.comb += [mt.valid.eq(all_in), mt.payload.tag.eq(qtags.r_data),
+                     mt.payload.status.eq(Mux(s1.r_data != Status.OK, s1.r_data,
+                                              Mux(sv.r_data != Status.OK, sv.r_data,
+                                                  _answer_status(st2.payload)))),
+                     qtags.r_en.eq(all_in & mt.ready), s1.r_en.eq(all_in & mt.ready),
+                     sv.r_en.eq(all_in & mt.ready), st2.ready.eq(all_in & mt.ready)]
+        return stage.busy | stage2.busy

@@ -30,7 +30,7 @@ from sim.runner import read_tb_config
 from sim.streams import random_pauses, reset, start_clock
 from sim.transport import SimTransport
 
-__all__ = ["TOPLEVEL", "build_top", "tiny_stage", "cached_tiny", "run_job"]
+__all__ = ["TOPLEVEL", "build_top", "tiny_stage", "cached_tiny", "two_stage_tiny", "run_job"]
 
 TOPLEVEL = "recaccel_top"
 
@@ -45,14 +45,15 @@ def build_top(cfg: Config | None = None, *, waves: bool = False):
     return runner.build([src], TOPLEVEL, build_dir, waves=waves), TOPLEVEL
 
 
-def tiny_stage(seed: int, *, dense: int = 3, users: int = 2, rows: int = 40):
+def tiny_stage(seed: int, *, dense: int = 3, users: int = 2, rows: int = 40,
+               top: tuple = (8, 1)):
     """A quantized MovieLens-like "dot" stage that fits the tiny top level."""
     cfg = Config.preset("tiny")
     tables = tuple([TableSpec(f"u{t}", rows, "user") for t in range(users)]
                    + [TableSpec("item", rows, "item")])
     dim = cfg.stage.dim
     mcfg = StageModelConfig("tiny-dot", dense, (8, dim) if dense else (), tables, dim, "dot",
-                            (8, 1))
+                            top)
     params = init_params(mcfg, seed=seed, table_scale=0.5)
     calib = synthetic_queries(mcfg, 16, 8, user_bag=3, seed=seed + 100)
     return quantize_stage_model(params, calib, emb_bits=8, score_bits=cfg.topk.score_bits,
@@ -160,7 +161,7 @@ CACHED_TINY = {"embedding": {"static_rows": 8, "static_ways": 2, "cache_sets": 4
 
 
 def cached_tiny() -> Config:
-    return Config.preset("tiny").replace(**CACHED_TINY)
+    return Config.preset("tiny").replace(name="tiny-cached", **CACHED_TINY)
 
 
 @cocotb.test(timeout_time=200, timeout_unit="ms")
@@ -218,6 +219,94 @@ async def test_static_cache_through_the_top_level(dut):
     assert c["cache_hits"] >= pinned_looked > 0, (c, pinned_looked)
     dut._log.info(f"{looked} rows looked up, {pinned_looked} of them pinned; "
                   f"{c['cache_hits']} hits")
+
+
+def two_stage_tiny() -> Config:
+    """The ``tiny`` top level with two stages (stage 2 on engine 1)."""
+    return Config.preset("tiny").replace(name="tiny-2stage",
+                                         stage={"stages": 2, "max_candidates": 64})
+
+
+@cocotb.test(timeout_time=300, timeout_unit="ms")
+async def test_two_stages_through_the_top_level(dut):
+    """On :func:`two_stage_tiny`: a two-stage pipeline (a small model keeps
+    ``keep1``, a wider one re-ranks them and keeps ``keep2``) loaded, queries
+    in flight together with random stalls and memory latency, every answer
+    against the golden pipeline; a candidate id past its table (``BAD_ID``),
+    a stage-1 ``k`` of 0 (no survivors: ``BAD_PAYLOAD``, stage 2 skips the
+    query), each followed by queries that must still be right; queries in
+    equal answers out."""
+    from cocotb.task import bridge
+    tb = read_tb_config()
+    cfg = two_stage_tiny()
+    small = tiny_stage(tb["seed"])
+    big = tiny_stage(tb["seed"] + 1, top=(16, 8, 1))
+    spec = PipelineSpec("two stages", ("small", "big"), tuple(tb["keep"]))
+    models = {"small": small, "big": big}
+    compiled = CompiledModel(spec, models)
+    queries = synthetic_queries(small.config, tb["queries"], tb["candidates"], user_bag=3,
+                                seed=tb["seed"] + 7)
+    fmt = DeviceFormat(cfg, sb_rows=tb["sb_rows"])
+    transport = await _device(dut, cfg, fmt, latency=tb["latency"], seed=tb["seed"],
+                              idle=tb["idle"])
+    bad = small.config.item_tables[0].rows
+
+    def host():
+        acc = Accelerator(transport, timeout_cycles=400_000)
+        out = {}
+        acc.load(compiled)
+        for q in queries:
+            acc.submit(q)
+        out["answers"] = acc.wait_all()
+        ids = queries[0].item_ids.copy()
+        ids[-1, 0] = bad
+        acc.submit(type(queries[0])(queries[0].dense, queries[0].user_ids, ids))
+        acc.submit(queries[1])
+        out["after_bad"] = acc.wait_all()
+        keep = fmt.keep
+        fmt.keep = (0,) + keep[1:]              # stage 1 keeps none: its list fails
+        payload = fmt.query(queries[2])
+        fmt.keep = keep
+        try:
+            acc.command(P.Opcode.SUBMIT_QUERY, payload)
+            out["k0"] = "answered"
+        except DeviceError as e:
+            out["k0"] = e.status
+        acc.submit(queries[3])
+        out["after_k0"] = acc.wait_all()
+        out["counters"] = acc.counters()
+        return out
+
+    out = await bridge(host)()
+    transport.stop()
+
+    def right(a, q):
+        g = run_pipeline(spec, models, q)
+        assert a.status == P.Status.OK, a.message
+        assert a.positions.tolist() == g.positions.tolist(), a.index
+        assert a.scores.tolist() == g.scores.tolist(), a.index
+
+    answers = sorted(out["answers"], key=lambda a: a.index)
+    assert [a.index for a in answers] == list(range(len(queries)))
+    for a in answers:
+        right(a, queries[a.index])
+    # stage 2 re-ranked: some answer is not what stage 1 alone would keep
+    alone = PipelineSpec("stage 1 alone", ("small",), (spec.keep[1],))
+    assert any(a.positions.tolist() != run_pipeline(alone, models, queries[a.index])
+               .positions.tolist() for a in answers)
+    first, second = sorted(out["after_bad"], key=lambda a: a.index)
+    assert first.status == P.Status.BAD_ID, first.status
+    right(second, queries[1])
+    assert out["k0"] == P.Status.BAD_PAYLOAD, out["k0"]
+    (last,) = out["after_k0"]
+    right(last, queries[3])
+    c = out["counters"]
+    assert c["queries"] == len(queries) + 4, c
+    assert c["candidates"] == sum(q.n_candidates for q in queries + queries[:4]), c
+    # (stage 2 looks up its user bags and the survivors too)
+    assert c["lookup_bytes"] > 0 and c["busy_cycles"] > 0, c
+    dut._log.info(f"{len(queries)} queries of {tb['candidates']} candidates through two "
+                  f"stages, keep {tuple(tb['keep'])}")
 
 
 def fmt_query_before_load(fmt: DeviceFormat, model, query) -> np.ndarray:

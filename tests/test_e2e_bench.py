@@ -2,8 +2,12 @@
 every answer checked and right, and the figures consistent with each other
 (not their values: speed is measured in benchmarks, never asserted)."""
 
-from benchmarks.e2e import format_hardware_e2e, hardware_e2e, stage_for
+from benchmarks.e2e import format_hardware_e2e, hardware_e2e, pipeline_for, stage_for
+from host.device_format import DeviceFormat
+from host.driver import compile_model
+from host.movielens import synthetic_queries
 from hw.config import Config
+from sim.tb_top import two_stage_tiny
 
 
 def test_stage_for_fits_the_stage_engine():
@@ -26,3 +30,27 @@ def test_hardware_e2e_on_tiny():
     assert 0 < r["roofline_cycles_per_query"] <= r["cycles_per_query"]
     assert r["modelled_qps"] == cfg.clock_mhz * 1e6 / r["cycles_per_query"]
     assert "cycles per query" in format_hardware_e2e(r)
+
+
+def test_pipeline_for_compiles_onto_the_top_level():
+    """One stage or two, as the config's top level runs."""
+    for cfg in (Config.preset("tiny"), two_stage_tiny(), Config.preset("default"),
+                Config.preset("default").replace(stage={"stages": 2})):
+        params, spec = pipeline_for(cfg, n_candidates=20)
+        assert len(spec.stages) == cfg.stage.stages
+        first = params[spec.stages[0]].config
+        cal = synthetic_queries(first, 8, 20, user_bag=3, seed=1)
+        model = compile_model(params, spec, cal, "int8", score_bits=cfg.topk.score_bits,
+                              max_bag=cfg.embedding.max_bag)
+        frames, _ = DeviceFormat(cfg).compile(model)
+        assert frames
+
+
+def test_hardware_e2e_two_stages_on_tiny():
+    cfg = two_stage_tiny()
+    r = hardware_e2e(cfg, n_queries=3, n_candidates=20, sb_rows=8, cpu=False,
+                     progress=lambda s: None)
+    assert r["keep"] == [8, 8]
+    assert r["answers_checked"] == 6 and r["answers_wrong"] == 0
+    assert 0 < r["roofline_cycles_per_query"] <= r["cycles_per_query"]
+    assert "keep 8 then 8" in format_hardware_e2e(r)
