@@ -496,14 +496,16 @@ PRESETS: dict[str, Config] = {
                                   max_tables=8, max_dim=16, max_bag=8),
         stage=StageConfig(dim=4, max_users=3, max_items=1, max_hidden=16, max_pen=16,
                           staging=64)),
-    # The demo: a 16x16 array that splits into 4 x 8x8; per channel a static
-    # cache of 384 rows (3 ways) and a dynamic one of 16 sets x 8 ways.
+    # The demo: a 16x16 array that splits into 4 x 8x8, two stages on two of
+    # them; per channel a static cache of 384 rows (3 ways) and a dynamic one
+    # of 16 sets x 8 ways.
     "default": Config(name="default", clock_mhz=200.0, array=ArrayConfig(
         dim=16, block=4, splits=(1, 2), engines=2, acc_rows=128,
         max_rows=512, max_dim=512, weight_words=16384, param_words=256,
         max_layers=8),
         embedding=EmbeddingConfig(static_rows=384, static_ways=3, cache_sets=16,
-                                  cache_ways=8)),
+                                  cache_ways=8),
+        stage=StageConfig(stages=2, max_candidates=512)),
     # RPAccel's grid: 128x128 of 4x4 blocks, 1/4/16/64 sub-arrays.
     "rpaccel": Config(name="rpaccel", clock_mhz=1000.0, array=ArrayConfig(
         dim=128, block=4, splits=(1, 2, 4, 8), engines=4, acc_rows=512,

@@ -3,10 +3,11 @@
 Engine ``e`` drives sub-array port ``e`` and has its own command and response
 streams (``cmd_<e>``, ``resp_<e>``). The array's split is a register that
 engine 0 sets with ``SET_SPLIT`` once no other engine is busy, so that two
-stage engines can run side by side on a split array.
+stage engines can run side by side on a split array; while it waits, the
+other engines take no command (the split lock, :class:`hw.mlp_engine.MLPEngine`).
 """
 
-from amaranth.hdl import Cat, Module
+from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out, connect, flipped
 
@@ -56,8 +57,12 @@ class MLPCluster(wiring.Component):
             connect(m, eng.resp, flipped(getattr(self, f"resp_{e}")))
             connect(m, eng.array, array.port(e))
             m.d.comb += eng.split.eq(self.split)
-        m.d.comb += engines[0].peers_busy.eq(
-            Cat(eng.busy for eng in engines[1:]).any())
+        # the split lock (MLPEngine): registered both ways
+        lock = Signal()
+        m.d.sync += [lock.eq(engines[0].split_wait),
+                     engines[0].peers_busy.eq(Cat(eng.busy for eng in engines[1:]).any())]
+        for eng in engines[1:]:
+            m.d.comb += eng.hold.eq(lock)
         with m.If(engines[0].split_req):
             m.d.sync += self.split.eq(engines[0].split_value)
         # Sub-array ports with no engine are left idle (inputs zero).

@@ -32,7 +32,12 @@ from .mlp_isa import Opcode, Status, command_layout, response_layout
 from .primitives import BlockRAM, PipelinedMultiplier
 from .systolic import SubArrayPort, SystolicArray
 
-__all__ = ["MLPEngine", "REQUANT_LATENCY"]
+__all__ = ["MLPEngine", "REQUANT_LATENCY", "SPLIT_SETTLE"]
+
+#: Cycles a SET_SPLIT waits before it looks at ``peers_busy``: a RUN taken
+#: by another engine in the cycle the wait began shows in its ``busy`` a
+#: cycle later and in the registered ``peers_busy`` a cycle after that.
+SPLIT_SETTLE = 2
 
 #: Cycles from an accumulator result to its int8 value in the buffer.
 REQUANT_LATENCY = 9 + PipelinedMultiplier.LATENCY
@@ -69,8 +74,21 @@ class MLPEngine(wiring.Component):
         High from an accepted RUN or SET_SPLIT until its response is sent.
     split_req, split_value : Out
         (engine 0) A one-cycle request to set the array's split.
+    split_wait : Out(1)
+        (engine 0) A SET_SPLIT waits for the other engines.
     peers_busy : In(1)
-        (engine 0) Any other engine is busy: SET_SPLIT waits for it.
+        (engine 0) Any other engine was busy in the cycle before (registered
+        by the cluster): SET_SPLIT waits for it.
+    hold : In(1)
+        (other engines) Take no command: engine 0 was waiting to set the
+        split in the cycle before (the cluster's *split lock*).
+
+    The split lock: a SET_SPLIT waits at least :data:`SPLIT_SETTLE` cycles,
+    then until ``peers_busy`` is low. The other engines take no command
+    from the cycle after it started waiting, so a RUN one of them took
+    before that shows in ``peers_busy`` by then, and none starts while the
+    split changes; both signals are registered, so no path runs from one
+    engine's state to another's control.
     """
 
     def __init__(self, config: ArrayConfig, *, engine: int = 0):
@@ -94,8 +112,11 @@ class MLPEngine(wiring.Component):
             members.update({
                 "split_req": Out(1),
                 "split_value": Out(range(len(config.splits))),
+                "split_wait": Out(1),
                 "peers_busy": In(1),
             })
+        else:
+            members["hold"] = In(1)
         super().__init__(members)
 
     @property
@@ -534,10 +555,12 @@ class MLPEngine(wiring.Component):
             m.next = "ERROR"
 
         m.d.sync += [cmd_act_we.eq(0), *(w.en.eq(0) for w in write_regs)]
+        settle = Signal(range(SPLIT_SETTLE + 1))
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += self.cmd.ready.eq(1)
-                with m.If(self.cmd.valid):
+                take = 1 if self._engine == 0 else ~self.hold
+                m.d.comb += self.cmd.ready.eq(take)
+                with m.If(self.cmd.valid & take):
                     with m.Switch(cmd.op):
                         with m.Case(Opcode.WRITE_WEIGHTS):
                             with m.If(args.weights.addr < cfg.weight_words):
@@ -590,7 +613,8 @@ class MLPEngine(wiring.Component):
                                 with m.If(args.split.index >= len(cfg.splits)):
                                     fail(Status.BAD_SPLIT, cmd.op)
                                 with m.Else():
-                                    m.d.sync += split_index.eq(args.split.index)
+                                    m.d.sync += [split_index.eq(args.split.index),
+                                                 settle.eq(0)]
                                     m.next = "SPLIT_WAIT"
                         with m.Default():
                             fail(Status.BAD_OPCODE, cmd.op)
@@ -605,8 +629,10 @@ class MLPEngine(wiring.Component):
 
             if self._engine == 0:
                 with m.State("SPLIT_WAIT"):
-                    m.d.comb += self.busy.eq(1)
-                    with m.If(~self.peers_busy):
+                    m.d.comb += [self.busy.eq(1), self.split_wait.eq(1)]
+                    with m.If(settle != SPLIT_SETTLE):
+                        m.d.sync += settle.eq(settle + 1)
+                    with m.Elif(~self.peers_busy):
                         m.d.comb += [self.split_req.eq(1),
                                      self.split_value.eq(split_index)]
                         m.d.sync += cycles.eq(0)

@@ -4,6 +4,7 @@ with random idle cycles and backpressure (the cocotb suite does the volume)."""
 import random
 
 import numpy as np
+import pytest
 from amaranth.sim import Simulator
 
 from host.mlp_program import EngineTarget, compile_mlp
@@ -54,3 +55,73 @@ def test_two_layers_on_split_array():
     assert np.array_equal(y, int8_mlp(x, layers))
     assert cycles > 0
 
+
+
+@pytest.mark.parametrize("offset", range(-4, 5))
+def test_split_lock(offset):
+    """SET_SPLIT on engine 0 and a RUN on engine 3 presented ``offset``
+    cycles apart (RUN first when positive): either the RUN runs on the split
+    array and the split changes only after its trailer, with the right
+    answer, or it is taken after the split changed and answered
+    NOT_AVAILABLE (engine 3 has no sub-array in the whole array). Never a
+    split change under a running engine."""
+    cfg = Config.preset("tiny").array
+    rng = np.random.default_rng(7)
+    layers = [QuantLayer(rng.integers(-128, 128, (5, 6)).astype(np.int8),
+                         rng.integers(-3000, 3000, 6), rng.integers(1 << 14, 1 << 16, 6),
+                         rng.integers(12, 18, 6), True)]
+    rows = 20
+    x = rng.integers(-128, 128, (rows, 5)).astype(np.int8)
+    set_split = EngineTarget(cfg, 0, 2)
+    target = EngineTarget(cfg, 3, 2)
+    prog = compile_mlp(layers, target)
+    dut = MLPCluster(cfg)
+    seen = {"beats": []}
+
+    async def tb(ctx):
+        await stream_put(ctx, dut.cmd_0, set_split.cmd_layout.from_bits(
+            set_split.pack(Opcode.SET_SPLIT, split={"index": 1})))
+        await stream_get(ctx, dut.resp_0)
+        for c in prog.load_commands + prog.input_commands(x):
+            await stream_put(ctx, dut.cmd_3, target.cmd_layout.from_bits(c))
+        run = target.cmd_layout.from_bits(prog.run_command(rows))
+        whole = set_split.cmd_layout.from_bits(
+            set_split.pack(Opcode.SET_SPLIT, split={"index": 0}))
+        run_at, split_at = max(0, -offset), max(0, offset)
+        ctx.set(dut.resp_0.ready, 1)
+        ctx.set(dut.resp_3.ready, 1)
+        for cycle in range(2000):
+            if "run_taken" not in seen and cycle >= run_at:
+                ctx.set(dut.cmd_3.valid, 1)
+                ctx.set(dut.cmd_3.payload, run)
+            if "split_taken" not in seen and cycle >= split_at:
+                ctx.set(dut.cmd_0.valid, 1)
+                ctx.set(dut.cmd_0.payload, whole)
+            for name, port in (("run_taken", dut.cmd_3), ("split_taken", dut.cmd_0)):
+                if ctx.get(port.valid) and ctx.get(port.ready):
+                    seen[name] = cycle
+            if ctx.get(dut.resp_3.valid):
+                seen["beats"].append(ctx.get(dut.resp_3.payload).as_bits())
+                if target.unpack_response(seen["beats"][-1])["last"]:
+                    seen["trailer"] = cycle
+            if "changed" not in seen and ctx.get(dut.split) == 0:
+                seen["changed"] = cycle          # the new split shows from this cycle
+            await ctx.tick()
+            for name, port in (("run_taken", dut.cmd_3), ("split_taken", dut.cmd_0)):
+                if name in seen:
+                    ctx.set(port.valid, 0)
+            if "trailer" in seen and "changed" in seen:
+                break
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    assert {"run_taken", "trailer", "changed"} <= seen.keys(), seen.keys()
+    status = target.unpack_response(seen["beats"][-1])["status"].name
+    if seen["run_taken"] < seen["changed"]:
+        assert status == "OK" and seen["changed"] > seen["trailer"], seen
+        y, _ = prog.decode_run(seen["beats"], rows)
+        assert np.array_equal(y, int8_mlp(x, layers))
+    else:
+        assert status == "NOT_AVAILABLE", status

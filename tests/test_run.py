@@ -72,3 +72,19 @@ def test_bad_loads():
     for kw in ({"load": 0}, {"sweep": [0.5, -1]}, {"rate_qps": 0.0}):
         with pytest.raises(ValueError, match="positive"):
             R.hardware_run(Config.preset("tiny"), s, **kw)
+
+
+def test_two_stage_run_above_saturation():
+    """The two-stage tiny top level: every answer right, and at 1.5x
+    saturation none lost or duplicated."""
+    from sim.tb_top import two_stage_tiny
+    cfg = two_stage_tiny()
+    s = R.movielens_setup(cfg, n_queries=6, n_candidates=24, sb_rows=8,
+                          progress=lambda _: None)
+    assert len(s.model.spec.stages) == 2
+    r = R.hardware_run(cfg, s, sweep=[1.5], sb_rows=8, cpu=False, progress=lambda _: None)
+    assert r["answers_wrong"] == 0 and r["answers_checked"] == 3 * 6
+    for run in r["load_sweep"]:
+        assert run["queries"] == run["answers_ok"] == 6
+    assert r["saturation"]["counters_delta"]["candidates"] == 6 * 24
+    assert r["keep"] == list(s.model.spec.keep) and len(r["keep"]) == 2
