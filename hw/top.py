@@ -320,20 +320,15 @@ class Accelerator(wiring.Component):
                 wiring.connect(m, getattr(router, f"s2_{name}"), getattr(stage2, name))
         _engine_port(m, router.s2_engine, stage2.ecmd, cluster.cmd_1)
         wiring.connect(m, cluster.resp_1, stage2.eresp)
-        # one feature fetch for both stages
-        wiring.connect(m, stage.bags, arb.i0)
-        wiring.connect(m, stage2.bags, arb.i1)
-        wiring.connect(m, arb.o, fetch.bags)
-        wiring.connect(m, fetch.o, arb.r)
-        wiring.connect(m, arb.r0, stage.feat)
-        wiring.connect(m, arb.r1, stage2.feat)
-        # stage 1's candidates are recorded on their way in; its list gives
-        # stage 2's candidates
-        wiring.connect(m, router.cand, surv.cand)
-        wiring.connect(m, surv.cand_o, stage.cand)
-        wiring.connect(m, topk.o, surv.topk)
-        wiring.connect(m, stage2.topk, topk2.i)
-        wiring.connect(m, topk2.o, result.i)
+        for out, into in (
+                # one feature fetch for both stages
+                (stage.bags, arb.i0), (stage2.bags, arb.i1), (arb.o, fetch.bags),
+                (fetch.o, arb.r), (arb.r0, stage.feat), (arb.r1, stage2.feat),
+                # stage 1's candidates are recorded on their way in; its list
+                # gives stage 2's candidates
+                (router.cand, surv.cand), (surv.cand_o, stage.cand), (topk.o, surv.topk),
+                (stage2.topk, topk2.i), (topk2.o, result.i)):
+            wiring.connect(m, out, into)
         # stage 2's candidates: the survivors, or for a query without any (a
         # failed list) one stand-in (position 0, ids 0: every table has a
         # row 0) whose answer is dropped by the error status
