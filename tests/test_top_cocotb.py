@@ -43,6 +43,7 @@ def test_static_cache_through_the_top_level(tmp_path):
 @pytest.mark.parametrize("seed, idle, latency, sb_rows, keep, candidates", [
     (4, 0.3, (5, 60), 4, (6, 3), 20),       # keep1 > sb_rows: stage 2 in sub-batches too
     (5, 0.0, (20, 40), 16, (8, 8), 40),     # keep = k_max at both stages
+    (6, 0.7, (60, 200), 2, (8, 2), 64),     # slow memory, heavy stalls, tiny sub-batches
 ])
 def test_two_stages_through_the_top_level(tmp_path, seed, idle, latency, sb_rows, keep,
                                           candidates):
