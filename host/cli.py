@@ -153,13 +153,25 @@ def cmd_bench(args):
 
 
 def cmd_run(args):
-    from host.run import format_run, hardware_run, movielens_setup, write_plots
+    from host.run import format_run, hardware_run, movielens_setup, prebuild, write_plots
     cfg = _config(args)
     say = lambda s: print(s, flush=True)  # noqa: E731
     fmax = json.loads(Path(args.synth_json).read_text())["fmax_mhz"] if args.synth_json else None
     sb_rows = _sb_rows(args, cfg)
-    setup = movielens_setup(cfg, n_queries=args.queries, n_candidates=args.candidates,
-                            sb_rows=sb_rows, seed=args.seed, progress=say)
+    # the simulator builds on one core while the models load or train
+    build_log = Path(args.out) / "build.log"
+    say(f"building the simulator of {cfg.name}'s top level in the background "
+        f"(cached after the first time; output: {build_log})")
+    builder = prebuild(cfg, build_log)
+    try:
+        setup = movielens_setup(cfg, n_queries=args.queries, n_candidates=args.candidates,
+                                sb_rows=sb_rows, seed=args.seed, progress=say)
+        if builder.is_alive():
+            say("waiting for the simulator build ...")
+        builder.join()
+    finally:
+        if builder.is_alive():
+            builder.terminate()
     report = hardware_run(cfg, setup, load=args.load, rate_qps=args.rate, sweep=args.sweep,
                           sb_rows=sb_rows, seed=args.seed, cpu=not args.no_cpu,
                           log_file=Path(args.out) / "simulator.log",

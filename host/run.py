@@ -61,7 +61,8 @@ from .driver import CompiledModel, compile_model, query_cost
 from .models import Query, StageModelParams, init_params, stage_preset
 from .pipeline import PipelineSpec, run_pipeline
 
-__all__ = ["RunSetup", "movielens_setup", "hardware_run", "format_run", "write_plots"]
+__all__ = ["RunSetup", "movielens_setup", "prebuild", "hardware_run", "format_run",
+           "write_plots"]
 
 #: The stage models of a one-stage and a two-stage top level (the default
 #: preset's stage engines are sized for them), and what the filter keeps.
@@ -173,6 +174,30 @@ def movielens_setup(config: Config, *, n_queries: int = 32, n_candidates: int = 
         from .device_format import DeviceFormat
         model = DeviceFormat(config, sb_rows=sb_rows).pin_hot_rows(model, cal)
     return RunSetup(model, params, queries, positives, data, weights, notes)
+
+
+def _build_quietly(config: Config, log_path: str) -> None:
+    # (in a child process: the build's output goes to its own log)
+    import os
+    with open(log_path, "w") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        from sim.tb_top import build_top
+        build_top(config)
+
+
+def prebuild(config: Config, log_path) -> "multiprocessing.Process":
+    """Start building the top level's simulator (its Verilog, then
+    Verilator; both cached) in a child process, with its output in
+    ``log_path``, so that it runs on one core while the models are trained
+    on the other. :func:`hardware_run` builds (or finds the build) itself:
+    join the process first; if it failed, that build says why."""
+    import multiprocessing
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    p = multiprocessing.get_context("spawn").Process(
+        target=_build_quietly, args=(config, str(log_path)), daemon=True)
+    p.start()
+    return p
 
 
 def hardware_run(config: Config, setup: RunSetup, *, load: float = 0.5,

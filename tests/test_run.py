@@ -41,7 +41,7 @@ def test_cli_run_on_tiny(tmp_path, capsys):
     assert any("not fit tiny" in n for n in r["notes"])
     assert "not fit tiny" in text and "0 wrong" in text
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
-        "latency_cdf.png", "simulator.log", "throughput_vs_load.png"]
+        "build.log", "latency_cdf.png", "simulator.log", "throughput_vs_load.png"]
     assert "run_queries passed" in (tmp_path / "plots" / "simulator.log").read_text()
 
 
