@@ -48,13 +48,14 @@ class DeviceFormat:
     its loads and queries as port records, and its tables as memory images
     the transport writes into device memory (:meth:`Transport.write_memory`).
 
-    The top level runs as many stages as it was built with
-    (``config.stage.stages``): a pipeline (:class:`host.pipeline.PipelineSpec`)
-    of exactly that many. Stage 1 runs on MLP engine 0; with two stages,
-    stage 2 on engine 1 and both on the array's first split (``SET_SPLIT``
-    is the first of engine 0's commands). The stages' tables are compiled
-    together, stage 1's first; stage 2's are named ``s2:<table>``.
-    ``sb_rows`` is the sub-batch.
+    A pipeline (:class:`host.pipeline.PipelineSpec`) of one stage, or of
+    two on a top level built with two (``config.stage.stages``). Stage 1
+    runs on MLP engine 0; with two stages, stage 2 on engine 1 and both on
+    the array's first split; one stage on a two-stage top level runs on the
+    whole array, with stage 2 bypassed (the ``stages`` record). On a
+    two-stage top level ``SET_SPLIT`` is the first of engine 0's commands.
+    The stages' tables are compiled together, stage 1's first; stage 2's
+    are named ``s2:<table>``. ``sb_rows`` is the sub-batch.
     """
 
     name = "device records"
@@ -66,7 +67,6 @@ class DeviceFormat:
         stages = stage_engines(config, layouts_only=True)
         self.ports = ports(config, stages)
         self.limits = [StageLimits.of(s) for s in stages]
-        self.split = config.array.splits[len(stages) - 1]
         self.sb_rows = sb_rows
         self.programs = None
         self.keep = None
@@ -91,9 +91,10 @@ class DeviceFormat:
         """``model``'s quantized stages, checked against the top level's."""
         spec = model.spec
         n = len(self.limits)
-        if len(spec.stages) != n:
-            raise ValueError(f"the hardware top level runs {n} stage{'s' * (n > 1)} "
-                             f"(stage.stages); {spec.name!r} has {len(spec.stages)}")
+        if not 1 <= len(spec.stages) <= n:
+            runs = "1 or 2 stages" if n == 2 else "1 stage"
+            raise ValueError(f"the hardware top level runs {runs} (stage.stages); "
+                             f"{spec.name!r} has {len(spec.stages)}")
         return [model.stages[name] for name in spec.stages]
 
     def pin_hot_rows(self, model, queries):
@@ -151,9 +152,10 @@ class DeviceFormat:
         qs = self._stages(model)
         emb = self.config.embedding
         tables = self.tables(*qs)
+        split = self.config.array.splits[len(qs) - 1]
         progs, base = [], 0
         for s, (q, limits) in enumerate(zip(qs, self.limits)):
-            progs.append(compile_stage(q, self.config, limits, engine=s, split=self.split,
+            progs.append(compile_stage(q, self.config, limits, engine=s, split=split,
                                        sb_rows=self.sb_rows, table_base=base))
             base += len(q.config.tables)
         for k in spec.keep:
@@ -175,7 +177,8 @@ class DeviceFormat:
         for s, prog in enumerate(progs):
             pre = "s2_" if s else ""
             cmds = list(prog.engine_cmds)
-            if s == 0 and self.split != 1:
+            if s == 0 and len(self.limits) == 2:
+                # (also back to the whole array after a two-stage load)
                 cmds.insert(0, prog.target.pack(EOp.SET_SPLIT,
                                                 split={"index": prog.target.split_index}))
             w.add(pre + "engine", cmds)
@@ -184,6 +187,8 @@ class DeviceFormat:
             for port in ("ldesc", "p0", "dot_params", "upair_params", "uw", "sw"):
                 w.add(pre + port, getattr(prog, port))
             c.add(pre + "conf", [prog.conf])
+        if len(self.limits) == 2:
+            c.add("stages", [{"one": int(len(progs) == 1)}])
         frames = [(Opcode.LOAD_TABLES, t.words()), (Opcode.LOAD_WEIGHTS, w.words())]
         pins = [(self._prefix(s) + q.config.tables[int(k)].name, int(r))
                 for s, (name, q) in enumerate(zip(spec.stages, qs))

@@ -44,6 +44,9 @@ Two stages (``config.stage.stages == 2``: RPAccel's multi-stage pipeline)
     candidate (position 0, ids 0) and is answered with the error. The
     answer's status is the first error of stage 1, the survivors (``BAD_K``
     or a position past ``stage.max_candidates``: ``BAD_PAYLOAD``) and stage 2.
+    The ``stages`` record (:func:`stages_layout`, written with the
+    configuration) runs stage 1 alone instead: its list is the answer,
+    stage 2 and the survivors are bypassed, and a query is stage 1's records.
 
 Writing the engine, the tables or the configuration while queries run is
 undefined; so is a load the stage cannot run (the host checks,
@@ -51,7 +54,7 @@ undefined; so is a load the stage cannot run (the host checks,
 """
 
 from amaranth.hdl import Module, Mux, Shape, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
@@ -69,7 +72,8 @@ from .stage import StageEngine, StageStatus
 from .survivors import SurvivorStatus, Survivors
 from .topk import TopKFilter
 
-__all__ = ["COUNTERS", "QUERIES", "stage_engine", "stage_engines", "ports", "Accelerator"]
+__all__ = ["COUNTERS", "QUERIES", "stage_engine", "stage_engines", "ports", "stages_layout",
+           "Accelerator"]
 
 #: Queries whose frame is in but whose answer is not out yet, per status FIFO
 #: (the router goes on to the next query's records meanwhile).
@@ -128,7 +132,14 @@ def ports(config: Config, stages: list | None = None) -> list:
         out.append(("s2_engine", command_layout(config.array, 1)))
         out += [(f"s2_{n}", getattr(stages[1], n).signature.members["payload"].shape)
                 for n in _STAGE_PORTS if n != "cand"]
+        out.append(("stages", stages_layout()))
     return out
+
+
+def stages_layout() -> data.StructLayout:
+    """The ``stages`` record (two-stage top levels): ``one``: run stage 1
+    alone (its list is the answer; stage 2 and the survivors are bypassed)."""
+    return data.StructLayout({"one": 1})
 
 
 def _engine_port(m, ld, sc, ec):
@@ -324,11 +335,27 @@ class Accelerator(wiring.Component):
                 # one feature fetch for both stages
                 (stage.bags, arb.i0), (stage2.bags, arb.i1), (arb.o, fetch.bags),
                 (fetch.o, arb.r), (arb.r0, stage.feat), (arb.r1, stage2.feat),
-                # stage 1's candidates are recorded on their way in; its list
-                # gives stage 2's candidates
-                (router.cand, surv.cand), (surv.cand_o, stage.cand), (topk.o, surv.topk),
-                (stage2.topk, topk2.i), (topk2.o, result.i)):
+                (stage2.topk, topk2.i)):
             wiring.connect(m, out, into)
+        # one stage (the ``stages`` record): stage 1 alone, the rest bypassed
+        one = Signal()
+        m.d.comb += router.stages.ready.eq(1)
+        with m.If(router.stages.valid):
+            m.d.sync += one.eq(router.stages.payload.one)
+        # stage 1's candidates are recorded on their way in; its list gives
+        # stage 2's candidates (one stage: straight to stage 1; its list is
+        # the answer)
+        rc, sc, t1, t2, ri = router.cand, stage.cand, topk.o, topk2.o, result.i
+        m.d.comb += [surv.cand.payload.eq(rc.payload), surv.cand.valid.eq(rc.valid & ~one),
+                     sc.valid.eq(Mux(one, rc.valid, surv.cand_o.valid)),
+                     sc.payload.eq(Mux(one, rc.payload, surv.cand_o.payload)),
+                     rc.ready.eq(Mux(one, sc.ready, surv.cand.ready)),
+                     surv.cand_o.ready.eq(sc.ready & ~one),
+                     surv.topk.payload.eq(t1.payload), surv.topk.valid.eq(t1.valid & ~one),
+                     ri.valid.eq(Mux(one, t1.valid, t2.valid)),
+                     ri.payload.eq(Mux(one, t1.payload, t2.payload)),
+                     t1.ready.eq(Mux(one, ri.ready, surv.topk.ready)),
+                     t2.ready.eq(ri.ready & ~one)]
         # stage 2's candidates: the survivors, or for a query without any (a
         # failed list) one stand-in (position 0, ids 0: every table has a
         # row 0) whose answer is dropped by the error status
@@ -352,12 +379,14 @@ class Accelerator(wiring.Component):
                      sv.w_data.eq(Mux(ok, Status.OK, Mux(bad_input, Status.BAD_PAYLOAD,
                                                          Status.DEVICE_ERROR)))]
         # the answer's status: the first error of stage 1, the survivors, stage 2
+        # (one stage: stage 1's)
         st2, mt = stage2.status, result.meta
-        all_in = qtags.r_rdy & s1.r_rdy & sv.r_rdy & st2.valid
+        all_in = qtags.r_rdy & s1.r_rdy & (one | (sv.r_rdy & st2.valid))
+        taken = all_in & mt.ready
         m.d.comb += [mt.valid.eq(all_in), mt.payload.tag.eq(qtags.r_data),
-                     mt.payload.status.eq(Mux(s1.r_data != Status.OK, s1.r_data,
+                     mt.payload.status.eq(Mux(one | (s1.r_data != Status.OK), s1.r_data,
                                               Mux(sv.r_data != Status.OK, sv.r_data,
                                                   _answer_status(st2.payload)))),
-                     qtags.r_en.eq(all_in & mt.ready), s1.r_en.eq(all_in & mt.ready),
-                     sv.r_en.eq(all_in & mt.ready), st2.ready.eq(all_in & mt.ready)]
+                     qtags.r_en.eq(taken), s1.r_en.eq(taken),
+                     sv.r_en.eq(taken & ~one), st2.ready.eq(taken & ~one)]
         return stage.busy | stage2.busy

@@ -235,7 +235,8 @@ async def test_two_stages_through_the_top_level(dut):
     against the golden pipeline; a candidate id past its table (``BAD_ID``),
     a stage-1 ``k`` of 0 (no survivors: ``BAD_PAYLOAD``, stage 2 skips the
     query), each followed by queries that must still be right; queries in
-    equal answers out."""
+    equal answers out; then the wider model alone (one stage, stage 2
+    bypassed, on the whole array), and both stages again."""
     from cocotb.task import bridge
     tb = read_tb_config()
     cfg = two_stage_tiny()
@@ -244,6 +245,8 @@ async def test_two_stages_through_the_top_level(dut):
     spec = PipelineSpec("two stages", ("small", "big"), tuple(tb["keep"]))
     models = {"small": small, "big": big}
     compiled = CompiledModel(spec, models)
+    alone_spec = PipelineSpec("big alone", ("big",), (spec.keep[1],))
+    alone = CompiledModel(alone_spec, {"big": big})
     queries = synthetic_queries(small.config, tb["queries"], tb["candidates"], user_bag=3,
                                 seed=tb["seed"] + 7)
     fmt = DeviceFormat(cfg, sb_rows=tb["sb_rows"])
@@ -275,12 +278,20 @@ async def test_two_stages_through_the_top_level(dut):
         acc.submit(queries[3])
         out["after_k0"] = acc.wait_all()
         out["counters"] = acc.counters()
+        # the big model alone (stage 2 bypassed, the whole array), then both again
+        acc.load(alone)
+        for i, q in enumerate(queries[:3]):
+            acc.submit(q, index=i)
+        out["alone"] = acc.wait_all()
+        acc.load(compiled)
+        acc.submit(queries[4], index=4)
+        out["again"] = acc.wait_all()
         return out
 
     out = await bridge(host)()
     transport.stop()
 
-    def right(a, q):
+    def right(a, q, spec=spec):
         g = run_pipeline(spec, models, q)
         assert a.status == P.Status.OK, a.message
         assert a.positions.tolist() == g.positions.tolist(), a.index
@@ -300,6 +311,11 @@ async def test_two_stages_through_the_top_level(dut):
     assert out["k0"] == P.Status.BAD_PAYLOAD, out["k0"]
     (last,) = out["after_k0"]
     right(last, queries[3])
+    for a in out["alone"]:
+        right(a, queries[a.index], alone_spec)
+    assert len(out["alone"]) == 3
+    (again,) = out["again"]
+    right(again, queries[4])
     c = out["counters"]
     assert c["queries"] == len(queries) + 4, c
     assert c["candidates"] == sum(q.n_candidates for q in queries + queries[:4]), c
