@@ -164,10 +164,12 @@ class DeviceFormat:
                                  f"{self.config.topk.k_max}")
         if len(qs) == 2:
             a, b = (q.config for q in qs)
-            if len(a.item_tables) != len(b.item_tables):
+            shape = lambda c: (c.dense_features, len(c.user_tables), len(c.item_tables))  # noqa: E731
+            if shape(a) != shape(b):
                 raise ValueError(f"stage 2 ({b.name}) re-ranks stage 1's ({a.name}) "
-                                 f"candidates: both need the same item ids, not "
-                                 f"{len(a.item_tables)} and {len(b.item_tables)} per candidate")
+                                 f"candidates of the same queries: both need the same dense "
+                                 f"features, user bags and item ids per candidate, not "
+                                 f"{shape(a)} and {shape(b)}")
         t = RecordWriter(self.ports).add("emb_desc", descriptor_writes(tables.address_map,
                                                                          emb))
         if emb.onchip_banks:

@@ -73,3 +73,24 @@ def test_bad_pinned_rows_are_refused(setup):
     past = dataclasses.replace(compiled, pinned={"s": (np.array([2]), np.array([40]))})
     with pytest.raises(ValueError):
         fmt.compile(past)
+
+
+def test_stage_counts_and_shapes_are_checked():
+    """A two-stage pipeline needs a two-stage top level; three stages never
+    fit; the two stages must take the same queries (dense features, user
+    bags, item ids)."""
+    from sim.tb_top import tiny_stage, two_stage_tiny
+    a, b = tiny_stage(1), tiny_stage(2, top=(16, 8, 1))
+    two = CompiledModel(PipelineSpec("two", ("a", "b"), (6, 3)), {"a": a, "b": b})
+    with pytest.raises(ValueError, match="runs 1 stage"):
+        DeviceFormat(Config.preset("tiny")).compile(two)
+    fmt = DeviceFormat(two_stage_tiny())
+    frames, _ = fmt.compile(two)
+    assert [op for op, _ in frames][-1] == Opcode.CONFIGURE_STAGES
+    three = CompiledModel(PipelineSpec("three", ("a", "b", "a"), (6, 3, 1)), {"a": a, "b": b})
+    with pytest.raises(ValueError, match="1 or 2 stages"):
+        fmt.compile(three)
+    for other in (tiny_stage(3, users=1), tiny_stage(3, dense=2)):
+        mixed = CompiledModel(PipelineSpec("mixed", ("a", "c"), (6, 3)), {"a": a, "c": other})
+        with pytest.raises(ValueError, match="same dense features, user bags and item ids"):
+            fmt.compile(mixed)
