@@ -437,14 +437,14 @@ class _Unit(wiring.Component):
         ends_now = ends + (cur_valid & ce.last & finishing)
         credit_ok = ends_now < self.OUT_DEPTH
         credit2_ok = ends_now < self.OUT_DEPTH - 1
-        head_ready = (done >> head.slot)[0] | (head.issue.src != Source.MEMORY)
+        head_ready = done.bit_select(head.slot, 1) | (head.issue.src != Source.MEMORY)
         take_read = (meta.r_rdy & he.read & head_ready & (~cur_valid | finishing)
                      & (~he.last | Mux(he.merged, credit2_ok, credit_ok)))
         take_none = meta.r_rdy & ~he.read & ~cur_valid & (~he.last | credit_ok)
         m.d.comb += meta.r_en.eq(take_read | take_none)
         with m.If(take_read):
             m.d.sync += [cur_valid.eq(1), cur.eq(head), beat.eq(0),
-                         cur_err.eq((err >> head.slot)[0]
+                         cur_err.eq(err.bit_select(head.slot, 1)
                                     & (head.issue.src == Source.MEMORY))]
         with m.Elif(finishing):
             m.d.sync += cur_valid.eq(0)
@@ -484,11 +484,18 @@ class _Unit(wiring.Component):
                      tok_err.eq(cur_valid & cur_err),
                      tok_src.eq(Mux(cur_valid, cur.issue.src, Source.MEMORY))]
         m.d.comb += end_issued.eq(cur_end | (take_none & he.last))
-        row = rp.data
-        row_err = tok_err
+        # The row beat and its error flag as signals: the pooler slices every
+        # byte lane out of the row, and each slice of an expression would
+        # rebuild the whole expression (Amaranth does not share common
+        # subexpressions), e.g. a full-width source mux per lane.
+        row = Signal(cfg.data_bits)
+        row_err = Signal()
         if self._cached:
-            row, row_err = dyn_data(cur, beat, tok_valid & tok_data, tok_src, rp.data,
-                                    tok_err)
+            line_row, line_err = dyn_data(cur, beat, tok_valid & tok_data, tok_src, rp.data,
+                                          tok_err)
+            m.d.comb += [row.eq(line_row), row_err.eq(line_err)]
+        else:
+            m.d.comb += [row.eq(rp.data), row_err.eq(tok_err)]
 
         # -- pooling --------------------------------------------------------
         # Stage 1: scale and bias of the row (from its header beat).
@@ -498,8 +505,11 @@ class _Unit(wiring.Component):
         bias = Signal(signed(32))
         with m.If(tok_valid & tok_data & tok_first):
             m.d.sync += [scale.eq(hdr_scale), bias.eq(hdr_bias)]
-        use_scale = Mux(tok_first, hdr_scale, scale)
-        use_bias = Mux(tok_first, hdr_bias, bias)
+        # (signals, so that the lanes below share one mux)
+        use_scale = Signal(signed(32))
+        use_bias = Signal(signed(32))
+        m.d.comb += [use_scale.eq(Mux(tok_first, hdr_scale, scale)),
+                     use_bias.eq(Mux(tok_first, hdr_bias, bias))]
         # Stage 2: every lane dequantized, as int8 and as two int4 codes.
         vb = cfg.value_bits
         v8 = [Signal(signed(vb), name=f"v8_{l}") for l in range(W)]
@@ -527,14 +537,25 @@ class _Unit(wiring.Component):
         out_vec = Signal(data.ArrayLayout(signed(cfg.acc_bits), cfg.max_dim))
         out_status = Signal(Status)
         out_valid = Signal()
+        # Element p's code is in beat (8 + p) // W (int8) or (8 + p // 2) // W
+        # (int4): one select signal per beat, shared by the beat's elements.
+        sel8, sel4 = {}, {}
+        for k in sorted({(8 + p) // W for p in range(cfg.max_dim)}):
+            sel8[k] = Signal(name=f"sel8_{k}")
+            m.d.comb += sel8[k].eq(~p_bits4 & (p_beat == k))
+        for k in sorted({(8 + p // 2) // W for p in range(cfg.max_dim)}):
+            sel4[k] = Signal(name=f"sel4_{k}")
+            m.d.comb += sel4[k].eq(p_bits4 & (p_beat == k))
         for p in range(cfg.max_dim):
             b8 = 8 + p
             b4 = 8 + p // 2
-            sel8 = ~p_bits4 & (p_beat == b8 // W)
-            sel4 = p_bits4 & (p_beat == b4 // W)
             upd = Mux(p_data & (p < p_dim),
-                      Mux(sel8, v8[b8 % W], Mux(sel4, v4[b4 % W][p % 2], 0)), 0)
-            nxt = acc[p] + upd
+                      Mux(sel8[b8 // W], v8[b8 % W], Mux(sel4[b4 // W], v4[b4 % W][p % 2], 0)),
+                      0)
+            # (a signal: the sum goes to the accumulator and to the output,
+            # and as an expression it would be built twice)
+            nxt = Signal(signed(cfg.acc_bits), name=f"nxt{p}")
+            m.d.comb += nxt.eq(acc[p] + upd)
             with m.If(p_valid):
                 m.d.sync += acc[p].eq(Mux(p_end, 0, nxt))
             with m.If(p_end):
@@ -593,6 +614,9 @@ class _Unit(wiring.Component):
         def match(tag):
             return tag.valid & (tag.table == a.table) & (tag.id == a.id)
 
+        # (The hit vectors below are signals: they are used per way, and an
+        # expression would be rebuilt, all its comparators, at every use.)
+
         # -- static: host-written tags and lines; line = way * sets + set ----
         s_hit = Const(0)
         s_line = Const(0)
@@ -601,6 +625,11 @@ class _Unit(wiring.Component):
             # the set of the entry coming in (to read the tags), and of the
             # entry in the stage
             tag_in = cache_set(inp.payload.table, inp.payload.id, sets)
+            if sets > 1:
+                # (a signal: it addresses every way's tag array, and the hash
+                # as an expression would be built again for each)
+                tag_in_hash, tag_in = tag_in, Signal(clog2(sets))
+                m.d.comb += tag_in.eq(tag_in_hash)
             a_set = Signal(max(clog2(sets), 1))
             with m.If(inp.ready):
                 m.d.sync += a_set.eq(tag_in)
@@ -610,7 +639,7 @@ class _Unit(wiring.Component):
             sets, ways = cfg.static_sets, cfg.static_ways
             sb = _log2(sets)
             tag_in, a_set = set_of(sets)
-            hits = []
+            hits = Signal(ways)
             for w in range(ways):
                 mem = Memory(shape=tag_l, depth=sets, init=[])
                 m.submodules[f"stag{w}"] = mem
@@ -620,8 +649,9 @@ class _Unit(wiring.Component):
                              wp.en.eq((flushing & (fset < sets))
                                       | (self.cw_en & cw.tag & (cw.addr[sb:] == w))),
                              rp.addr.eq(tag_in), rp.en.eq(inp.ready)]
-                hits.append(match(rp.data))
-            s_hit = Cat(*hits).any() & a.read
+                m.d.comb += hits[w].eq(match(rp.data))
+            s_hit = Signal()
+            m.d.comb += s_hit.eq(hits.any() & a.read)
             s_way = Signal(range(ways))
             for w in reversed(range(ways)):
                 with m.If(hits[w]):
@@ -654,7 +684,8 @@ class _Unit(wiring.Component):
                              rp.en.eq(inp.ready)]
                 tags.append(rp.data)
                 tag_w.append(wp)
-            hits = Cat(*[match(t) for t in tags])
+            hits = Signal(ways)
+            m.d.comb += hits.eq(Cat(*[match(t) for t in tags]))
             valid = Cat(*[t.valid for t in tags])
             d_hit = hits.any() & lookup
             # the victim: the lowest empty way, else the policy's choice
