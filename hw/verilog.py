@@ -8,6 +8,7 @@ such a RAM starts undefined, as a block RAM without an init file does, and
 no block here reads a word it has not written.
 """
 
+import gc
 import re
 
 from amaranth.back import rtlil
@@ -31,6 +32,18 @@ def strip_zero_meminit(rtlil_text: str) -> str:
 
 
 def to_verilog(component, name: str) -> str:
-    """Verilog for a ``wiring.Component``, ports named by path with ``__``."""
-    text = rtlil.convert(component, name=name, emit_src=False)
+    """Verilog for a ``wiring.Component``, ports named by path with ``__``.
+
+    Python's garbage collector is off during Amaranth's conversion: the
+    netlist is millions of small objects that live until the end, and the
+    collector's passes over them roughly doubled the conversion time of the
+    large blocks (measured on the default embedding lookup: 23.8 s with it,
+    12.6 s without)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        text = rtlil.convert(component, name=name, emit_src=False)
+    finally:
+        if enabled:
+            gc.enable()
     return _convert_rtlil_text(strip_zero_meminit(text))
