@@ -428,6 +428,7 @@ def trained_params(config: StageModelConfig | str, split: LeaveLastOut, seed: in
                 if progress:
                     progress(f"{cfg.name}: cached weights {path}")
                 return params
+    require_torch()                 # (before saying it trains)
     if progress:
         progress(f"{cfg.name}: training ({tc.epochs} epochs, seed {seed})")
     res = train_stage_model(cfg, split, seed, tc, progress)
