@@ -185,20 +185,19 @@ def stage_for(config, *, seed: int = 0):
 
 def pipeline_for(config, *, seed: int = 0, n_candidates: int | None = None):
     """``(params, spec)``: synthetic weights of a pipeline of as many stages
-    as ``config``'s top level runs. One stage: :func:`stage_for`, keeping
-    10. Two: a cheap filter (its top layer 16 wide) keeping
-    ``min(64, k_max)`` of the ``n_candidates``, then :func:`stage_for`'s
-    model keeping 10."""
+    as ``config``'s top level runs, keeping what ``recaccel run`` keeps
+    (:func:`host.run.keeps_for`). One stage: :func:`stage_for`. Two: a cheap
+    filter (its top layer 16 wide), then :func:`stage_for`'s model."""
     import dataclasses
-    k = config.topk.k_max
+    from host.run import keeps_for
+    keeps = keeps_for(config, n_candidates or config.topk.k_max)
     big = stage_for(config, seed=seed)
     if config.stage.stages == 1:
-        return {"s": big}, PipelineSpec("one stage", ("s",), (min(10, k),))
+        return {"s": big}, PipelineSpec("one stage", ("s",), keeps)
     mcfg = big.config
     small = dataclasses.replace(mcfg, name="filter", top_mlp=(min(16, mcfg.top_mlp[0]), 1))
-    keep1 = min(64, k, n_candidates or k)
     return ({"s1": init_params(small, seed=seed + 1, table_scale=0.5), "s2": big},
-            PipelineSpec("two stages", ("s1", "s2"), (keep1, min(10, keep1))))
+            PipelineSpec("two stages", ("s1", "s2"), keeps))
 
 
 def hardware_e2e(config, *, n_queries: int = 16, n_candidates: int | None = None,

@@ -74,6 +74,17 @@ def models_for(config: Config) -> tuple[str, ...]:
     return MODELS[config.stage.stages]
 
 
+def keeps_for(config: Config, n_candidates: int, keep: int = 10) -> tuple[int, ...]:
+    """What each stage keeps: ``keep`` (one stage), or :data:`FILTER_KEEP`
+    then ``keep`` (two), within the top-k filter's ``k_max`` and the
+    candidates."""
+    keep = min(keep, config.topk.k_max, n_candidates)
+    if config.stage.stages == 1:
+        return (keep,)
+    keep1 = min(FILTER_KEEP, config.topk.k_max, n_candidates)
+    return keep1, min(keep, keep1)
+
+
 @dataclass
 class RunSetup:
     """A compiled pipeline, its float weights (by stage), the queries and
@@ -110,13 +121,8 @@ def movielens_setup(config: Config, *, n_queries: int = 32, n_candidates: int = 
                          f"{config.name}, not {n_candidates}")
     if n_queries < 1:
         raise ValueError(f"queries: must be >= 1, not {n_queries}")
-    keep = min(keep, config.topk.k_max, n_candidates)
     names = models_for(config)
-    if len(names) == 2:
-        keep1 = min(FILTER_KEEP, config.topk.k_max, n_candidates)
-        keeps = (keep1, min(keep, keep1))
-    else:
-        keeps = (keep,)
+    keeps = keeps_for(config, n_candidates, keep)
     spec = PipelineSpec(", ".join(f"{n} keeps {k}" for n, k in zip(names, keeps)), names,
                         keeps)
     quant = {"score_bits": config.topk.score_bits, "max_bag": config.embedding.max_bag}
