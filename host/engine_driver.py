@@ -58,19 +58,39 @@ class EngineDriver:
     async def load(self, program: MLPProgram) -> None:
         await self.pipe.send(program.load_commands)
 
-    async def run(self, program: MLPProgram, x: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    async def run(self, program: MLPProgram, x: np.ndarray, *,
+                  overlap: bool = False) -> tuple[np.ndarray, list[int]]:
         """Run a batch of any size (split into runs the buffers hold).
+
+        With ``overlap`` the runs alternate between the two halves of the
+        activation buffers and all their commands are sent at once: the
+        engine takes a run's inputs while the run before computes, and
+        computes it while the answer before leaves (:mod:`hw.mlp_isa`).
+        Without, one run at a time, each from word 0.
 
         Returns the int8 outputs and the cycle count of each run.
         """
         x = np.asarray(x)
-        step = program.max_rows_per_run()
+        half = self.target.config.act_words(self.target.engine) // 2
+        step = program.max_rows_per_run(half if overlap else None)
+        if step == 0:
+            raise ValueError("overlap: a row of this MLP does not fit half of the "
+                             "activation buffer")
+        parts = [x[s:s + step] for s in range(0, x.shape[0], step)]
         outs, cycles = [], []
-        for start in range(0, x.shape[0], step):
-            part = x[start:start + step]
-            await self.pipe.send(program.input_commands(part)
-                                 + [program.run_command(part.shape[0])])
+
+        async def answer(part):
             y, c = program.decode_run(await self.read_frame(), part.shape[0])
             outs.append(y)
             cycles.append(c)
+
+        for i, part in enumerate(parts):
+            base = (i % 2) * half if overlap else 0
+            await self.pipe.send(program.input_commands(part, base)
+                                 + [program.run_command(part.shape[0], base)])
+            if not overlap:
+                await answer(part)
+        if overlap:
+            for part in parts:
+                await answer(part)
         return np.concatenate(outs), cycles

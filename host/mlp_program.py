@@ -100,30 +100,33 @@ class MLPProgram:
     def out_dim(self) -> int:
         return self.layers[-1].out_dim
 
-    def max_rows_per_run(self) -> int:
+    def max_rows_per_run(self, words: int | None = None) -> int:
+        """Most rows a RUN of this MLP takes in ``words`` activation words
+        (default: the whole buffer)."""
         t, cfg = self.target, self.target.config
-        words = cfg.act_words(t.engine)
+        words = cfg.act_words(t.engine) if words is None else words
         widest = max(max(ceil_div(l.in_dim, t.side), ceil_div(l.out_dim, t.side))
                      for l in self.layers)
         return min(cfg.max_rows, words // widest)
 
-    def input_commands(self, x: np.ndarray) -> list[int]:
-        """Write a batch of int8 rows into activation buffer 0."""
+    def input_commands(self, x: np.ndarray, base: int = 0) -> list[int]:
+        """Write a batch of int8 rows into activation buffer 0, for a RUN
+        with this ``base``."""
         t = self.target
         x = np.asarray(x)
-        rows = self._check_batch(x)
+        rows = self._check_batch(x, base)
         chunks = _chunk(x, t.side, t.lanes)           # (rows, chunks, lanes)
         out = []
         for c in range(chunks.shape[1]):
             for r in range(rows):
                 out.append(t.pack(Opcode.WRITE_ACT, act={
-                    "buf": 0, "addr": c * rows + r,
+                    "buf": 0, "addr": base + c * rows + r,
                     "data": chunks[r, c].tolist()}))
         return out
 
-    def run_command(self, rows: int) -> int:
+    def run_command(self, rows: int, base: int = 0) -> int:
         return self.target.pack(Opcode.RUN, run={"layers": len(self.layers),
-                                                 "rows": rows})
+                                                 "rows": rows, "base": base})
 
     def decode_run(self, beats: list[int], rows: int) -> tuple[np.ndarray, int]:
         """The answer to a RUN: ``(int8 outputs (rows, out_dim), cycles)``."""
@@ -146,7 +149,7 @@ class MLPProgram:
         y = y[:, :, :t.side].reshape(rows, nchunks * t.side)[:, :self.out_dim]
         return y, trailer["info"]
 
-    def _check_batch(self, x):
+    def _check_batch(self, x, base=0):
         if x.ndim != 2 or x.dtype != np.int8:
             raise ValueError(f"a batch must be int8 (rows, features), not "
                              f"{x.dtype} {x.shape}")
@@ -154,8 +157,12 @@ class MLPProgram:
             raise ValueError(f"the batch has {x.shape[1]} features; the MLP "
                              f"takes {self.layers[0].in_dim}")
         rows = x.shape[0]
-        if not 1 <= rows <= self.max_rows_per_run():
-            raise ValueError(f"a run takes 1 to {self.max_rows_per_run()} rows "
+        words = self.target.config.act_words(self.target.engine)
+        if not 0 <= base < words:
+            raise ValueError(f"base: must be in 0 .. {words - 1}, not {base}")
+        most = self.max_rows_per_run(words - base)
+        if not 1 <= rows <= most:
+            raise ValueError(f"a run from word {base} takes 1 to {most} rows "
                              f"for this MLP, not {rows}")
         return rows
 

@@ -140,6 +140,13 @@ def compile_stage(model: QuantizedStageModel, config: Config, limits: StageLimit
                          f"{DENSE_FIFO // 2} chunks of {S}, what the stage engine holds")
     if not 1 <= sb_rows <= config.array.max_rows:
         raise ValueError(f"sb_rows: must be in 1 .. {config.array.max_rows}, not {sb_rows}")
+    # a sub-batch runs in half of the engine's activation buffers (hw.stage)
+    half = config.array.act_words(engine) // 2
+    widest = max(max(ceil_div(l.in_dim, S), ceil_div(l.out_dim, S)) for l in model.layers[:-1])
+    if sb_rows * widest > half:
+        raise ValueError(f"sb_rows: {sb_rows} rows of {widest} chunks of {S} (the widest top "
+                         f"layer) do not fit half of the engine's activation buffer "
+                         f"({half} words); at most {half // widest}")
 
     # the engine: bottom layers, then the top layers but the last
     cmds, ldesc = [], []

@@ -70,7 +70,7 @@ class PackStatus(enum.Enum, shape=3):
     #: ``base + r >= rows``: the row would land on another row's chunk.
     BAD_ROW = 3
     #: The row's last chunk, ``(ceil(n/S) - 1) * rows + base + r``, is past
-    #: the engine's ``act_words``.
+    #: the packer's ``words`` (the engine's ``act_words`` by default).
     BAD_ADDRESS = 4
 
 
@@ -110,6 +110,10 @@ class ActPacker(wiring.Component):
         The MLP engine written to (its lanes, sides and ``act_words``).
     max_elems : int
         Longest row, 1 .. ``config.max_dim``.
+    words : int
+        The activation words the packer writes, ``0 .. words - 1`` (default:
+        the engine's ``act_words``; the stage engine gives it half, and adds
+        the half its sub-batch runs in).
 
     Attributes
     ----------
@@ -120,7 +124,8 @@ class ActPacker(wiring.Component):
     err : Out(1)
     """
 
-    def __init__(self, config: ArrayConfig, *, engine: int = 0, max_elems: int):
+    def __init__(self, config: ArrayConfig, *, engine: int = 0, max_elems: int,
+                 words: int | None = None):
         if not isinstance(config, ArrayConfig):
             raise TypeError(f"config must be an ArrayConfig, not {config!r}")
         if (not isinstance(engine, int) or isinstance(engine, bool)
@@ -130,9 +135,15 @@ class ActPacker(wiring.Component):
                 or not 1 <= max_elems <= config.max_dim):
             raise ValueError(f"max_elems must be an integer in 1..{config.max_dim} "
                              f"(array.max_dim), not {max_elems!r}")
+        act_words = config.act_words(engine)
+        words = act_words if words is None else words
+        if not isinstance(words, int) or isinstance(words, bool) or not 1 <= words <= act_words:
+            raise ValueError(f"words must be an integer in 1..{act_words} (the engine's "
+                             f"act_words), not {words!r}")
         self._config = config
         self._engine = engine
         self._max_elems = max_elems
+        self._words = words
         self._lanes = config.engine_lanes(engine)
         super().__init__({
             "ctl": In(stream.Signature(control_layout(config, engine))),
@@ -162,7 +173,7 @@ class ActPacker(wiring.Component):
         m = Module()
         cfg, E, lanes = self._config, self._max_elems, self._lanes
         sides = engine_sides(cfg, self._engine)
-        act_words = cfg.act_words(self._engine)
+        act_words = self._words
         vec = data.ArrayLayout(signed(8), E)
         count_shape = done_layout(cfg)["rows"].shape
         count_max = (1 << count_shape.width) - 1

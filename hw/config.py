@@ -190,7 +190,13 @@ class StageConfig:
     re-ranks stage 1's survivors on MLP engine 1, both on the array's first
     split (RPAccel's stage overlap), and a query has at most
     ``max_candidates`` candidates (the survivors' buffer,
-    :class:`hw.survivors.Survivors`; at most ``2 ** topk.id_bits``)."""
+    :class:`hw.survivors.Survivors`; at most ``2 ** topk.id_bits``).
+
+    ``fetch_depth`` is the bags a stage may have in flight in the feature
+    fetch (:class:`hw.feature_fetch.FeatureFetch` and, with two stages,
+    each stage's credits in :class:`hw.bag_arbiter.BagArbiter`): a bag a
+    cycle needs as many as the cycles from a bag to its feature, the
+    memory's latency and about 20 more."""
 
     dim: int = 16
     max_users: int = 3
@@ -200,6 +206,7 @@ class StageConfig:
     staging: int = 512
     stages: int = 1
     max_candidates: int = 1024
+    fetch_depth: int = 64
 
     def __post_init__(self):
         _check_int("stage.dim", self.dim, 1, 4096)
@@ -210,6 +217,7 @@ class StageConfig:
         _check_int("stage.staging", self.staging, 2, 65536)
         _check_int("stage.stages", self.stages, 1, 2)
         _check_int("stage.max_candidates", self.max_candidates, 1, 65536)
+        _check_int("stage.fetch_depth", self.fetch_depth, 3, 4096)
 
 
 @dataclass(frozen=True)
@@ -495,7 +503,7 @@ PRESETS: dict[str, Config] = {
                                   outstanding=8, onchip_banks=1, onchip_words=64,
                                   max_tables=8, max_dim=16, max_bag=8),
         stage=StageConfig(dim=4, max_users=3, max_items=1, max_hidden=16, max_pen=16,
-                          staging=64)),
+                          staging=64, fetch_depth=8)),
     # The demo: a 16x16 array that splits into 4 x 8x8, two stages on two of
     # them; per channel a static cache of 384 rows (3 ways) and a dynamic one
     # of 16 sets x 8 ways.

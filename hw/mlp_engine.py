@@ -189,6 +189,7 @@ class MLPEngine(wiring.Component):
 
         # -- run-wide registers ---------------------------------------------
         rows = Signal(range(cfg.max_rows + 1))
+        base = Signal.like(args.run.base)       # the RUN's first activation word
         cycles = Signal(32)
         err_status = Signal(Status)
         err_info = Signal(32)
@@ -549,16 +550,75 @@ class MLPEngine(wiring.Component):
         out_row = Signal(range(cfg.max_rows + 1))
         out_chunk = Signal.like(nt)
 
+        # -- the sender: a finished RUN's rows and trailer, in the background --
+        # Once a RUN's last layer is written the engine hands its answer to
+        # the sender and takes commands again: the next RUN computes while
+        # this one's rows leave. The sender reads buffer ``out_buf``, words
+        # ``snd_lo .. snd_hi - 1``, which nothing writes until it is done.
+        snd_active = Signal()
+        snd_lo = Signal.like(base)
+        snd_hi = Signal(range(act_words + 1))
+        snd_rows = Signal.like(rows)
+        snd_nt_m1 = Signal.like(nt)
+        snd_info = Signal(32)
+        with m.If(snd_active):
+            m.d.comb += self.busy.eq(1)
+            room = out_owed < rfifo_depth
+            done_issuing = out_row == snd_rows
+            m.d.comb += out_issue.eq(room & ~done_issuing)
+            with m.If(out_issue):
+                last_chunk = out_chunk == snd_nt_m1
+                m.d.sync += [out_chunk.eq(Mux(last_chunk, 0, out_chunk + 1)),
+                             out_rd_addr.eq(Mux(last_chunk, snd_lo + out_row + 1,
+                                                out_rd_addr + snd_rows))]
+                with m.If(last_chunk):
+                    m.d.sync += out_row.eq(out_row + 1)
+            with m.If(done_issuing & (out_inflight == 0) & (rfifo.level == 0)):
+                m.d.comb += [self.resp.valid.eq(1),
+                             self.resp.payload.status.eq(Status.OK),
+                             self.resp.payload.info.eq(snd_info),
+                             self.resp.payload.last.eq(1)]
+                with m.If(self.resp.ready):
+                    m.d.sync += snd_active.eq(0)
+            with m.Else():
+                m.d.comb += [self.resp.valid.eq(rfifo.r_rdy),
+                             self.resp.payload.data.eq(rfifo.r_data),
+                             rfifo.r_en.eq(self.resp.ready)]
+
+        # -- writes into the activation buffers while a RUN is under way --------
+        # ``win_valid``: a RUN passed its checks; its window is ``base ..
+        # win_hi - 1`` (in both buffers). A WRITE_ACT outside it (and outside
+        # the rows the sender has still to read) is taken, unless a result
+        # row is written into the same buffer in the cycle its write lands.
+        win_valid = Signal()
+        win_hi = Signal(range(act_words + 1))
+        act = args.act
+        act_to_sender = (snd_active & (act.buf == out_buf)
+                         & (act.addr >= snd_lo) & (act.addr < snd_hi))
+        act_to_result = pre_out.valid & (act.buf == dst_buf)
+        bg_take = Signal()
+        m.d.comb += bg_take.eq(
+            win_valid & (cmd.op == Opcode.WRITE_ACT) & (act.addr < act_words)
+            & ((act.addr < base) | (act.addr >= win_hi))
+            & ~act_to_sender & ~act_to_result
+            & (1 if self._engine == 0 else ~self.hold))
+
         # -- the control FSM ------------------------------------------------
         def fail(status, info):
             m.d.sync += [err_status.eq(status), err_info.eq(info)]
             m.next = "ERROR"
 
         m.d.sync += [cmd_act_we.eq(0), *(w.en.eq(0) for w in write_regs)]
+        with m.If(bg_take):
+            m.d.comb += self.cmd.ready.eq(1)
+            with m.If(self.cmd.valid):
+                m.d.sync += [cmd_act_we.eq(1), cmd_act.eq(act)]
         settle = Signal(range(SPLIT_SETTLE + 1))
         with m.FSM():
             with m.State("IDLE"):
-                take = 1 if self._engine == 0 else ~self.hold
+                take = Signal()
+                m.d.comb += take.eq((1 if self._engine == 0 else ~self.hold)
+                                    & ~((cmd.op == Opcode.WRITE_ACT) & act_to_sender))
                 m.d.comb += self.cmd.ready.eq(take)
                 with m.If(self.cmd.valid & take):
                     with m.Switch(cmd.op):
@@ -602,7 +662,8 @@ class MLPEngine(wiring.Component):
                                         | (r.layers > cfg.max_layers)):
                                 fail(Status.BAD_RUN, cmd.op)
                             with m.Else():
-                                m.d.sync += [rows.eq(r.rows),
+                                m.d.sync += [rows.eq(r.rows), base.eq(r.base),
+                                             win_hi.eq(r.base),
                                              n_layers_m1.eq(r.layers - 1),
                                              layer.eq(0), cycles.eq(0)]
                                 m.next = "CHECK_READ"
@@ -620,19 +681,21 @@ class MLPEngine(wiring.Component):
                             fail(Status.BAD_OPCODE, cmd.op)
 
             with m.State("ERROR"):
-                m.d.comb += [self.resp.valid.eq(1),
-                             self.resp.payload.status.eq(err_status),
-                             self.resp.payload.info.eq(err_info),
-                             self.resp.payload.last.eq(1)]
-                with m.If(self.resp.ready):
-                    m.next = "IDLE"
+                # (after the answer the sender still owes: responses keep order)
+                with m.If(~snd_active):
+                    m.d.comb += [self.resp.valid.eq(1),
+                                 self.resp.payload.status.eq(err_status),
+                                 self.resp.payload.info.eq(err_info),
+                                 self.resp.payload.last.eq(1)]
+                    with m.If(self.resp.ready):
+                        m.next = "IDLE"
 
             if self._engine == 0:
                 with m.State("SPLIT_WAIT"):
                     m.d.comb += [self.busy.eq(1), self.split_wait.eq(1)]
                     with m.If(settle != SPLIT_SETTLE):
                         m.d.sync += settle.eq(settle + 1)
-                    with m.Elif(~self.peers_busy):
+                    with m.Elif(~self.peers_busy & ~snd_active):
                         m.d.comb += [self.split_req.eq(1),
                                      self.split_value.eq(split_index)]
                         m.d.sync += cycles.eq(0)
@@ -655,6 +718,9 @@ class MLPEngine(wiring.Component):
                 prods[name] = mul.p
             wait = Signal(range(PipelinedMultiplier.LATENCY + 1))
             need_p = Signal(len(desc.p_base) + len(nt) + 1)
+            src_hi = Signal(len(need_src) + 1)
+            dst_hi = Signal.like(src_hi)
+            layer_hi = Signal.like(src_hi)
             bounds_bad = Signal()
             with m.State("CHECK_READ"):
                 m.d.comb += self.busy.eq(1)
@@ -687,39 +753,48 @@ class MLPEngine(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
                 m.d.sync += [need_w.eq((tiles << log_side) + desc.w_base),
-                             need_p.eq(desc.p_base + nt)]
+                             need_p.eq(desc.p_base + nt),
+                             src_hi.eq(need_src + base), dst_hi.eq(need_dst + base)]
                 m.next = "CHECK_LIMITS"
             with m.State("CHECK_LIMITS"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.sync += bounds_bad.eq(
+                m.d.sync += [bounds_bad.eq(
                     ~dims_ok | (need_w > cfg.weight_words)
-                    | (need_src > act_words) | (need_dst > act_words)
-                    | (need_p > cfg.param_words))
+                    | (src_hi > act_words) | (dst_hi > act_words)
+                    | (need_p > cfg.param_words)),
+                    layer_hi.eq(Mux(src_hi > dst_hi, src_hi, dst_hi))]
                 m.next = "CHECK_BOUNDS"
             with m.State("CHECK_BOUNDS"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
                 with m.If(bounds_bad):
                     fail(Status.BAD_LAYER, layer)
-                with m.Elif(layer == n_layers_m1):
-                    m.d.sync += layer.eq(0)
-                    m.next = "LAYER_READ"
                 with m.Else():
-                    m.d.sync += [layer.eq(layer + 1), prev_out.eq(desc.out_dim)]
-                    m.next = "CHECK_READ"
+                    with m.If(layer_hi > win_hi):
+                        m.d.sync += win_hi.eq(layer_hi)
+                    with m.If(layer == n_layers_m1):
+                        m.d.sync += [layer.eq(0), win_valid.eq(1)]
+                        m.next = "LAYER_READ"
+                    with m.Else():
+                        m.d.sync += [layer.eq(layer + 1), prev_out.eq(desc.out_dim)]
+                        m.next = "CHECK_READ"
 
             with m.State("LAYER_READ"):
+                # A layer starts once it does not read the buffer the sender
+                # reads, and the RUN's window does not overlap the sender's.
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
-                m.next = "LAYER_SETUP"
+                with m.If(~snd_active | ((out_buf != layer[0])
+                                         & ((base >= snd_hi) | (win_hi <= snd_lo)))):
+                    m.next = "LAYER_SETUP"
 
             with m.State("LAYER_SETUP"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [
                     cycles.eq(cycles + 1), *plus_dims,
                     seq_k.eq(0), seq_n.eq(0), seq_rb.eq(0), rows_left.eq(rows),
-                    seq_src.eq(0), seq_dst.eq(0), seq_w.eq(desc.w_base),
+                    seq_src.eq(base), seq_dst.eq(base), seq_w.eq(desc.w_base),
                     seq_p.eq(desc.p_base), relu.eq(desc.relu),
                     src_buf.eq(layer[0]), dst_buf.eq(~layer[0]),
                 ]
@@ -741,11 +816,11 @@ class MLPEngine(wiring.Component):
                     last_k = seq_k == kt_m1
                     last_n = seq_n == nt_m1
                     m.d.sync += [seq_k.eq(Mux(last_k, 0, seq_k + 1)),
-                                 seq_src.eq(Mux(last_k, 0, seq_src + rows)),
+                                 seq_src.eq(Mux(last_k, base, seq_src + rows)),
                                  seq_w.eq(seq_w + side)]
                     with m.If(last_k):
                         m.d.sync += [seq_n.eq(Mux(last_n, 0, seq_n + 1)),
-                                     seq_dst.eq(Mux(last_n, 0, seq_dst + rows)),
+                                     seq_dst.eq(Mux(last_n, base, seq_dst + rows)),
                                      seq_p.eq(Mux(last_n, desc.p_base, seq_p + 1))]
                         with m.If(last_n):
                             m.d.sync += [seq_w.eq(desc.w_base),
@@ -758,34 +833,20 @@ class MLPEngine(wiring.Component):
                 m.d.sync += cycles.eq(cycles + 1)
                 with m.If(all_free & ~loader_busy):
                     with m.If(layer == n_layers_m1):
-                        m.d.sync += [out_row.eq(0), out_chunk.eq(0),
-                                     out_rd_addr.eq(0),
-                                     out_buf.eq(~layer[0])]
-                        m.next = "SEND"
+                        with m.If(~snd_active):
+                            m.d.sync += [out_row.eq(0), out_chunk.eq(0),
+                                         out_rd_addr.eq(base), out_buf.eq(~layer[0]),
+                                         snd_active.eq(1), snd_lo.eq(base),
+                                         snd_hi.eq(dst_hi), snd_rows.eq(rows),
+                                         snd_nt_m1.eq(nt_m1), snd_info.eq(cycles),
+                                         win_valid.eq(0)]
+                            m.next = "IDLE"
                     with m.Else():
                         m.d.sync += layer.eq(layer + 1)
                         m.next = "LAYER_READ"
 
-            with m.State("SEND"):
-                # nt still holds the last layer's output chunks.
-                m.d.comb += self.busy.eq(1)
-                room = out_owed < rfifo_depth
-                done_issuing = out_row == rows
-                m.d.comb += out_issue.eq(room & ~done_issuing)
-                with m.If(out_issue):
-                    last_chunk = out_chunk == nt_m1
-                    m.d.sync += [out_chunk.eq(Mux(last_chunk, 0, out_chunk + 1)),
-                                 out_rd_addr.eq(Mux(last_chunk, out_row + 1,
-                                                    out_rd_addr + rows))]
-                    with m.If(last_chunk):
-                        m.d.sync += out_row.eq(out_row + 1)
-                m.d.comb += [self.resp.valid.eq(rfifo.r_rdy),
-                             self.resp.payload.data.eq(rfifo.r_data),
-                             rfifo.r_en.eq(self.resp.ready)]
-                with m.If(done_issuing & (out_inflight == 0) & (rfifo.level == 0)):
-                    m.next = "TRAILER"
-
             with m.State("TRAILER"):
+                # (SET_SPLIT's answer; it waited for the sender)
                 m.d.comb += [self.busy.eq(1), self.resp.valid.eq(1),
                              self.resp.payload.status.eq(Status.OK),
                              self.resp.payload.info.eq(cycles),

@@ -21,12 +21,24 @@ active split, ``lanes`` = the engine's port width, ``S <= lanes``):
 * params: output chunk ``n`` is entry ``p_base + n``; lane ``j`` holds output
   channel ``n*S + j``. Channels past ``out_dim`` have bias 0.
 * activations: chunk ``c`` (features ``c*S ..``) of row ``r`` is word
-  ``c * rows + r`` of a buffer; features past the layer's size are zero.
-  Layer ``l`` reads buffer ``l % 2`` and writes buffer ``(l + 1) % 2``.
+  ``base + c * rows + r`` of a buffer, ``base`` the RUN's; features past the
+  layer's size are zero. Layer ``l`` reads buffer ``l % 2`` and writes
+  buffer ``(l + 1) % 2``. A RUN's *window* is the words ``base ..`` up to
+  the widest of its layers' inputs and outputs, in both buffers.
+
+Overlap: the engine takes a ``WRITE_ACT`` while a RUN computes when it
+lands outside the RUN's window, and it takes the next RUN (and writes)
+while the last one's response is still going out; a write into the rows
+being sent, or a RUN whose window overlaps them, waits until they are sent.
+So a driver that alternates two windows (:meth:`host.engine_driver.EngineDriver.run`
+with ``overlap``) writes the next batch while one runs and runs it while
+that one's answer leaves. Every other command waits for the RUN to finish,
+and responses keep the order of their commands.
 
 Responses: a RUN answers with ``rows * ceil(out/S)`` data beats (row-major:
 all chunks of row 0, then row 1, ...) and a trailer beat with ``last`` set,
 ``status`` OK and ``info`` = cycles from RUN to the last result written.
+``base`` plus the window must fit ``act_words`` (else ``BAD_LAYER``).
 A SET_SPLIT (engine 0 only) waits until no other engine is busy, applies
 the split and answers with an OK trailer. A bad command answers with a single
 trailer beat with an error ``status`` and ``info`` = the opcode (or the
@@ -100,6 +112,7 @@ def command_layout(config: ArrayConfig, engine: int) -> data.StructLayout:
             "run": data.StructLayout({
                 "layers": unsigned(field_bits(config.max_layers)),
                 "rows": unsigned(field_bits(config.max_rows)),
+                "base": aaddr,
             }),
             "split": data.StructLayout({
                 "index": unsigned(field_bits(len(config.splits) - 1)),

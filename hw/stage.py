@@ -30,9 +30,12 @@ A query goes through these phases (the numbers are the golden model's steps,
     phases above still run - and its features go through the interaction
     and the activation packer (:class:`~hw.act_packer.ActPacker`) into a
     staging FIFO of engine commands. The candidates are cut into sub-batches
-    of ``sb_rows``; while the engine is idle a sub-batch's commands drain
-    into it, then ``RUN`` (the top layers but the last) starts, and the next
-    sub-batch's lookups, interaction and packing go on meanwhile. Each result
+    of ``sb_rows``; a sub-batch's commands drain into the engine, then its
+    ``RUN`` (the top layers but the last). Sub-batches alternate between the
+    two halves of the engine's activation buffers, so the engine takes the
+    next sub-batch's commands while one runs, and its ``RUN`` while the
+    rows of the one before are still coming back; the lookups, interaction
+    and packing of the sub-batches after go on meanwhile. Each result
     row (the penultimate activations) goes through the score head (a
     :class:`~hw.wide.WideMatVec`: the last layer with the score's wide
     requantization) with the candidate's position as its tag, to ``topk``
@@ -275,8 +278,11 @@ class StageEngine(wiring.Component):
             lanes=lanes, max_in=score_in(cfg, self._engine, self._max_pen), max_out=1,
             bits=cfg.topk.score_bits, tag_bits=pos_bits, target=arr.dsp)
         wiring.connect(m, wiring.flipped(self.sw), score.w)
+        # Sub-batches alternate between the halves of the engine's activation
+        # buffers, so that one's commands go in while the one before runs.
+        half = arr.act_words(self._engine) // 2
         m.submodules.packer = packer = ActPacker(arr, engine=self._engine,
-                                                 max_elems=self._pairs)
+                                                 max_elems=self._pairs, words=half)
         cmd_l = command_layout(arr, self._engine)
         m.submodules.staging = staging = SyncFIFOBuffered(width=cmd_l.size,
                                                           depth=self._staging)
@@ -553,10 +559,15 @@ class StageEngine(wiring.Component):
         m.d.sync += written.eq(written + staged)
 
         # -- the engine driver: a sub-batch's commands, then its RUN -------------------
+        # The engine takes the commands of a sub-batch while the one before
+        # runs, in the other half of its buffers (``region``), and its RUN
+        # while that one's rows are still coming back. The row counts of the
+        # RUNs under way wait in ``runq`` for their trailers.
         have_done = Signal()
         target = Signal(32)
         run_rows = Signal.like(packer.done.payload.rows)
-        run_done = Signal()
+        region = Signal()
+        m.submodules.runq = runq = SyncFIFOBuffered(width=len(run_rows), depth=4)
         with m.FSM(name="engine"):
             with m.State("DRAIN"):
                 with m.If(scoring):
@@ -569,20 +580,21 @@ class StageEngine(wiring.Component):
                     more = ~(have_done & (drained == target))
                     m.d.comb += [self.ecmd.valid.eq(staging.r_rdy & more),
                                  self.ecmd.payload.eq(staging.r_data),
+                                 ecmd.args.act.addr.eq(
+                                     cmd_l(staging.r_data).args.act.addr + region * half),
                                  staging.r_en.eq(self.ecmd.ready & more)]
                     with m.If(staging.r_rdy & more & self.ecmd.ready):
                         m.d.sync += drained.eq(drained + 1)
                     with m.If(have_done & (drained == target)):
                         m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += [self.ecmd.valid.eq(1), ecmd.op.eq(EOp.RUN),
+                m.d.comb += [self.ecmd.valid.eq(runq.w_rdy), ecmd.op.eq(EOp.RUN),
                              ecmd.args.run.layers.eq(conf.n_top),
-                             ecmd.args.run.rows.eq(run_rows)]
-                with m.If(self.ecmd.ready):
-                    m.d.sync += have_done.eq(0)
-                    m.next = "WAIT"
-            with m.State("WAIT"):
-                with m.If(run_done):
+                             ecmd.args.run.rows.eq(run_rows),
+                             ecmd.args.run.base.eq(region * half),
+                             runq.w_en.eq(self.ecmd.ready), runq.w_data.eq(run_rows)]
+                with m.If(self.ecmd.ready & runq.w_rdy):
+                    m.d.sync += [have_done.eq(0), region.eq(~region)]
                     m.next = "DRAIN"
 
         # -- the scores: result rows through the score head, to the top-k filter ---
@@ -600,22 +612,19 @@ class StageEngine(wiring.Component):
             with m.State("ROWS"):
                 with m.If(scoring):
                     with m.If(resp.last):
-                        m.d.comb += self.eresp.ready.eq(1)
+                        m.d.comb += [self.eresp.ready.eq(1), runq.r_en.eq(self.eresp.valid)]
                         with m.If(self.eresp.valid):
                             with m.If(resp.status != EStatus.OK):
                                 # no rows came: score zero rows in their place
                                 fail(StageStatus.ENGINE)
-                                m.d.sync += flush.eq(run_rows)
+                                m.d.sync += flush.eq(runq.r_data)
                                 m.next = "FLUSH"
-                            with m.Else():
-                                m.d.comb += run_done.eq(1)
                     with m.Else():
                         m.d.comb += [score.i.valid.eq(self.eresp.valid & posq.r_rdy),
                                      si.x.eq(resp.data),
                                      self.eresp.ready.eq(score.i.ready & posq.r_rdy)]
             with m.State("FLUSH"):
                 with m.If(flush == 0):
-                    m.d.comb += run_done.eq(1)
                     m.next = "ROWS"
                 with m.Else():
                     m.d.comb += [score.i.valid.eq(posq.r_rdy), si.x.eq(0)]

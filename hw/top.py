@@ -79,9 +79,6 @@ __all__ = ["COUNTERS", "QUERIES", "stage_engine", "stage_engines", "ports", "sta
 #: (the router goes on to the next query's records meanwhile).
 QUERIES = 4
 
-#: Bags each stage may have in flight in the shared feature fetch (two stages).
-ARBITER_DEPTH = 8
-
 #: The ``READ_COUNTERS`` words, in order (:data:`host.protocol.COUNTERS`).
 COUNTERS = ("frames", "queries", "errors", "candidates", "macs", "lookup_bytes",
             "busy_cycles", "cache_hits", "cache_misses")
@@ -195,7 +192,8 @@ class Accelerator(wiring.Component):
         m.submodules.router = router = self.router
         m.submodules.stage = stage = self.stages[0]
         m.submodules.emb = emb = self.emb
-        m.submodules.fetch = fetch = FeatureFetch(emb_cfg, cfg.stage.dim)
+        m.submodules.fetch = fetch = FeatureFetch(emb_cfg, cfg.stage.dim,
+                                                  depth=cfg.stage.fetch_depth)
         m.submodules.cluster = cluster = MLPCluster(cfg.array)
         m.submodules.topk = topk = TopKFilter(cfg.topk)
         m.submodules.result = result = ResultWriter(cfg.topk)
@@ -323,7 +321,7 @@ class Accelerator(wiring.Component):
         m.submodules.stage2 = stage2 = self.stages[1]
         m.submodules.topk2 = topk2 = TopKFilter(cfg.topk)
         m.submodules.arbiter = arb = BagArbiter(cfg.embedding, cfg.stage.dim, clients=2,
-                                                depth=ARBITER_DEPTH)
+                                                depth=cfg.stage.fetch_depth)
         m.submodules.survivors = surv = Survivors(cfg, max_items=cfg.stage.max_items,
                                                   max_candidates=cfg.stage.max_candidates)
         for name in _STAGE_PORTS:

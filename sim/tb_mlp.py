@@ -98,15 +98,23 @@ async def check_random_mlps(bench: ClusterBench, engine: int, split: int,
     for case in range(cases):
         layers = random_mlp(rng, tb["max_dim"], tb["max_layers"])
         program = compile_mlp(layers, drv.target)
-        rows = int(rng.integers(1, min(program.max_rows_per_run(), tb["max_rows"]) + 1))
+        # Every other case overlaps: up to three runs in alternating halves
+        # of the buffers, each taken while the one before computes or sends.
+        overlap = case % 2 == 1
+        half = bench.array.act_words(engine) // 2
+        per_run = program.max_rows_per_run(half if overlap else None)
+        if per_run == 0:
+            overlap, per_run = False, program.max_rows_per_run()
+        most = min(per_run * (3 if overlap else 1), tb["max_rows"])
+        rows = int(rng.integers(1, most + 1))
         x = rng.integers(-128, 128, (rows, layers[0].in_dim)).astype(np.int8)
         await drv.load(program)
-        y, _ = await drv.run(program, x)
+        y, _ = await drv.run(program, x, overlap=overlap)
         ref = int8_mlp(x, layers)
         shapes = [(l.in_dim, l.out_dim) for l in layers]
         assert np.array_equal(y, ref), (
-            f"engine {engine} split {split} case {case}: shapes {shapes}, rows {rows}: "
-            f"{int(np.sum(y != ref))} of {y.size} outputs differ")
+            f"engine {engine} split {split} case {case} (overlap {overlap}): shapes {shapes}, "
+            f"rows {rows}: {int(np.sum(y != ref))} of {y.size} outputs differ")
         layers_checked += len(layers)
     return layers_checked
 
@@ -186,6 +194,12 @@ async def test_bad_commands(dut):
         await drv.pipe.send(beats + [t.pack(Opcode.RUN, run={"layers": len(descs), "rows": 1})])
         got, info = await drv.expect_status()
         assert got == Status.BAD_LAYER and info == len(descs) - 1, (descs, got, info)
+    # a RUN whose words run past the buffers from its base
+    await drv.pipe.send([
+        t.pack(Opcode.SET_LAYER, layer={"index": 0, "in_dim": 3, "out_dim": 3, "w_base": 0,
+                                        "p_base": 0, "relu": 0}),
+        t.pack(Opcode.RUN, run={"layers": 1, "rows": 2, "base": cfg.act_words(0) - 1})])
+    assert await drv.expect_status() == (Status.BAD_LAYER, 0)
     if cfg.engines > 1:
         # Engine 1 has no sub-array while the array is whole, and may not split it.
         other = bench.driver(1, cfg.splits[-1])

@@ -59,6 +59,8 @@ def test_invalid_top_level_fields():
         Config.preset("huge")
     with pytest.raises(ValueError, match="^name: "):
         Config(name="")
+    with pytest.raises(ValueError, match="^stage.fetch_depth: .*2"):
+        Config.preset("default").replace(stage={"fetch_depth": 2})
 
 
 def test_bad_toml_is_reported(tmp_path):

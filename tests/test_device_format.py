@@ -94,3 +94,18 @@ def test_stage_counts_and_shapes_are_checked():
         mixed = CompiledModel(PipelineSpec("mixed", ("a", "c"), (6, 3)), {"a": a, "c": other})
         with pytest.raises(ValueError, match="same dense features, user bags and item ids"):
             fmt.compile(mixed)
+
+
+def test_sub_batches_must_fit_half_the_activation_buffer():
+    """A sub-batch runs in half of the engine's activation buffers (the other
+    half takes the next one): a larger one is refused before anything runs."""
+    from sim.tb_top import tiny_stage
+    cfg = Config.preset("tiny")
+    model = CompiledModel(PipelineSpec("one", ("s",), (3,)), {"s": tiny_stage(3, top=(16, 8, 1))})
+    half = cfg.array.act_words(0) // 2
+    DeviceFormat(cfg, sb_rows=cfg.array.max_rows).compile(model)   # 64 rows x 4 chunks fit
+    small = Config.from_dict({**cfg.to_dict(), "array": {**cfg.to_dict()["array"],
+                                                         "max_dim": 16}})
+    assert small.array.act_words(0) // 2 < half
+    with pytest.raises(ValueError, match="do not fit half of the engine's activation buffer"):
+        DeviceFormat(small, sb_rows=small.array.max_rows).compile(model)

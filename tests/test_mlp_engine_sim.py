@@ -12,7 +12,7 @@ from host.numerics import QuantLayer, int8_mlp
 from hw.config import Config
 from hw.mlp_cluster import MLPCluster
 from hw.mlp_isa import Opcode
-from tests.amaranth_streams import stream_get, stream_put
+from tests.amaranth_streams import run_bounded, stream_get, stream_put
 
 
 def test_two_layers_on_split_array():
@@ -125,3 +125,68 @@ def test_split_lock(offset):
         assert np.array_equal(y, int8_mlp(x, layers))
     else:
         assert status == "NOT_AVAILABLE", status
+
+
+@pytest.mark.parametrize("n_layers,alternate", [(1, True), (2, True), (1, False), (2, False)])
+def test_overlapped_runs(n_layers, alternate):
+    """Runs in alternating halves of the buffers (or all from word 0), all
+    commands sent at once, the responses read with long stalls: the engine
+    takes the next run's inputs while a run computes and the next RUN while
+    an answer leaves, and every answer is right. With two layers the answer
+    lands in buffer 0, where the inputs go: writes into the rows still being
+    sent must wait, and so must writes that would land in the cycle a result
+    row is written. From word 0 every time, the writes wait for the run
+    before (its window) and, with two layers, for its answer to leave."""
+    cfg = Config.preset("tiny").array
+    rng = np.random.default_rng(11 + n_layers)
+    dims = [5, 6, 3][:n_layers + 1]
+    layers = [QuantLayer(rng.integers(-128, 128, (i, o)).astype(np.int8),
+                         rng.integers(-3000, 3000, o), rng.integers(1 << 14, 1 << 16, o),
+                         rng.integers(12, 18, o), l == 0)
+              for l, (i, o) in enumerate(zip(dims, dims[1:]))]
+    target = EngineTarget(cfg, 0, 1)
+    prog = compile_mlp(layers, target)
+    half = cfg.act_words(0) // 2
+    batches = [rng.integers(-128, 128, (rows, 5)).astype(np.int8) for rows in (20, 9, 16, 3)]
+    dut = MLPCluster(cfg)
+    seen = {"runs": 0, "trailers": 0, "early_writes": 0, "early_runs": 0, "frames": []}
+
+    async def producer(ctx):
+        r = random.Random(3)
+        for c in prog.load_commands:
+            await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c))
+        for i, x in enumerate(batches):
+            base = (i % 2) * half if alternate else 0
+            for c in prog.input_commands(x, base):
+                await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c), rng=r, idle=0.1)
+                seen["early_writes"] += seen["runs"] > seen["trailers"]
+            await stream_put(ctx, dut.cmd_0,
+                             target.cmd_layout.from_bits(prog.run_command(len(x), base)))
+            seen["early_runs"] += seen["runs"] > seen["trailers"]
+            seen["runs"] += 1
+
+    async def consumer(ctx):
+        r = random.Random(4)
+        for _ in batches:
+            frame = []
+            while True:
+                frame.append((await stream_get(ctx, dut.resp_0, rng=r, stall=0.9)).as_bits())
+                if target.unpack_response(frame[-1])["last"]:
+                    break
+            seen["trailers"] += 1
+            seen["frames"].append(frame)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    run_bounded(sim, 2e-4)
+    assert len(seen["frames"]) == len(batches)
+    for x, frame in zip(batches, seen["frames"]):
+        y, _ = prog.decode_run(frame, len(x))
+        assert np.array_equal(y, int8_mlp(x, layers))
+    if alternate:
+        assert seen["early_writes"] > 0 and seen["early_runs"] > 0, seen
+    elif n_layers == 1:
+        # (with two layers the next inputs wait for the answer, so its RUN too)
+        assert seen["early_runs"] > 0, seen

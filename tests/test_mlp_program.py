@@ -44,8 +44,14 @@ def test_batches_are_checked():
         prog.input_commands(np.zeros((2, 6)))
     with pytest.raises(ValueError, match="the MLP takes 6"):
         prog.input_commands(np.zeros((2, 5), np.int8))
-    with pytest.raises(ValueError, match="a run takes 1 to 64 rows"):
+    with pytest.raises(ValueError, match="a run from word 0 takes 1 to 64 rows"):
         prog.input_commands(np.zeros((65, 6), np.int8))
+    words = CFG.act_words(0)
+    with pytest.raises(ValueError, match=f"base: must be in 0 .. {words - 1}"):
+        prog.input_commands(np.zeros((1, 6), np.int8), base=words)
+    with pytest.raises(ValueError, match=f"a run from word {words - 3} takes 1 to 1 rows"):
+        prog.input_commands(np.zeros((2, 6), np.int8), base=words - 3)
+    assert len(prog.input_commands(np.zeros((1, 6), np.int8), base=words - 2)) == 2
 
 
 def test_weight_layout():
