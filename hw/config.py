@@ -194,9 +194,11 @@ class StageConfig:
 
     ``fetch_depth`` is the bags a stage may have in flight in the feature
     fetch (:class:`hw.feature_fetch.FeatureFetch` and, with two stages,
-    each stage's credits in :class:`hw.bag_arbiter.BagArbiter`): a bag a
-    cycle needs as many as the cycles from a bag to its feature, the
-    memory's latency and about 20 more."""
+    each stage's credits in :class:`hw.bag_arbiter.BagArbiter`, whose
+    return FIFOs hold as many features): a bag a cycle needs as many as the
+    cycles from a bag to its feature, the memory's latency and about 20
+    more; more lets the next query's lookups go on while a stage runs a
+    query's bottom MLP (``default``: 512, a query's candidates)."""
 
     dim: int = 16
     max_users: int = 3
@@ -513,7 +515,7 @@ PRESETS: dict[str, Config] = {
         max_layers=8),
         embedding=EmbeddingConfig(static_rows=384, static_ways=3, cache_sets=16,
                                   cache_ways=8),
-        stage=StageConfig(stages=2, max_candidates=512)),
+        stage=StageConfig(stages=2, max_candidates=512, fetch_depth=512)),
     # RPAccel's grid: 128x128 of 4x4 blocks, 1/4/16/64 sub-arrays.
     "rpaccel": Config(name="rpaccel", clock_mhz=1000.0, array=ArrayConfig(
         dim=128, block=4, splits=(1, 2, 4, 8), engines=4, acc_rows=512,
