@@ -55,12 +55,14 @@ class DeviceFormat:
     whole array, with stage 2 bypassed (the ``stages`` record). On a
     two-stage top level ``SET_SPLIT`` is the first of engine 0's commands.
     The stages' tables are compiled together, stage 1's first; stage 2's
-    are named ``s2:<table>``. ``sb_rows`` is the sub-batch.
+    are named ``s2:<table>``. ``sb_rows`` is the sub-batch; stage 2's is
+    ``s2_sb_rows``, by default half of stage 1's keep (at most ``sb_rows``),
+    so that the rows of its first half come back while its second half runs.
     """
 
     name = "device records"
 
-    def __init__(self, config, *, sb_rows: int = 64):
+    def __init__(self, config, *, sb_rows: int = 64, s2_sb_rows: int | None = None):
         from hw.top import ports, stage_engines
         from .stage_program import StageLimits
         self.config = config
@@ -68,6 +70,7 @@ class DeviceFormat:
         self.ports = ports(config, stages)
         self.limits = [StageLimits.of(s) for s in stages]
         self.sb_rows = sb_rows
+        self.s2_sb_rows = s2_sb_rows
         self.programs = None
         self.keep = None
 
@@ -155,8 +158,11 @@ class DeviceFormat:
         split = self.config.array.splits[len(qs) - 1]
         progs, base = [], 0
         for s, (q, limits) in enumerate(zip(qs, self.limits)):
+            sb = self.sb_rows
+            if s == 1:
+                sb = self.s2_sb_rows or min(sb, max(1, -(-spec.keep[0] // 2)))
             progs.append(compile_stage(q, self.config, limits, engine=s, split=split,
-                                       sb_rows=self.sb_rows, table_base=base))
+                                       sb_rows=sb, table_base=base))
             base += len(q.config.tables)
         for k in spec.keep:
             if not 1 <= k <= self.config.topk.k_max:

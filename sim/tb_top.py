@@ -371,7 +371,10 @@ async def run_queries(dut):
     with open(tb["job"], "rb") as f:
         job = pickle.load(f)
     cfg, compiled, queries = job["config"], job["model"], job["queries"]
-    transport = await _device(dut, cfg, DeviceFormat(cfg, sb_rows=job["sb_rows"]),
+    # (one query at a time: stage 2 in one sub-batch too)
+    fmt = DeviceFormat(cfg, sb_rows=job["sb_rows"],
+                       s2_sb_rows=job["sb_rows"] if job["sequential"] else None)
+    transport = await _device(dut, cfg, fmt,
                               latency=job["latency"], seed=job["seed"],
                               memory_bytes=job["memory_bytes"])
 

@@ -87,6 +87,11 @@ def test_stage_counts_and_shapes_are_checked():
     fmt = DeviceFormat(two_stage_tiny())
     frames, _ = fmt.compile(two)
     assert [op for op, _ in frames][-1] == Opcode.CONFIGURE_STAGES
+    # stage 2's sub-batches: half of stage 1's keep, unless given
+    assert [p.conf["sb_rows"] for p in fmt.programs] == [64, 3]
+    fixed = DeviceFormat(two_stage_tiny(), s2_sb_rows=5)
+    fixed.compile(two)
+    assert [p.conf["sb_rows"] for p in fixed.programs] == [64, 5]
     three = CompiledModel(PipelineSpec("three", ("a", "b", "a"), (6, 3, 1)), {"a": a, "b": b})
     with pytest.raises(ValueError, match="1 or 2 stages"):
         fmt.compile(three)
