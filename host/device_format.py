@@ -160,7 +160,8 @@ class DeviceFormat:
         for s, (q, limits) in enumerate(zip(qs, self.limits)):
             sb = self.sb_rows
             if s == 1:
-                sb = self.s2_sb_rows or min(sb, max(1, -(-spec.keep[0] // 2)))
+                sb = (self.s2_sb_rows if self.s2_sb_rows is not None
+                      else min(sb, max(1, -(-spec.keep[0] // 2))))
             progs.append(compile_stage(q, self.config, limits, engine=s, split=split,
                                        sb_rows=sb, table_base=base))
             base += len(q.config.tables)

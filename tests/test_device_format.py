@@ -92,6 +92,8 @@ def test_stage_counts_and_shapes_are_checked():
     fixed = DeviceFormat(two_stage_tiny(), s2_sb_rows=5)
     fixed.compile(two)
     assert [p.conf["sb_rows"] for p in fixed.programs] == [64, 5]
+    with pytest.raises(ValueError, match="sb_rows: must be in 1 .. 64, not 0"):
+        DeviceFormat(two_stage_tiny(), s2_sb_rows=0).compile(two)
     three = CompiledModel(PipelineSpec("three", ("a", "b", "a"), (6, 3, 1)), {"a": a, "b": b})
     with pytest.raises(ValueError, match="1 or 2 stages"):
         fmt.compile(three)
