@@ -41,12 +41,13 @@ WIDE = ArrayConfig(dim=16, block=4, splits=(1, 2, 4), engines=4, acc_rows=16,
 
 # -- the golden layout ---------------------------------------------------------
 
-def golden(cfg, engine, max_elems, ctl, rows):
+def golden(cfg, engine, max_elems, ctl, rows, words=None):
     """The writes of one sub-batch (in order) and its ``done`` beat.
 
-    ``rows``: (n, elems) per row, ``elems`` max_elems values."""
+    ``rows``: (n, elems) per row, ``elems`` max_elems values; ``words``: the
+    packer's (default: the engine's ``act_words``)."""
     lanes = cfg.engine_lanes(engine)
-    act_words = cfg.act_words(engine)
+    act_words = words or cfg.act_words(engine)
     S, R, base, buf = ctl["side"], ctl["rows"], ctl["base"], ctl["buf"]
     ctl_bad = S not in engine_sides(cfg, engine) or not 1 <= R <= cfg.max_rows
     writes, status, first_bad, dropped = [], PackStatus.OK, 0, 0
@@ -157,12 +158,12 @@ class Monitor:
 
 
 def simulate_packer(cfg, engine, max_elems, batches, *, seed, idle=0.3, stall=0.3,
-                    max_steps=20_000):
+                    max_steps=20_000, words=None):
     """``batches``: (ctl dict, [(n, elems), ...]). Returns the monitor."""
-    dut = ActPacker(cfg, engine=engine, max_elems=max_elems)
+    dut = ActPacker(cfg, engine=engine, max_elems=max_elems, words=words)
     rng = random.Random(seed)
     mon = Monitor(dut, len(batches), rng=random.Random(seed + 1), stall=stall,
-                  act_words=cfg.act_words(engine))
+                  act_words=words or cfg.act_words(engine))
     finished = []
 
     async def control(ctx):
@@ -188,10 +189,10 @@ def simulate_packer(cfg, engine, max_elems, batches, *, seed, idle=0.3, stall=0.
     return mon
 
 
-def check_against_golden(cfg, engine, max_elems, batches, mon):
+def check_against_golden(cfg, engine, max_elems, batches, mon, words=None):
     want_all = []
     for k, (ctl, batch) in enumerate(batches):
-        want, done = golden(cfg, engine, max_elems, ctl, batch)
+        want, done = golden(cfg, engine, max_elems, ctl, batch, words)
         assert mon.writes[k] == want, f"sub-batch {k}: writes differ"
         assert mon.dones[k] == done, f"sub-batch {k}: done beat differs"
         want_all += want
@@ -287,6 +288,25 @@ def test_bad_rows_are_dropped():
     assert max(a for ws in mon.writes for _, a, _ in ws) == 1023
 
 
+def test_a_smaller_buffer():
+    """``words`` (the stage engine gives the packer half the buffer): a row
+    whose last chunk lands past it is dropped, at the exact boundary."""
+    cfg, engine, max_elems, words = TINY, 0, 64, 512
+    rng = random.Random(12)
+
+    def row(n):
+        return (n, [rng.randint(-128, 127) for _ in range(max_elems)])
+
+    # side 2, stride 32: 16 chunks end at 15*32 + r < 512, 17 at 512 + r
+    batches = [({"side": 2, "rows": 32, "base": 0, "buf": 0},
+                [row(32), row(34), row(32), row(33), row(31)])]
+    mon = simulate_packer(cfg, engine, max_elems, batches, seed=12, words=words)
+    check_against_golden(cfg, engine, max_elems, batches, mon, words)
+    assert mon.dones[0]["status"] == PackStatus.BAD_ADDRESS
+    assert (mon.dones[0]["first_bad"], mon.dones[0]["dropped"]) == (1, 2)
+    assert max(a for ws in mon.writes for _, a, _ in ws) == 15 * 32 + 4
+
+
 def test_bad_parameters():
     with pytest.raises(TypeError, match="ArrayConfig"):
         ActPacker(Config.preset("tiny"), max_elems=4)
@@ -296,6 +316,9 @@ def test_bad_parameters():
         ActPacker(TINY, max_elems=65)
     with pytest.raises(ValueError, match="not 0"):
         ActPacker(TINY, max_elems=0)
+    for words in (0, TINY.act_words(0) + 1):
+        with pytest.raises(ValueError, match=rf"words must be an integer in 1..1024 .* not {words}"):
+            ActPacker(TINY, max_elems=4, words=words)
 
 
 def test_lints_clean(tmp_path):
