@@ -12,9 +12,13 @@ activation buffer, which the next layer reads. A whole MLP runs without the
 host; the host sees one response frame per RUN.
 
 Two tiles are in flight at most, one per weight register ("parity"). A
-parity is reused only when its previous tile has left the array and the
-requantizer (a countdown set from the array latency), so the array never
-needs to stall: every row injected is a row whose result the engine takes.
+parity is loaded again only once the last row of its previous tile has
+passed every processing element (a countdown of ``2 * side`` cycles), so
+the array never needs to stall: every row injected is a row whose result
+the engine takes. Every row carries what its result needs past the array
+(its parameter word, read at the accumulator's read, and its destination
+word), so a tile's requantization does not hold its weight register: tiles
+of one row follow each other at the loader's pace, not the array's latency.
 
 Commands and memory layouts: :mod:`hw.mlp_isa`.
 """
@@ -145,6 +149,7 @@ class MLPEngine(wiring.Component):
         available = Signal()
         latency = Signal(range(2 * lanes + PipelinedMultiplier.LATENCY + 3))
         max_lat = 0
+        w_reuse = Signal(range(2 * lanes + 1))  # see the countdowns below
         side_m1 = Signal(range(lanes + 1))      # registered: side - 1
         m.d.sync += side_m1.eq(side - 1)
         with m.Switch(self.split):
@@ -155,7 +160,8 @@ class MLPEngine(wiring.Component):
                         lat = SystolicArray.latency(cfg, self._engine, f)
                         max_lat = max(max_lat, lat)
                         m.d.comb += [side.eq(s), log_side.eq(s.bit_length() - 1),
-                                     available.eq(1), latency.eq(lat)]
+                                     available.eq(1), latency.eq(lat),
+                                     w_reuse.eq(max(2 * s - 3, 0))]
 
         # -- memories ------------------------------------------------------
         # Block RAMs read with a latency of BlockRAM.LATENCY; both of their
@@ -244,26 +250,31 @@ class MLPEngine(wiring.Component):
         slot_len_m1 = [Signal.like(blk_len_m1, name=f"slot{b}_len_m1") for b in range(2)]
         slot_src = [Signal.like(seq_src, name=f"slot{b}_src") for b in range(2)]
         slot_dst = [Signal.like(seq_dst, name=f"slot{b}_dst") for b in range(2)]
+        slot_p = [Signal.like(seq_p, name=f"slot{b}_p") for b in range(2)]
         slot_first = [Signal(name=f"slot{b}_first") for b in range(2)]
         slot_last = [Signal(name=f"slot{b}_last") for b in range(2)]
-        # Set when a tile's last row is issued; the parity is free again once
-        # that row has left the array and the requantizer.
-        drain = lambda lat: lat + REQUANT_LATENCY + INJECT_LATENCY + 3
-        countdown = [Signal(range(drain(max_lat) + 1), name=f"slot{b}_countdown")
+        # Set when a tile's last row is issued (cycle I). The parity's
+        # weights may be shifted again once that row has passed every PE: it
+        # reads its last weight INJECT_LATENCY + 2 * (side - 1) cycles after
+        # I, and a tile taken in cycle T shifts first in T + BlockRAM.LATENCY
+        # + 1, so T >= I + 2 * side - 2 is safe; the countdown (D, from I + 1)
+        # allows T >= I + 1 + D. ``tail`` counts until the last row issued
+        # has left the requantizer.
+        countdown = [Signal(range(2 * lanes + 1), name=f"slot{b}_countdown")
                      for b in range(2)]
-        drain_cycles = Signal.like(countdown[0])
+        assert INJECT_LATENCY == BlockRAM.LATENCY + 1
+        drain = lambda lat: lat + REQUANT_LATENCY + INJECT_LATENCY + 3
+        tail = Signal(range(drain(max_lat) + 1))
+        drain_cycles = Signal.like(tail)
         m.d.sync += drain_cycles.eq(drain(latency))
-        params = [Signal(data.ArrayLayout(_PARAM, lanes), name=f"params{b}")
-                  for b in range(2)]
         relu = Signal()
         src_buf = Signal()
         all_free = Signal()
         m.d.comb += all_free.eq(
-            (slot_state[0] == FREE) & (slot_state[1] == FREE)
-            & (countdown[0] == 0) & (countdown[1] == 0))
-        for b in range(2):
-            with m.If(countdown[b] != 0):
-                m.d.sync += countdown[b].eq(countdown[b] - 1)
+            (slot_state[0] == FREE) & (slot_state[1] == FREE) & (tail == 0))
+        for cd in (*countdown, tail):
+            with m.If(cd != 0):
+                m.d.sync += cd.eq(cd - 1)
 
         # -- the loader: weight tiles into the idle register ---------------
         ld_par = Signal()
@@ -271,8 +282,6 @@ class MLPEngine(wiring.Component):
         ld_left = Signal(range(lanes + 1))
         ld_addr = Signal.like(seq_w)
         ld_slot = Signal()
-        ld_params_par = Signal()
-        ld_params_latch = Signal()
         ld_shift = Signal()
         ld_shift_buf = Signal()
         ld_shift_last = Signal()
@@ -290,21 +299,12 @@ class MLPEngine(wiring.Component):
                         slot_len_m1[pb].eq(blk_len_m1),
                         slot_src[pb].eq(seq_src + seq_rb),
                         slot_dst[pb].eq(seq_dst + seq_rb),
+                        slot_p[pb].eq(seq_p),
                         slot_first[pb].eq(seq_k == 0),
                         slot_last[pb].eq(seq_k == kt_m1),
                     ]
             m.d.sync += [ld_busy.eq(1), ld_left.eq(side), ld_slot.eq(b),
                          ld_addr.eq(seq_w + side_m1), ld_par.eq(~ld_par)]
-        for j, (_, prd) in enumerate(pmems):
-            m.d.comb += prd.addr.eq(seq_p)
-        # The parameters arrive BlockRAM.LATENCY cycles after the take.
-        m.d.comb += [ld_params_latch.eq(delayed(seq_take, ram_lat, "take")[-1]),
-                     ld_params_par.eq(delayed(ld_par, ram_lat, "take_par")[-1])]
-        with m.If(ld_params_latch):
-            for pb in range(2):
-                with m.If(ld_params_par == pb):
-                    for j, (_, prd) in enumerate(pmems):
-                        m.d.sync += params[pb][j].eq(prd.data)
         m.d.comb += w_rd.addr.eq(ld_addr)
         with m.If(ld_busy):
             m.d.sync += [ld_addr.eq(ld_addr - 1), ld_left.eq(ld_left - 1)]
@@ -343,22 +343,28 @@ class MLPEngine(wiring.Component):
         cur_len_m1 = Signal.like(slot_len_m1[0])
         cur_first = Signal()
         cur_last = Signal()
+        cur_p = Signal.like(slot_p[0])
+        cur_dst = Signal.like(slot_dst[0])
         def load_cur(par):
             return [cur_count.eq(Mux(par, slot_count[1], slot_count[0])),
                     cur_len_m1.eq(Mux(par, slot_len_m1[1], slot_len_m1[0])),
                     cur_first.eq(Mux(par, slot_first[1], slot_first[0])),
                     cur_last.eq(Mux(par, slot_last[1], slot_last[0])),
+                    cur_p.eq(Mux(par, slot_p[1], slot_p[0])),
+                    cur_dst.eq(Mux(par, slot_dst[1], slot_dst[0])),
                     st_addr.eq(Mux(par, slot_src[1], slot_src[0]))]
         m.d.comb += st_issue.eq((cur_state == READY) | (cur_state == STREAMING))
+        # per row: its parameter word and (last tiles) destination word
         inj = Signal(data.StructLayout({"valid": 1, "par": 1, "row": range(cfg.acc_rows),
-                                        "first": 1, "last": 1}))
+                                        "first": 1, "last": 1, "p": len(seq_p),
+                                        "dst": len(seq_dst)}))
         with m.If(st_issue):
             last_row = st_row == cur_len_m1
             for pb in range(2):
                 with m.If(st_par == pb):
                     m.d.sync += slot_state[pb].eq(Mux(last_row, FREE, STREAMING))
                     with m.If(last_row):
-                        m.d.sync += countdown[pb].eq(drain_cycles)
+                        m.d.sync += [countdown[pb].eq(w_reuse), tail.eq(drain_cycles)]
             m.d.sync += st_row.eq(Mux(last_row, 0, st_row + 1))
             with m.If(last_row):
                 m.d.sync += [st_par.eq(~st_par), *load_cur(~st_par)]
@@ -372,6 +378,8 @@ class MLPEngine(wiring.Component):
             inj.row.eq(st_row),
             inj.first.eq(cur_first),
             inj.last.eq(cur_last),
+            inj.p.eq(cur_p),
+            inj.dst.eq(cur_dst + st_row),
         ]
 
         # Activation buffers: one reader and one writer each at a time.
@@ -429,13 +437,17 @@ class MLPEngine(wiring.Component):
             taps.append(t)
         exit_meta = Signal.like(inj)
         pre_meta = Signal.like(inj)      # the accumulator read, ram_lat cycles ahead
+        p_meta = Signal.like(inj)        # the parameter read, its data at stage 1
         with m.Switch(latency):
             for lat in sorted({SystolicArray.latency(cfg, self._engine, f)
                                for f in cfg.splits if self._engine < f * f}):
                 with m.Case(lat):
                     assert lat >= ram_lat
-                    m.d.comb += [exit_meta.eq(taps[lat]), pre_meta.eq(taps[lat - ram_lat])]
+                    m.d.comb += [exit_meta.eq(taps[lat]), pre_meta.eq(taps[lat - ram_lat]),
+                                 p_meta.eq(taps[lat - ram_lat + 1])]
         m.d.comb += acc_rd.addr.eq(pre_meta.row)
+        for _, prd in pmems:
+            m.d.comb += prd.addr.eq(p_meta.p)
         acc_q_in = acc_rd.data
         acc_new = Signal(data.ArrayLayout(signed(32), lanes))
         for j in range(lanes):
@@ -445,52 +457,41 @@ class MLPEngine(wiring.Component):
         m.d.comb += [acc_wr.addr.eq(exit_meta.row), acc_wr.data.eq(acc_new),
                      acc_wr.en.eq(exit_meta.valid)]
 
-        # Requantization pipeline; params stay put until the countdown ends.
-        rq_meta = Signal(data.StructLayout({"valid": 1, "par": 1,
-                                            "row": range(cfg.acc_rows)}))
+        # Requantization pipeline: a row's parameters are read for it (they
+        # arrive in stage 1) and go along with it.
+        rq_meta = Signal(data.StructLayout({"valid": 1, "dst": len(seq_dst)}))
         metas = [rq_meta]
         m.d.sync += [rq_meta.valid.eq(exit_meta.valid & exit_meta.last),
-                     rq_meta.par.eq(exit_meta.par), rq_meta.row.eq(exit_meta.row)]
+                     rq_meta.dst.eq(exit_meta.dst)]
         for d in range(REQUANT_LATENCY - 1):
             t = Signal.like(rq_meta, name=f"rq_meta_{d + 1}")
             m.d.sync += t.eq(metas[-1])
             metas.append(t)
         acc_q = Signal.like(acc_new)
         m.d.sync += acc_q.eq(acc_new)                       # stage 1
-        # The clamped shift and the rounding constant depend on a tile's
-        # parameters only: derived once per parity, registered, instead of
-        # in front of the rounding adder.
-        rq_shift = [[Signal(range(52), name=f"rq_shift{b}_{j}") for j in range(lanes)]
-                    for b in range(2)]
-        rq_round = [[Signal(signed(52), name=f"rq_round{b}_{j}") for j in range(lanes)]
-                    for b in range(2)]
-        for b in range(2):
-            for j in range(lanes):
-                sh = Mux(params[b][j].shift > 51, 51, params[b][j].shift)
-                m.d.sync += [rq_shift[b][j].eq(sh),
-                             rq_round[b][j].eq((Const(1, 53) << sh)[1:])]
         k = 2 + PipelinedMultiplier.LATENCY     # the stage of the DSPs' products
         for j in range(lanes):
-            prm = []
-            for d in range(len(metas)):
-                sel = Signal(_PARAM, name=f"rq_param{j}_{d}")
-                m.d.comb += sel.eq(Mux(metas[d].par, params[1][j].as_value(),
-                                       params[0][j].as_value()))
-                prm.append(sel)
-
-            def shift_at(d):
-                return Mux(metas[d].par, rq_shift[1][j], rq_shift[0][j])
+            prm = pmems[j][1].data                          # stage 1
+            mult = Signal(16, name=f"rq_mult{j}")
+            # the clamped shift, registered in stage 2 and carried; the
+            # rounding constant derived from it a stage before its adder
+            shift = Signal(range(52), name=f"rq_shift{j}")
+            m.d.sync += [mult.eq(prm.mult),
+                         shift.eq(Mux(prm.shift > 51, 51, prm.shift))]   # stage 2
+            shifts = delayed(shift, k + 2, f"rq_shift{j}")  # [d]: stage 2 + d
+            round_ = Signal(signed(52), name=f"rq_round{j}")
+            m.d.sync += round_.eq((Const(1, 53) << shifts[k - 1])[1:])   # stage k + 2
 
             t = Signal(signed(33), name=f"rq_t{j}")
-            m.d.sync += t.eq(acc_q[j] + prm[0].bias)        # stage 2
+            m.d.sync += t.eq(acc_q[j] + prm.bias)           # stage 2
             lo = PipelinedMultiplier(a_width=18, b_width=17, target=cfg.dsp)
             hi = PipelinedMultiplier(a_width=16, b_width=17, target=cfg.dsp)
             m.submodules[f"rq_lo{j}"] = lo
             m.submodules[f"rq_hi{j}"] = hi
             m.d.comb += [lo.a.eq(Cat(t[:17], Const(0, 1))),
                          hi.a.eq(t[17:33]),
-                         lo.b.eq(Cat(prm[1].mult, Const(0, 1))),
-                         hi.b.eq(Cat(prm[1].mult, Const(0, 1)))]
+                         lo.b.eq(Cat(mult, Const(0, 1))),
+                         hi.b.eq(Cat(mult, Const(0, 1)))]
             # stages 3 .. k in the multipliers; their outputs are registered
             # once more in the fabric, next to the adder (the DSP rows are
             # far from the rest).
@@ -500,14 +501,13 @@ class MLPEngine(wiring.Component):
             prod = Signal(signed(50), name=f"rq_p{j}")
             m.d.sync += prod.eq((hi_p << 17) + lo_p)        # stage k+2
             rounded = Signal(signed(52), name=f"rq_r{j}")
-            m.d.sync += rounded.eq(prod + Mux(metas[k + 1].par, rq_round[1][j],
-                                              rq_round[0][j]))   # stage k+3
+            m.d.sync += rounded.eq(prod + round_)           # stage k+3
             # The arithmetic shift in two steps: by 8 s, then by the rest.
             coarse = Signal(signed(52), name=f"rq_c{j}")
-            sh_c = shift_at(k + 2)
+            sh_c = shifts[k + 1]
             m.d.sync += coarse.eq(rounded >> Cat(Const(0, 3), sh_c[3:]))   # stage k+4
             shifted = Signal(signed(52), name=f"rq_s{j}")
-            sh_f = shift_at(k + 3)
+            sh_f = shifts[k + 2]
             m.d.sync += shifted.eq(coarse >> sh_f[:3])      # stage k+5
             # Saturation decided from registered flags: shifted fits int8
             # iff bits 7 .. 51 are all equal to its sign.
@@ -526,7 +526,7 @@ class MLPEngine(wiring.Component):
         assert REQUANT_LATENCY == 1 + PipelinedMultiplier.LATENCY + 8
         out_meta = metas[-1]        # aligned with dst_data
         pre_out = metas[-2]
-        m.d.sync += dst_addr.eq(Mux(pre_out.par, slot_dst[1], slot_dst[0]) + pre_out.row)
+        m.d.sync += dst_addr.eq(pre_out.dst)
         m.d.comb += dst_we.eq(out_meta.valid)
 
         # -- response FIFO for result rows ----------------------------------
