@@ -269,6 +269,7 @@ class MLPEngine(wiring.Component):
         m.d.sync += drain_cycles.eq(drain(latency))
         relu = Signal()
         src_buf = Signal()
+        dst_buf = Signal()          # the layer's output buffer (the rows carry it)
         all_free = Signal()
         m.d.comb += all_free.eq(
             (slot_state[0] == FREE) & (slot_state[1] == FREE) & (tail == 0))
@@ -354,10 +355,12 @@ class MLPEngine(wiring.Component):
                     cur_dst.eq(Mux(par, slot_dst[1], slot_dst[0])),
                     st_addr.eq(Mux(par, slot_src[1], slot_src[0]))]
         m.d.comb += st_issue.eq((cur_state == READY) | (cur_state == STREAMING))
-        # per row: its parameter word and (last tiles) destination word
+        # per row: its parameter word, (last tiles) destination word and
+        # buffer, and ReLU, so that a RUN's last rows may still be in flight
+        # when the next RUN starts
         inj = Signal(data.StructLayout({"valid": 1, "par": 1, "row": range(cfg.acc_rows),
                                         "first": 1, "last": 1, "p": len(seq_p),
-                                        "dst": len(seq_dst)}))
+                                        "dst": len(seq_dst), "buf": 1, "relu": 1}))
         with m.If(st_issue):
             last_row = st_row == cur_len_m1
             for pb in range(2):
@@ -380,6 +383,8 @@ class MLPEngine(wiring.Component):
             inj.last.eq(cur_last),
             inj.p.eq(cur_p),
             inj.dst.eq(cur_dst + st_row),
+            inj.buf.eq(dst_buf),
+            inj.relu.eq(relu),
         ]
 
         # Activation buffers: one reader and one writer each at a time.
@@ -390,7 +395,7 @@ class MLPEngine(wiring.Component):
         dst_we = Signal()
         dst_addr = Signal.like(seq_dst)
         dst_data = Signal(row_shape)
-        dst_buf = Signal()
+        wr_buf = Signal()           # the buffer of the result row being written
         # Commands write the memories from registers, a cycle after they are
         # taken: the RAMs' write ports are then driven by flip-flops only.
         # (A RUN reads nothing before its second cycle.)
@@ -405,7 +410,7 @@ class MLPEngine(wiring.Component):
             with m.If(cmd_act_we & (cmd_act.buf == b)):
                 m.d.comb += [awr.addr.eq(cmd_act.addr), awr.data.eq(cmd_act.data),
                              awr.en.eq(1)]
-            with m.Elif(dst_we & (dst_buf == b)):
+            with m.Elif(dst_we & (wr_buf == b)):
                 m.d.comb += [awr.addr.eq(dst_addr), awr.data.eq(dst_data),
                              awr.en.eq(1)]
         # Read data is registered (in the RAM); the activations are
@@ -459,10 +464,12 @@ class MLPEngine(wiring.Component):
 
         # Requantization pipeline: a row's parameters are read for it (they
         # arrive in stage 1) and go along with it.
-        rq_meta = Signal(data.StructLayout({"valid": 1, "dst": len(seq_dst)}))
+        rq_meta = Signal(data.StructLayout({"valid": 1, "dst": len(seq_dst), "buf": 1,
+                                            "relu": 1}))
         metas = [rq_meta]
         m.d.sync += [rq_meta.valid.eq(exit_meta.valid & exit_meta.last),
-                     rq_meta.dst.eq(exit_meta.dst)]
+                     rq_meta.dst.eq(exit_meta.dst), rq_meta.buf.eq(exit_meta.buf),
+                     rq_meta.relu.eq(exit_meta.relu)]
         for d in range(REQUANT_LATENCY - 1):
             t = Signal.like(rq_meta, name=f"rq_meta_{d + 1}")
             m.d.sync += t.eq(metas[-1])
@@ -520,14 +527,14 @@ class MLPEngine(wiring.Component):
                          over.eq(~shifted[-1] & upper.any()),
                          under.eq(shifted[-1] & ~upper.all()),
                          low8.eq(shifted[:8])]                # stage k+6
-            clipped = Mux(relu & neg, 0,
+            clipped = Mux(metas[-2].relu & neg, 0,
                           Mux(over, 127, Mux(under, -128, low8)))
             m.d.sync += dst_data[j].eq(clipped)             # stage k+7
         assert REQUANT_LATENCY == 1 + PipelinedMultiplier.LATENCY + 8
         out_meta = metas[-1]        # aligned with dst_data
         pre_out = metas[-2]
         m.d.sync += dst_addr.eq(pre_out.dst)
-        m.d.comb += dst_we.eq(out_meta.valid)
+        m.d.comb += [dst_we.eq(out_meta.valid), wr_buf.eq(out_meta.buf)]
 
         # -- response FIFO for result rows ----------------------------------
         # Deep enough to cover the read latency: a row a cycle.
@@ -561,9 +568,12 @@ class MLPEngine(wiring.Component):
         snd_rows = Signal.like(rows)
         snd_nt_m1 = Signal.like(nt)
         snd_info = Signal(32)
+        snd_wait = Signal.like(tail)        # cycles until the RUN's rows are written
+        with m.If(snd_wait != 0):
+            m.d.sync += snd_wait.eq(snd_wait - 1)
         with m.If(snd_active):
             m.d.comb += self.busy.eq(1)
-            room = out_owed < rfifo_depth
+            room = (out_owed < rfifo_depth) & (snd_wait == 0)
             done_issuing = out_row == snd_rows
             m.d.comb += out_issue.eq(room & ~done_issuing)
             with m.If(out_issue):
@@ -595,7 +605,7 @@ class MLPEngine(wiring.Component):
         act = args.act
         act_to_sender = (snd_active & (act.buf == out_buf)
                          & (act.addr >= snd_lo) & (act.addr < snd_hi))
-        act_to_result = pre_out.valid & (act.buf == dst_buf)
+        act_to_result = pre_out.valid & (act.buf == pre_out.buf)
         bg_take = Signal()
         m.d.comb += bg_take.eq(
             win_valid & (cmd.op == Opcode.WRITE_ACT) & (act.addr < act_words)
@@ -617,8 +627,11 @@ class MLPEngine(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 take = Signal()
+                # (a RUN's last rows may still be in flight: they read their
+                # parameters on the way)
                 m.d.comb += take.eq((1 if self._engine == 0 else ~self.hold)
-                                    & ~((cmd.op == Opcode.WRITE_ACT) & act_to_sender))
+                                    & ~((cmd.op == Opcode.WRITE_ACT) & act_to_sender)
+                                    & ~((cmd.op == Opcode.WRITE_PARAM) & (tail != 0)))
                 m.d.comb += self.cmd.ready.eq(take)
                 with m.If(self.cmd.valid & take):
                     with m.Switch(cmd.op):
@@ -831,19 +844,26 @@ class MLPEngine(wiring.Component):
             with m.State("LAYER_DRAIN"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
-                with m.If(all_free & ~loader_busy):
-                    with m.If(layer == n_layers_m1):
-                        with m.If(~snd_active):
-                            m.d.sync += [out_row.eq(0), out_chunk.eq(0),
-                                         out_rd_addr.eq(base), out_buf.eq(~layer[0]),
-                                         snd_active.eq(1), snd_lo.eq(base),
-                                         snd_hi.eq(dst_hi), snd_rows.eq(rows),
-                                         snd_nt_m1.eq(nt_m1), snd_info.eq(cycles),
-                                         win_valid.eq(0)]
-                            m.next = "IDLE"
-                    with m.Else():
-                        m.d.sync += layer.eq(layer + 1)
-                        m.next = "LAYER_READ"
+                issued = ((slot_state[0] == FREE) & (slot_state[1] == FREE)
+                          & ~loader_busy)
+                with m.If(layer == n_layers_m1):
+                    # The last layer's rows are issued and their activations
+                    # read: the sender takes over and waits until the rows
+                    # still in flight are written (``tail``), while the next
+                    # RUN may start. (The trailer's count is the RUN's cycles
+                    # to its last row written, as if it had waited.)
+                    with m.If(issued & ~snd_active
+                              & (tail < drain_cycles - INJECT_LATENCY - 1)):
+                        m.d.sync += [out_row.eq(0), out_chunk.eq(0),
+                                     out_rd_addr.eq(base), out_buf.eq(~layer[0]),
+                                     snd_active.eq(1), snd_wait.eq(tail),
+                                     snd_lo.eq(base), snd_hi.eq(dst_hi), snd_rows.eq(rows),
+                                     snd_nt_m1.eq(nt_m1), snd_info.eq(cycles + tail),
+                                     win_valid.eq(0)]
+                        m.next = "IDLE"
+                with m.Elif(all_free & ~loader_busy):
+                    m.d.sync += layer.eq(layer + 1)
+                    m.next = "LAYER_READ"
 
             with m.State("TRAILER"):
                 # (SET_SPLIT's answer; it waited for the sender)

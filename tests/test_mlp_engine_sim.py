@@ -1,6 +1,7 @@
 """amaranth.sim: a short MLP through the cluster, against the golden model,
 with random idle cycles and backpressure (the cocotb suite does the volume)."""
 
+import dataclasses
 import random
 
 import numpy as np
@@ -190,3 +191,65 @@ def test_overlapped_runs(n_layers, alternate):
     elif n_layers == 1:
         # (with two layers the next inputs wait for the answer, so its RUN too)
         assert seen["early_runs"] > 0, seen
+
+
+def test_params_rewritten_while_rows_in_flight():
+    """A RUN hands its answer to the sender while its last rows are still in
+    the array and the requantizer, and the engine takes commands again. Its
+    rows read their parameters on the way, so a WRITE_PARAM sent right after
+    the RUN must wait for them: the first answer keeps the old parameters,
+    a second RUN (from the other half of the buffers) gets the new ones.
+    (An 8x8 array: its rows are long enough in flight for the test to see a
+    parameter written under them.)"""
+    cfg = dataclasses.replace(Config.preset("ecp5").array, dsp="generic")
+    rng = np.random.default_rng(21)
+    w = rng.integers(-128, 128, (5, 8)).astype(np.int8)
+
+    def layer():
+        return QuantLayer(w, rng.integers(-3000, 3000, 8), rng.integers(1 << 14, 1 << 16, 8),
+                          rng.integers(18, 22, 8), False)
+
+    old, new = [layer()], [layer()]
+    target = EngineTarget(cfg, 0, 1)
+    progs = [compile_mlp(old, target), compile_mlp(new, target)]
+    half = cfg.act_words(0) // 2
+    xs = [rng.integers(-128, 128, (12, 5)).astype(np.int8) for _ in range(2)]
+    frames = []
+
+    def params_first(commands):
+        # the new parameters straight after the RUN, the last output tile's
+        # first (the weights are the same)
+        is_param = [target.cmd_layout.from_bits(c).op == Opcode.WRITE_PARAM
+                    for c in commands]
+        return ([c for c, p in zip(commands, is_param) if p][::-1]
+                + [c for c, p in zip(commands, is_param) if not p])
+
+    async def producer(ctx):
+        for c in progs[0].load_commands + progs[0].input_commands(xs[0], 0):
+            await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c))
+        commands = ([progs[0].run_command(len(xs[0]), 0)]
+                    + params_first(progs[1].load_commands)
+                    + progs[1].input_commands(xs[1], half)
+                    + [progs[1].run_command(len(xs[1]), half)])
+        for c in commands:
+            await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c))
+
+    async def consumer(ctx):
+        for _ in xs:
+            frame = []
+            while True:
+                frame.append((await stream_get(ctx, dut.resp_0)).as_bits())
+                if target.unpack_response(frame[-1])["last"]:
+                    break
+            frames.append(frame)
+
+    dut = MLPCluster(cfg)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    run_bounded(sim, 1e-4)
+    assert len(frames) == 2
+    for prog, layers, x, frame in zip(progs, (old, new), xs, frames):
+        y, _ = prog.decode_run(frame, len(x))
+        assert np.array_equal(y, int8_mlp(x, layers))
