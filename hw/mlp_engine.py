@@ -269,7 +269,7 @@ class MLPEngine(wiring.Component):
         m.d.sync += drain_cycles.eq(drain(latency))
         relu = Signal()
         src_buf = Signal()
-        dst_buf = Signal()          # the layer's output buffer (the rows carry it)
+        dst_buf = Signal()
         all_free = Signal()
         m.d.comb += all_free.eq(
             (slot_state[0] == FREE) & (slot_state[1] == FREE) & (tail == 0))
@@ -356,11 +356,13 @@ class MLPEngine(wiring.Component):
                     st_addr.eq(Mux(par, slot_src[1], slot_src[0]))]
         m.d.comb += st_issue.eq((cur_state == READY) | (cur_state == STREAMING))
         # per row: its parameter word, (last tiles) destination word and
-        # buffer, and ReLU, so that a RUN's last rows may still be in flight
-        # when the next RUN starts
+        # ReLU, so that a RUN's last rows may still be in flight when the
+        # next RUN starts. (Their buffer is the next RUN's first layer's
+        # output buffer too, unless that layer reads it and so waits for
+        # them: ``dst_buf`` needs no copy.)
         inj = Signal(data.StructLayout({"valid": 1, "par": 1, "row": range(cfg.acc_rows),
                                         "first": 1, "last": 1, "p": len(seq_p),
-                                        "dst": len(seq_dst), "buf": 1, "relu": 1}))
+                                        "dst": len(seq_dst), "relu": 1}))
         with m.If(st_issue):
             last_row = st_row == cur_len_m1
             for pb in range(2):
@@ -383,7 +385,6 @@ class MLPEngine(wiring.Component):
             inj.last.eq(cur_last),
             inj.p.eq(cur_p),
             inj.dst.eq(cur_dst + st_row),
-            inj.buf.eq(dst_buf),
             inj.relu.eq(relu),
         ]
 
@@ -395,7 +396,6 @@ class MLPEngine(wiring.Component):
         dst_we = Signal()
         dst_addr = Signal.like(seq_dst)
         dst_data = Signal(row_shape)
-        wr_buf = Signal()           # the buffer of the result row being written
         # Commands write the memories from registers, a cycle after they are
         # taken: the RAMs' write ports are then driven by flip-flops only.
         # (A RUN reads nothing before its second cycle.)
@@ -410,7 +410,7 @@ class MLPEngine(wiring.Component):
             with m.If(cmd_act_we & (cmd_act.buf == b)):
                 m.d.comb += [awr.addr.eq(cmd_act.addr), awr.data.eq(cmd_act.data),
                              awr.en.eq(1)]
-            with m.Elif(dst_we & (wr_buf == b)):
+            with m.Elif(dst_we & (dst_buf == b)):
                 m.d.comb += [awr.addr.eq(dst_addr), awr.data.eq(dst_data),
                              awr.en.eq(1)]
         # Read data is registered (in the RAM); the activations are
@@ -464,12 +464,10 @@ class MLPEngine(wiring.Component):
 
         # Requantization pipeline: a row's parameters are read for it (they
         # arrive in stage 1) and go along with it.
-        rq_meta = Signal(data.StructLayout({"valid": 1, "dst": len(seq_dst), "buf": 1,
-                                            "relu": 1}))
+        rq_meta = Signal(data.StructLayout({"valid": 1, "dst": len(seq_dst), "relu": 1}))
         metas = [rq_meta]
         m.d.sync += [rq_meta.valid.eq(exit_meta.valid & exit_meta.last),
-                     rq_meta.dst.eq(exit_meta.dst), rq_meta.buf.eq(exit_meta.buf),
-                     rq_meta.relu.eq(exit_meta.relu)]
+                     rq_meta.dst.eq(exit_meta.dst), rq_meta.relu.eq(exit_meta.relu)]
         for d in range(REQUANT_LATENCY - 1):
             t = Signal.like(rq_meta, name=f"rq_meta_{d + 1}")
             m.d.sync += t.eq(metas[-1])
@@ -534,7 +532,7 @@ class MLPEngine(wiring.Component):
         out_meta = metas[-1]        # aligned with dst_data
         pre_out = metas[-2]
         m.d.sync += dst_addr.eq(pre_out.dst)
-        m.d.comb += [dst_we.eq(out_meta.valid), wr_buf.eq(out_meta.buf)]
+        m.d.comb += dst_we.eq(out_meta.valid)
 
         # -- response FIFO for result rows ----------------------------------
         # Deep enough to cover the read latency: a row a cycle.
@@ -605,7 +603,7 @@ class MLPEngine(wiring.Component):
         act = args.act
         act_to_sender = (snd_active & (act.buf == out_buf)
                          & (act.addr >= snd_lo) & (act.addr < snd_hi))
-        act_to_result = pre_out.valid & (act.buf == pre_out.buf)
+        act_to_result = pre_out.valid & (act.buf == dst_buf)
         bg_take = Signal()
         m.d.comb += bg_take.eq(
             win_valid & (cmd.op == Opcode.WRITE_ACT) & (act.addr < act_words)
@@ -847,13 +845,14 @@ class MLPEngine(wiring.Component):
                 issued = ((slot_state[0] == FREE) & (slot_state[1] == FREE)
                           & ~loader_busy)
                 with m.If(layer == n_layers_m1):
-                    # The last layer's rows are issued and their activations
-                    # read: the sender takes over and waits until the rows
-                    # still in flight are written (``tail``), while the next
-                    # RUN may start. (The trailer's count is the RUN's cycles
-                    # to its last row written, as if it had waited.)
-                    with m.If(issued & ~snd_active
-                              & (tail < drain_cycles - INJECT_LATENCY - 1)):
+                    # The last layer's rows are issued: the sender takes over
+                    # and waits until the rows still in flight are written
+                    # (``tail``), while the next RUN may start. (A write into
+                    # the words those rows read lands after their reads: it
+                    # is taken in IDLE and goes through the RAM's write
+                    # registers. The trailer's count is the RUN's cycles to
+                    # its last row written, as if it had waited.)
+                    with m.If(issued & ~snd_active):
                         m.d.sync += [out_row.eq(0), out_chunk.eq(0),
                                      out_rd_addr.eq(base), out_buf.eq(~layer[0]),
                                      snd_active.eq(1), snd_wait.eq(tail),

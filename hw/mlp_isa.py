@@ -28,8 +28,10 @@ active split, ``lanes`` = the engine's port width, ``S <= lanes``):
 
 Overlap: the engine takes a ``WRITE_ACT`` while a RUN computes when it
 lands outside the RUN's window, and it takes the next RUN (and writes)
-while the last one's response is still going out; a write into the rows
-being sent, or a RUN whose window overlaps them, waits until they are sent.
+once the last one's final rows are in the array, while they are still in
+flight and then while its response goes out; a write into the rows being
+sent, or a RUN whose window overlaps them, waits until they are sent, and
+a ``WRITE_PARAM`` waits until no row is in flight.
 So a driver that alternates two windows (:meth:`host.engine_driver.EngineDriver.run`
 with ``overlap``) writes the next batch while one runs and runs it while
 that one's answer leaves. Every other command waits for the RUN to finish,

@@ -193,42 +193,44 @@ def test_overlapped_runs(n_layers, alternate):
         assert seen["early_runs"] > 0, seen
 
 
-def test_params_rewritten_while_rows_in_flight():
+@pytest.mark.parametrize("change", ["params", "relu"])
+def test_layer_changed_while_rows_in_flight(change):
     """A RUN hands its answer to the sender while its last rows are still in
-    the array and the requantizer, and the engine takes commands again. Its
-    rows read their parameters on the way, so a WRITE_PARAM sent right after
-    the RUN must wait for them: the first answer keeps the old parameters,
-    a second RUN (from the other half of the buffers) gets the new ones.
-    (An 8x8 array: its rows are long enough in flight for the test to see a
-    parameter written under them.)"""
+    the array and the requantizer, and the engine takes commands again. The
+    rows carry their ReLU and read their parameters on the way: a SET_LAYER
+    that turns ReLU on, or a WRITE_PARAM (which waits for them), sent right
+    after the RUN leaves its answer alone, and a second RUN (from the other
+    half of the buffers) gets the new layer. (An 8x8 array: its rows are long
+    enough in flight for the test to see a change under them.)"""
     cfg = dataclasses.replace(Config.preset("ecp5").array, dsp="generic")
     rng = np.random.default_rng(21)
     w = rng.integers(-128, 128, (5, 8)).astype(np.int8)
 
-    def layer():
-        return QuantLayer(w, rng.integers(-3000, 3000, 8), rng.integers(1 << 14, 1 << 16, 8),
-                          rng.integers(18, 22, 8), False)
+    def layer(params=None, relu=False):
+        params = params or (rng.integers(-3000, 3000, 8), rng.integers(1 << 14, 1 << 16, 8),
+                            rng.integers(18, 22, 8))
+        return QuantLayer(w, *params, relu)
 
-    old, new = [layer()], [layer()]
+    old = [layer()]
+    new = [layer()] if change == "params" else \
+        [layer((old[0].bias, old[0].mult, old[0].shift), relu=True)]
     target = EngineTarget(cfg, 0, 1)
     progs = [compile_mlp(old, target), compile_mlp(new, target)]
     half = cfg.act_words(0) // 2
     xs = [rng.integers(-128, 128, (12, 5)).astype(np.int8) for _ in range(2)]
     frames = []
 
-    def params_first(commands):
-        # the new parameters straight after the RUN, the last output tile's
-        # first (the weights are the same)
-        is_param = [target.cmd_layout.from_bits(c).op == Opcode.WRITE_PARAM
-                    for c in commands]
-        return ([c for c, p in zip(commands, is_param) if p][::-1]
-                + [c for c, p in zip(commands, is_param) if not p])
+    def changes(commands):
+        # straight after the RUN: the new parameters, the last output tile's
+        # first (the weights are the same), or the new layer descriptor
+        op = Opcode.WRITE_PARAM if change == "params" else Opcode.SET_LAYER
+        return [c for c in commands if target.cmd_layout.from_bits(c).op == op][::-1]
 
     async def producer(ctx):
         for c in progs[0].load_commands + progs[0].input_commands(xs[0], 0):
             await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c))
         commands = ([progs[0].run_command(len(xs[0]), 0)]
-                    + params_first(progs[1].load_commands)
+                    + changes(progs[1].load_commands)
                     + progs[1].input_commands(xs[1], half)
                     + [progs[1].run_command(len(xs[1]), half)])
         for c in commands:
