@@ -47,6 +47,7 @@ from host.movielens import synthetic_queries
 from host.pipeline import PipelineSpec, run_pipeline, select_top
 
 __all__ = ["synthetic_setup", "cpu_baseline", "golden_e2e", "stage_for", "hardware_e2e",
+           "phases_per_query",
            "format_hardware_e2e"]
 
 
@@ -267,6 +268,7 @@ def hardware_e2e(config, *, n_queries: int = 16, n_candidates: int | None = None
     }
     out["roofline_ratio"] = cpq / out["roofline_cycles_per_query"]
     out["pipelining_gain"] = out["cycles_per_query_no_pipelining"] / cpq
+    out["phases_per_query"] = phases_per_query(piped["counters_delta"], config, n_queries)
     if cpu:
         c = cpu_baseline(model, queries, params, min_seconds=min_seconds)
         out["cpu"] = c
@@ -275,6 +277,15 @@ def hardware_e2e(config, *, n_queries: int = 16, n_candidates: int | None = None
         out["cpu_source"] = max(runs, key=runs.get)
         out["cpu_qps"] = runs[out["cpu_source"]]
     return out
+
+
+def phases_per_query(counters: dict, config, n_queries: int) -> dict:
+    """Per stage of the top level, the cycles per query of each phase of the
+    stage engine (:class:`hw.stage.StagePhase`) and its MLP engine's busy
+    cycles, from the device's counters over a run."""
+    return {f"stage{s}": {n: counters[f"s{s}_{n}_cycles"] / n_queries
+                          for n in ("bottom", "user", "items", "engine")}
+            for s in range(1, config.stage.stages + 1)}
 
 
 def format_hardware_e2e(r: dict) -> str:
@@ -286,6 +297,10 @@ def format_hardware_e2e(r: dict) -> str:
              f"{r['roofline_cycles_per_query']:.0f}: {r['roofline_ratio']:.2f}x)",
              f"  without sub-batching or query overlap: "
              f"{r['cycles_per_query_no_pipelining']:.0f} ({r['pipelining_gain']:.2f}x slower)",
+             *(f"  {s}, cycles per query (device counters): bottom MLP {p['bottom']:.0f}, "
+               f"user side {p['user']:.0f}, candidates {p['items']:.0f}; "
+               f"its MLP engine busy {p['engine']:.0f}"
+               for s, p in r.get("phases_per_query", {}).items()),
              f"  answers checked {r['answers_checked']}, wrong {r['answers_wrong']}",
              f"  modelled: {r['modelled_qps']:.0f} queries/s at {r['clock_mhz_for_qps']:g} MHz "
              f"({r['clock_source']})"]

@@ -154,9 +154,15 @@ WEIGHTS_FORMAT = 1
 #: ``cache_misses``: embedding rows found in the static or dynamic caches and
 #: rows read from memory instead (0 on a device without caches; the golden
 #: device models none). The hardware sums per-channel counts that each wrap
-#: at 2**32.
+#: at 2**32. ``s<n>_bottom_cycles``, ``_user_cycles``, ``_items_cycles``:
+#: cycles stage ``n`` spent on a query's bottom MLP, its user side (user
+#: features, pairs and pass, top layer descriptors) and its candidates (to
+#: its status); ``s<n>_engine_cycles``: cycles its MLP engine was busy (0 for
+#: a stage the device does not have; the golden device counts no cycles).
 COUNTERS = ("frames", "queries", "errors", "candidates", "macs", "lookup_bytes",
-            "busy_cycles", "cache_hits", "cache_misses")
+            "busy_cycles", "cache_hits", "cache_misses",
+            *(f"s{s}_{n}" for s in (1, 2)
+              for n in ("bottom_cycles", "user_cycles", "items_cycles", "engine_cycles")))
 
 _U64 = np.dtype("<u8")
 _U32 = np.dtype("<u4")

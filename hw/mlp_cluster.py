@@ -28,13 +28,15 @@ class MLPCluster(wiring.Component):
     resp_<e> : Out(stream.Signature(response_layout(config, e)))
     split : Out(range(len(config.splits)))
         The current split (an index into ``config.splits``); 0 after reset.
+    busy : Out(config.engines)
+        Bit ``e``: engine ``e`` is busy (:attr:`hw.mlp_engine.MLPEngine.busy`).
     """
 
     def __init__(self, config: ArrayConfig):
         if not isinstance(config, ArrayConfig):
             raise TypeError(f"config must be an ArrayConfig, not {config!r}")
         self._config = config
-        members = {"split": Out(range(len(config.splits)))}
+        members = {"split": Out(range(len(config.splits))), "busy": Out(config.engines)}
         for e in range(config.engines):
             members[f"cmd_{e}"] = In(stream.Signature(command_layout(config, e)))
             members[f"resp_{e}"] = Out(stream.Signature(response_layout(config, e)))
@@ -56,7 +58,7 @@ class MLPCluster(wiring.Component):
             connect(m, flipped(getattr(self, f"cmd_{e}")), eng.cmd)
             connect(m, eng.resp, flipped(getattr(self, f"resp_{e}")))
             connect(m, eng.array, array.port(e))
-            m.d.comb += eng.split.eq(self.split)
+            m.d.comb += [eng.split.eq(self.split), self.busy[e].eq(eng.busy)]
         # the split lock (MLPEngine): registered both ways
         lock = Signal()
         m.d.sync += [lock.eq(engines[0].split_wait),

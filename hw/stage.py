@@ -41,7 +41,9 @@ A query goes through these phases (the numbers are the golden model's steps,
     requantization) with the candidate's position as its tag, to ``topk``
     (lane 0; ``last`` with the query's final candidate; ``k`` from ``q``).
 
-``busy`` is high while a query is under way. Then the query's status
+``busy`` is high while a query is under way, and ``phase`` says where it
+is (:class:`StagePhase`: the bottom MLP, the user side, the candidates; the
+top level counts the cycles of each, ``READ_COUNTERS``). Then the query's status
 leaves on ``status`` (``OK``, or the first error:
 a bag the lookup unit refused, a row the packer dropped, an engine or score
 head error; the top-k list is still completed, so nothing waits) and the
@@ -84,8 +86,15 @@ from .wide import Status as WStatus, WideMatVec, write_layout as wide_write_layo
 #: checks).
 DENSE_FIFO = 16
 
-__all__ = ["DENSE_FIFO", "StageStatus", "conf_layout", "ldesc_layout", "p0_layout", "query_layout",
+__all__ = ["DENSE_FIFO", "StagePhase", "StageStatus", "conf_layout", "ldesc_layout", "p0_layout", "query_layout",
            "dense_layout", "cand_layout", "score_in", "StageEngine"]
+
+
+class StagePhase(enum.Enum, shape=2):
+    IDLE = 0
+    BOTTOM = 1          #: the bottom MLP: its descriptors, dense features, RUN, answer
+    USER = 2            #: the user bags' features, the user pairs and pass, the top layers
+    ITEMS = 3           #: the candidates, to the query's status
 
 
 class StageStatus(enum.Enum, shape=3):
@@ -226,6 +235,7 @@ class StageEngine(wiring.Component):
             "topk": Out(stream.Signature(topk_input_layout(config.topk))),
             "status": Out(stream.Signature(StageStatus)),
             "busy": Out(1),
+            "phase": Out(StagePhase),
         })
 
     def elaborate(self, platform):
@@ -351,6 +361,7 @@ class StageEngine(wiring.Component):
                     with m.Else():
                         m.next = "USERS"
             with m.State("BOT_DESC"):
+                m.d.comb += self.phase.eq(StagePhase.BOTTOM)
                 with m.If(at == conf.n_bottom):
                     m.d.sync += at.eq(0)
                     m.next = "BOT_ACT"
@@ -361,6 +372,7 @@ class StageEngine(wiring.Component):
                     with m.If(self.ecmd.ready):
                         m.d.sync += at.eq(at + 1)
             with m.State("BOT_ACT"):
+                m.d.comb += self.phase.eq(StagePhase.BOTTOM)
                 m.d.comb += [self.ecmd.valid.eq(dfifo.r_rdy),
                              dfifo.r_en.eq(self.ecmd.ready),
                              ecmd.op.eq(EOp.WRITE_ACT), ecmd.args.act.buf.eq(0),
@@ -371,12 +383,14 @@ class StageEngine(wiring.Component):
                     with m.If(dense_in.last):
                         m.next = "BOT_RUN"
             with m.State("BOT_RUN"):
+                m.d.comb += self.phase.eq(StagePhase.BOTTOM)
                 m.d.comb += [self.ecmd.valid.eq(1), ecmd.op.eq(EOp.RUN),
                              ecmd.args.run.layers.eq(conf.n_bottom), ecmd.args.run.rows.eq(1)]
                 with m.If(self.ecmd.ready):
                     m.d.sync += at.eq(0)
                     m.next = "BOT_RESP"
             with m.State("BOT_RESP"):
+                m.d.comb += self.phase.eq(StagePhase.BOTTOM)
                 m.d.comb += self.eresp.ready.eq(1)
                 with m.If(self.eresp.valid):
                     with m.If(resp.last):
@@ -390,6 +404,7 @@ class StageEngine(wiring.Component):
                                 m.d.sync += reg.eq(resp.data)
                         m.d.sync += at.eq(at + 1)
             with m.State("USERS"):
+                m.d.comb += self.phase.eq(StagePhase.USER)
                 f = self.feat.payload
                 with m.If(at == conf.n_pooled):
                     m.d.sync += at.eq(0)
@@ -412,6 +427,7 @@ class StageEngine(wiring.Component):
                                 m.d.sync += users[u].eq(f.vec)
                         m.d.sync += at.eq(at + 1)
             with m.State("UPAIRS"):
+                m.d.comb += self.phase.eq(StagePhase.USER)
                 if upair is not None:
                     up = upair.i.payload
                     with m.If(at < n_users):
@@ -428,6 +444,7 @@ class StageEngine(wiring.Component):
                                      at.eq(0)]
                         m.next = "UPASS"
             with m.State("UPASS"):
+                m.d.comb += self.phase.eq(StagePhase.USER)
                 # the input: [bottom output, user pairs] (or the pairs alone), in
                 # dim-wide chunks
                 xu_n = ceil_div(dim + len(zu.as_value()) // 8, dim) * dim
@@ -459,6 +476,7 @@ class StageEngine(wiring.Component):
                         m.d.sync += at.eq(0)
                         m.next = "MAINU"
             with m.State("MAINU"):
+                m.d.comb += self.phase.eq(StagePhase.USER)
                 di = dot.i.payload
                 with m.If(at == n_users):
                     m.d.sync += at.eq(0)
@@ -471,6 +489,7 @@ class StageEngine(wiring.Component):
                     with m.If(dot.i.ready):
                         m.d.sync += at.eq(at + 1)
             with m.State("TOP_DESC"):
+                m.d.comb += self.phase.eq(StagePhase.USER)
                 with m.If(at == conf.n_top):
                     m.next = "ITEMS"
                 with m.Else():
@@ -480,6 +499,7 @@ class StageEngine(wiring.Component):
                     with m.If(self.ecmd.ready):
                         m.d.sync += at.eq(at + 1)
             with m.State("ITEMS"):
+                m.d.comb += self.phase.eq(StagePhase.ITEMS)
                 m.d.comb += scoring.eq(1)
                 # the item features into the interaction
                 f = self.feat.payload
@@ -493,6 +513,7 @@ class StageEngine(wiring.Component):
                 with m.If(finished):
                     m.next = "DONE"
             with m.State("DONE"):
+                m.d.comb += self.phase.eq(StagePhase.ITEMS)
                 m.d.comb += [self.status.valid.eq(1), self.status.payload.eq(err)]
                 with m.If(self.status.ready):
                     m.next = "IDLE"

@@ -68,7 +68,7 @@ from .loader import RecordRouter
 from .mlp_cluster import MLPCluster
 from .mlp_isa import Opcode as EOp, command_layout
 from .result import ResultWriter
-from .stage import StageEngine, StageStatus
+from .stage import StageEngine, StagePhase, StageStatus
 from .survivors import SurvivorStatus, Survivors
 from .topk import TopKFilter
 
@@ -81,7 +81,9 @@ QUERIES = 4
 
 #: The ``READ_COUNTERS`` words, in order (:data:`host.protocol.COUNTERS`).
 COUNTERS = ("frames", "queries", "errors", "candidates", "macs", "lookup_bytes",
-            "busy_cycles", "cache_hits", "cache_misses")
+            "busy_cycles", "cache_hits", "cache_misses",
+            *(f"s{s}_{n}" for s in (1, 2)
+              for n in ("bottom_cycles", "user_cycles", "items_cycles", "engine_cycles")))
 
 #: The stage engine's ports fed by records, in port order after the others.
 _STAGE_PORTS = ("conf", "ldesc", "p0", "dot_params", "upair_params", "uw", "sw",
@@ -281,6 +283,15 @@ class Accelerator(wiring.Component):
             count["lookup_bytes"].eq(count["lookup_bytes"] + beats * emb_cfg.bus_bytes),
             count["busy_cycles"].eq(count["busy_cycles"] + busy),
         ]
+        # where each stage's cycles go (its phase), and its engine's busy cycles
+        # (stage n runs on engine n - 1)
+        for n, st in enumerate(self.stages, start=1):
+            for name, phase in (("bottom", StagePhase.BOTTOM), ("user", StagePhase.USER),
+                                ("items", StagePhase.ITEMS)):
+                c = count[f"s{n}_{name}_cycles"]
+                m.d.sync += c.eq(c + (st.phase == phase))
+            c = count[f"s{n}_engine_cycles"]
+            m.d.sync += c.eq(c + cluster.busy[n - 1])
         # the embedding caches' counters, summed over the channels (static and
         # dynamic hits; lookups that went to memory); 0 without caches
         if emb_cfg.cached:

@@ -151,6 +151,11 @@ async def test_queries_through_the_top_level(dut):
     assert c["errors"] == 3, c              # NOT_LOADED, BAD_ID, MALFORMED_FRAME
     assert c["frames"] >= n + 5 and c["lookup_bytes"] > 0 and c["busy_cycles"] > 0, c
     assert not cfg.embedding.cached and c["cache_hits"] == c["cache_misses"] == 0, c
+    # the stage's phases split its busy cycles; no second stage
+    phases = [c[f"s1_{n}_cycles"] for n in ("bottom", "user", "items")]
+    assert min(phases) > 0 and sum(phases) == c["busy_cycles"], c
+    assert 0 < c["s1_engine_cycles"] < out["cycles"], c
+    assert all(c[f"s2_{n}_cycles"] == 0 for n in ("bottom", "user", "items", "engine")), c
     dut._log.info(f"{len(queries)} queries of {tb['candidates']} candidates: "
                   f"{out['cycles']} cycles in all")
 
@@ -321,6 +326,11 @@ async def test_two_stages_through_the_top_level(dut):
     assert c["candidates"] == sum(q.n_candidates for q in queries + queries[:4]), c
     # (stage 2 looks up its user bags and the survivors too)
     assert c["lookup_bytes"] > 0 and c["busy_cycles"] > 0, c
+    # each stage's phases: within the device's busy cycles, which both cover
+    busy = [sum(c[f"s{s}_{n}_cycles"] for n in ("bottom", "user", "items")) for s in (1, 2)]
+    assert 0 < max(busy) <= c["busy_cycles"] <= sum(busy), c
+    assert all(c[f"s{s}_{n}_cycles"] > 0 for s in (1, 2)
+               for n in ("bottom", "user", "items", "engine")), c
     dut._log.info(f"{len(queries)} queries of {tb['candidates']} candidates through two "
                   f"stages, keep {tuple(tb['keep'])}")
 

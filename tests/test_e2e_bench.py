@@ -30,6 +30,9 @@ def test_hardware_e2e_on_tiny():
     assert 0 < r["roofline_cycles_per_query"] <= r["cycles_per_query"]
     assert r["modelled_qps"] == cfg.clock_mhz * 1e6 / r["cycles_per_query"]
     assert "cycles per query" in format_hardware_e2e(r)
+    # one stage: its phases per query, none of them empty
+    (p,) = r["phases_per_query"].values()
+    assert min(p.values()) > 0 and "stage1, cycles per query" in format_hardware_e2e(r)
 
 
 def test_pipeline_for_compiles_onto_the_top_level():
@@ -54,3 +57,5 @@ def test_hardware_e2e_two_stages_on_tiny():
     assert r["answers_checked"] == 6 and r["answers_wrong"] == 0
     assert 0 < r["roofline_cycles_per_query"] <= r["cycles_per_query"]
     assert "keep 8 then 8" in format_hardware_e2e(r)
+    assert sorted(r["phases_per_query"]) == ["stage1", "stage2"]
+    assert all(min(p.values()) > 0 for p in r["phases_per_query"].values())
