@@ -13,12 +13,14 @@ host; the host sees one response frame per RUN.
 
 Two tiles are in flight at most, one per weight register ("parity"). A
 parity is loaded again only once the last row of its previous tile has
-passed every processing element (a countdown of ``2 * side`` cycles), so
+passed every processing element (a countdown of ``2 * side - 3`` cycles), so
 the array never needs to stall: every row injected is a row whose result
 the engine takes. Every row carries what its result needs past the array
 (its parameter word, read at the accumulator's read, and its destination
-word), so a tile's requantization does not hold its weight register: tiles
-of one row follow each other at the loader's pace, not the array's latency.
+word), so a tile's requantization does not hold its weight register: a
+one-row tile is bound by the array's skew, not by its whole latency and the
+requantizer's. A RUN hands its answer to the sender once its last rows are
+in the array; the sender starts once they are written.
 
 Commands and memory layouts: :mod:`hw.mlp_isa`.
 """
