@@ -227,8 +227,11 @@ def test_layer_changed_while_rows_in_flight(change):
         return [c for c in commands if target.cmd_layout.from_bits(c).op == op][::-1]
 
     async def producer(ctx):
+        r = random.Random(5)
         for c in progs[0].load_commands + progs[0].input_commands(xs[0], 0):
-            await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c))
+            await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c), rng=r, idle=0.3)
+        # from the RUN on, back to back: the change must land while its rows
+        # are in flight
         commands = ([progs[0].run_command(len(xs[0]), 0)]
                     + changes(progs[1].load_commands)
                     + progs[1].input_commands(xs[1], half)
@@ -237,10 +240,11 @@ def test_layer_changed_while_rows_in_flight(change):
             await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c))
 
     async def consumer(ctx):
+        r = random.Random(6)
         for _ in xs:
             frame = []
             while True:
-                frame.append((await stream_get(ctx, dut.resp_0)).as_bits())
+                frame.append((await stream_get(ctx, dut.resp_0, rng=r, stall=0.5)).as_bits())
                 if target.unpack_response(frame[-1])["last"]:
                     break
             frames.append(frame)
