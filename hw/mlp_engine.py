@@ -267,6 +267,7 @@ class MLPEngine(wiring.Component):
         assert INJECT_LATENCY == BlockRAM.LATENCY + 1
         drain = lambda lat: lat + REQUANT_LATENCY + INJECT_LATENCY + 3
         tail = Signal(range(drain(max_lat) + 1))
+        tail_nz = Signal()      # ``tail != 0``, from a register (it gates ``cmd.ready``)
         drain_cycles = Signal.like(tail)
         m.d.sync += drain_cycles.eq(drain(latency))
         relu = Signal()
@@ -274,10 +275,13 @@ class MLPEngine(wiring.Component):
         dst_buf = Signal()
         all_free = Signal()
         m.d.comb += all_free.eq(
-            (slot_state[0] == FREE) & (slot_state[1] == FREE) & (tail == 0))
+            (slot_state[0] == FREE) & (slot_state[1] == FREE) & ~tail_nz)
         for cd in (*countdown, tail):
             with m.If(cd != 0):
                 m.d.sync += cd.eq(cd - 1)
+        # (set below, with ``tail``, when a tile's last row is issued; the
+        # drain is never 0 cycles)
+        m.d.sync += tail_nz.eq(tail > 1)
 
         # -- the loader: weight tiles into the idle register ---------------
         ld_par = Signal()
@@ -371,7 +375,8 @@ class MLPEngine(wiring.Component):
                 with m.If(st_par == pb):
                     m.d.sync += slot_state[pb].eq(Mux(last_row, FREE, STREAMING))
                     with m.If(last_row):
-                        m.d.sync += [countdown[pb].eq(w_reuse), tail.eq(drain_cycles)]
+                        m.d.sync += [countdown[pb].eq(w_reuse), tail.eq(drain_cycles),
+                                     tail_nz.eq(1)]
             m.d.sync += st_row.eq(Mux(last_row, 0, st_row + 1))
             with m.If(last_row):
                 m.d.sync += [st_par.eq(~st_par), *load_cur(~st_par)]
@@ -618,11 +623,21 @@ class MLPEngine(wiring.Component):
             m.d.sync += [err_status.eq(status), err_info.eq(info)]
             m.next = "ERROR"
 
-        m.d.sync += [cmd_act_we.eq(0), *(w.en.eq(0) for w in write_regs)]
+        # The write registers load the payload in every cycle and only their
+        # enables depend on the command being taken: ``cmd.ready`` drives a
+        # few flip-flops, not the clock enables of every data bit.
+        m.d.sync += [cmd_act_we.eq(0), *(w.en.eq(0) for w in write_regs),
+                     cmd_act.eq(act),
+                     w_wr.addr.eq(args.weights.addr), w_wr.data.eq(args.weights.data),
+                     l_wr.addr.eq(args.layer.index), l_wr.data.eq(args.layer)]
+        for pwr, _ in pmems:
+            m.d.sync += [pwr.addr.eq(args.param.addr), pwr.data.bias.eq(args.param.bias),
+                         pwr.data.mult.eq(args.param.mult),
+                         pwr.data.shift.eq(args.param.shift)]
         with m.If(bg_take):
             m.d.comb += self.cmd.ready.eq(1)
             with m.If(self.cmd.valid):
-                m.d.sync += [cmd_act_we.eq(1), cmd_act.eq(act)]
+                m.d.sync += cmd_act_we.eq(1)
         settle = Signal(range(SPLIT_SETTLE + 1))
         with m.FSM():
             with m.State("IDLE"):
@@ -631,39 +646,30 @@ class MLPEngine(wiring.Component):
                 # parameters on the way)
                 m.d.comb += take.eq((1 if self._engine == 0 else ~self.hold)
                                     & ~((cmd.op == Opcode.WRITE_ACT) & act_to_sender)
-                                    & ~((cmd.op == Opcode.WRITE_PARAM) & (tail != 0)))
+                                    & ~((cmd.op == Opcode.WRITE_PARAM) & tail_nz))
                 m.d.comb += self.cmd.ready.eq(take)
                 with m.If(self.cmd.valid & take):
                     with m.Switch(cmd.op):
                         with m.Case(Opcode.WRITE_WEIGHTS):
                             with m.If(args.weights.addr < cfg.weight_words):
-                                m.d.sync += [w_wr.addr.eq(args.weights.addr),
-                                             w_wr.data.eq(args.weights.data),
-                                             w_wr.en.eq(1)]
+                                m.d.sync += w_wr.en.eq(1)
                             with m.Else():
                                 fail(Status.BAD_ADDRESS, cmd.op)
                         with m.Case(Opcode.WRITE_PARAM):
                             p = args.param
                             with m.If((p.addr < cfg.param_words) & (p.lane < lanes)):
                                 for j, (pwr, _) in enumerate(pmems):
-                                    m.d.sync += [
-                                        pwr.addr.eq(p.addr),
-                                        pwr.data.bias.eq(p.bias),
-                                        pwr.data.mult.eq(p.mult),
-                                        pwr.data.shift.eq(p.shift),
-                                        pwr.en.eq(p.lane == j)]
+                                    m.d.sync += pwr.en.eq(p.lane == j)
                             with m.Else():
                                 fail(Status.BAD_ADDRESS, cmd.op)
                         with m.Case(Opcode.WRITE_ACT):
                             with m.If(args.act.addr < act_words):
-                                m.d.sync += [cmd_act_we.eq(1), cmd_act.eq(args.act)]
+                                m.d.sync += cmd_act_we.eq(1)
                             with m.Else():
                                 fail(Status.BAD_ADDRESS, cmd.op)
                         with m.Case(Opcode.SET_LAYER):
                             with m.If(args.layer.index < cfg.max_layers):
-                                m.d.sync += [l_wr.addr.eq(args.layer.index),
-                                             l_wr.data.eq(args.layer),
-                                             l_wr.en.eq(1)]
+                                m.d.sync += l_wr.en.eq(1)
                             with m.Else():
                                 fail(Status.BAD_ADDRESS, cmd.op)
                         with m.Case(Opcode.RUN):

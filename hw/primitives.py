@@ -267,11 +267,13 @@ class BlockRAM(wiring.Component):
             w_addr = Signal(abits, name=f"bank{b}_waddr", reset_less=True)
             w_data = Signal(cols * bw, name=f"bank{b}_wdata", reset_less=True)
             r_addr = Signal(abits, name=f"bank{b}_raddr", reset_less=True)
-            w_hit = self.w_en & (bank_of(self.w_addr) == b)
-            m.d.sync += w_en.eq(w_hit)
-            # Each copy loads only when its bank is the one addressed: the
-            # copies differ, so synthesis keeps them apart.
-            with m.If(w_hit):
+            w_bank = bank_of(self.w_addr) == b
+            m.d.sync += w_en.eq(self.w_en & w_bank)
+            # Each copy loads whenever its bank is the one addressed, whether
+            # or not a write is presented (``w_en`` reaches one flip-flop, not
+            # every data bit's clock enable); the copies differ, so synthesis
+            # keeps them apart.
+            with m.If(w_bank):
                 m.d.sync += [w_addr.eq(self.w_addr[:abits]), w_data.eq(self.w_data)]
             with m.If(bank_of(self.r_addr) == b):
                 m.d.sync += r_addr.eq(self.r_addr[:abits])
