@@ -643,9 +643,11 @@ class MLPEngine(wiring.Component):
             with m.State("IDLE"):
                 take = Signal()
                 # (a RUN's last rows may still be in flight: they read their
-                # parameters on the way)
+                # parameters on the way, and each takes the activation RAM's
+                # write port in the cycle it is written)
                 m.d.comb += take.eq((1 if self._engine == 0 else ~self.hold)
-                                    & ~((cmd.op == Opcode.WRITE_ACT) & act_to_sender)
+                                    & ~((cmd.op == Opcode.WRITE_ACT)
+                                        & (act_to_sender | act_to_result))
                                     & ~((cmd.op == Opcode.WRITE_PARAM) & tail_nz))
                 m.d.comb += self.cmd.ready.eq(take)
                 with m.If(self.cmd.valid & take):

@@ -259,3 +259,57 @@ def test_layer_changed_while_rows_in_flight(change):
     for prog, layers, x, frame in zip(progs, (old, new), xs, frames):
         y, _ = prog.decode_run(frame, len(x))
         assert np.array_equal(y, int8_mlp(x, layers))
+
+
+def test_inputs_written_while_rows_in_flight():
+    """After a RUN hands its answer over, the engine takes the next inputs
+    while the RUN's last rows are still being written. With two layers those
+    rows land in buffer 0, where the inputs go (in the other half): an input
+    write must not take the RAM's port in the cycle a row is written, or the
+    row is lost. (The SET_LAYERs after the RUN are only taken once it has
+    handed over, so the writes after them meet its rows in flight.)"""
+    cfg = dataclasses.replace(Config.preset("ecp5").array, dsp="generic")
+    rng = np.random.default_rng(22)
+    layers = [QuantLayer(rng.integers(-128, 128, (i, o)).astype(np.int8),
+                         rng.integers(-3000, 3000, o), rng.integers(1 << 14, 1 << 16, o),
+                         rng.integers(16, 20, o), l == 0)
+              for l, (i, o) in enumerate([(5, 8), (8, 8)])]
+    target = EngineTarget(cfg, 0, 1)
+    prog = compile_mlp(layers, target)
+    half = cfg.act_words(0) // 2
+    # (enough input rows after the RUN to cover the cycles its last rows land)
+    xs = [rng.integers(-128, 128, (rows, 5)).astype(np.int8) for rows in (12, 48)]
+    set_layers = [c for c in prog.load_commands
+                  if target.cmd_layout.from_bits(c).op == Opcode.SET_LAYER]
+    assert set_layers
+    frames = []
+
+    async def producer(ctx):
+        r = random.Random(7)
+        for c in prog.load_commands + prog.input_commands(xs[0], 0):
+            await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c), rng=r, idle=0.3)
+        # from the RUN on, back to back
+        for c in ([prog.run_command(len(xs[0]), 0)] + set_layers
+                  + prog.input_commands(xs[1], half) + [prog.run_command(len(xs[1]), half)]):
+            await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c))
+
+    async def consumer(ctx):
+        r = random.Random(8)
+        for _ in xs:
+            frame = []
+            while True:
+                frame.append((await stream_get(ctx, dut.resp_0, rng=r, stall=0.5)).as_bits())
+                if target.unpack_response(frame[-1])["last"]:
+                    break
+            frames.append(frame)
+
+    dut = MLPCluster(cfg)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    run_bounded(sim, 1e-4)
+    assert len(frames) == 2
+    for x, frame in zip(xs, frames):
+        y, _ = prog.decode_run(frame, len(x))
+        assert np.array_equal(y, int8_mlp(x, layers))
