@@ -41,21 +41,26 @@ A query goes through these phases (the numbers are the golden model's steps,
     requantization) with the candidate's position as its tag, to ``topk``
     (lane 0; ``last`` with the query's final candidate; ``k`` from ``q``).
 
+Once the RUN of a query's last sub-batch is sent, the next query starts:
+its bottom MLP and user side run on the engine while the last rows of the
+query before come back through the score head. When a query's final score
+has gone to ``topk``, its status leaves on ``status`` (``OK``, or an error:
+a bag the lookup unit refused, a row the packer dropped, an engine error or
+a score head error, the first of those found before the hand-over, else the
+first after it; the top-k list is still completed, so nothing waits).
 ``busy`` is high while a query is under way, and ``phase`` says where it
-is (:class:`StagePhase`: the bottom MLP, the user side, the candidates; the
-top level counts the cycles of each, ``READ_COUNTERS``). Then the query's status
-leaves on ``status`` (``OK``, or the first error:
-a bag the lookup unit refused, a row the packer dropped, an engine or score
-head error; the top-k list is still completed, so nothing waits) and the
-next query starts. A query's bags go out back to back with the previous
-query's: the lookups of the next query start while this one finishes.
+is (:class:`StagePhase`: the bottom MLP, the user side, the candidates, the
+last of which also counts while only a handed-over query's scores are still
+coming; the top level counts the cycles of each, ``READ_COUNTERS``). A
+query's bags go out back to back with the previous query's: the lookups of
+the next query start while this one finishes.
 
 A query's ``q`` beat and its dense features wait in small FIFOs (two
 queries, :data:`DENSE_FIFO`), so its sender may go on to its bags and
 candidates while the query before is still running: a sender must send a
 query's ``q``, then its ``dense``, then its ``ubags`` and ``cand`` (the
-stage takes the dense features only once the query before is done, the bags
-at once).
+stage takes the dense features only once the query before has handed over,
+the bags at once).
 
 Everything a stage needs is written before its queries: the configuration
 (``conf``, :func:`conf_layout`, checked by the host: a configuration that
@@ -348,12 +353,38 @@ class StageEngine(wiring.Component):
         ecmd = self.ecmd.payload
         resp = self.eresp.payload
         scoring = Signal()              # the ITEMS phase: the engine is the driver's
-        finished = Signal()             # the query's final score went to topk
+        finished = Signal()             # a query's final score went to topk
+        # A query hands over once its last sub-batch's RUN is sent
+        # (``sent_last``): the next query's bottom MLP and user side then use
+        # the engine while this one's last rows come back through the score
+        # head (``pend``). Its status leaves once its final score has gone to
+        # the top-k filter (``st_valid``). The errors of the engine's answers
+        # to the candidates and of the score head go to ``err_s`` (the
+        # scores path takes one query at a time), the others to ``err``.
+        sent_last = Signal()
+        pend = Signal()
+        k_p = Signal.like(k)
+        err_p = Signal(StageStatus)     # the handed-over query's ``err``
+        err_s = Signal(StageStatus)
+        st_valid = Signal()
+        st_val = Signal(StageStatus)
 
-        m.d.comb += self.busy.eq(1)         # (but in IDLE)
+        def fail_s(status):
+            with m.If(err_s == StageStatus.OK):
+                m.d.sync += err_s.eq(status)
+
+        # The row counts of the RUNs under way (and whether each is its
+        # query's last) wait here for their answers, which are the score
+        # path's; any other answer (the bottom MLP's) is the query's.
+        run_rows = Signal.like(packer.done.payload.rows)
+        m.submodules.runq = runq = SyncFIFOBuffered(width=len(run_rows) + 1, depth=4)
+
+        m.d.comb += self.busy.eq(1)         # (but in IDLE with no query handed over)
         with m.FSM(name="query"):
             with m.State("IDLE"):
-                m.d.comb += [qfifo.r_en.eq(1), self.busy.eq(0)]
+                m.d.comb += [qfifo.r_en.eq(1), self.busy.eq(pend | st_valid)]
+                with m.If(pend | st_valid):
+                    m.d.comb += self.phase.eq(StagePhase.ITEMS)
                 with m.If(qfifo.r_rdy):
                     m.d.sync += [k.eq(q_in.k), err.eq(StageStatus.OK), at.eq(0)]
                     with m.If(conf.has_bottom):
@@ -391,8 +422,8 @@ class StageEngine(wiring.Component):
                     m.next = "BOT_RESP"
             with m.State("BOT_RESP"):
                 m.d.comb += self.phase.eq(StagePhase.BOTTOM)
-                m.d.comb += self.eresp.ready.eq(1)
-                with m.If(self.eresp.valid):
+                m.d.comb += self.eresp.ready.eq(~runq.r_rdy)
+                with m.If(self.eresp.valid & ~runq.r_rdy):
                     with m.If(resp.last):
                         with m.If(resp.status != EStatus.OK):
                             fail(StageStatus.ENGINE)
@@ -510,19 +541,18 @@ class StageEngine(wiring.Component):
                 with m.If(self.feat.valid & f.item & dot.i.ready
                           & (f.status != LookupStatus.OK)):
                     fail(StageStatus.BAD_LOOKUP)
-                with m.If(finished):
-                    m.next = "DONE"
-            with m.State("DONE"):
-                m.d.comb += self.phase.eq(StagePhase.ITEMS)
-                m.d.comb += [self.status.valid.eq(1), self.status.payload.eq(err)]
-                with m.If(self.status.ready):
+                # (every item feature of the query is in once its last RUN is sent)
+                with m.If(sent_last & ~pend):
+                    m.d.sync += [pend.eq(1), sent_last.eq(0), k_p.eq(k), err_p.eq(err)]
                     m.next = "IDLE"
 
         # -- the issuer: the bags of the queries, back to back -------------------------
         a = Signal(range(max(I, 2)))                # the candidate's item table
         row = Signal.like(conf.sb_rows)             # the candidate's row in its sub-batch
         c = self.cand.payload
-        room = posq.w_rdy & rowq.w_rdy & sbq.w_rdy
+        # per sub-batch: whether it is its query's last
+        m.submodules.lastq = lastq = SyncFIFOBuffered(width=1, depth=8)
+        room = posq.w_rdy & rowq.w_rdy & sbq.w_rdy & lastq.w_rdy
         c_last = c.left == 0
         sb_end = (row == conf.sb_rows - 1) | c_last
         sb_size = Mux(c.left < conf.sb_rows, c.left + 1, conf.sb_rows)
@@ -554,7 +584,9 @@ class StageEngine(wiring.Component):
                         m.d.comb += [self.cand.ready.eq(1),
                                      posq.w_en.eq(1), posq.w_data.eq(Cat(c.pos, c_last)),
                                      rowq.w_en.eq(1), rowq.w_data.eq(sb_end),
-                                     sbq.w_en.eq(row == 0), sbq.w_data.eq(sb_size)]
+                                     sbq.w_en.eq(row == 0), sbq.w_data.eq(sb_size),
+                                     lastq.w_en.eq(row == 0),
+                                     lastq.w_data.eq(c.left < conf.sb_rows)]
                         m.d.sync += [a.eq(0), row.eq(Mux(sb_end, 0, row + 1))]
                         with m.If(c_last):
                             m.next = "UB"
@@ -582,13 +614,10 @@ class StageEngine(wiring.Component):
         # -- the engine driver: a sub-batch's commands, then its RUN -------------------
         # The engine takes the commands of a sub-batch while the one before
         # runs, in the other half of its buffers (``region``), and its RUN
-        # while that one's rows are still coming back. The row counts of the
-        # RUNs under way wait in ``runq`` for their trailers.
+        # while that one's rows are still coming back.
         have_done = Signal()
         target = Signal(32)
-        run_rows = Signal.like(packer.done.payload.rows)
         region = Signal()
-        m.submodules.runq = runq = SyncFIFOBuffered(width=len(run_rows), depth=4)
         with m.FSM(name="engine"):
             with m.State("DRAIN"):
                 with m.If(scoring):
@@ -609,13 +638,17 @@ class StageEngine(wiring.Component):
                     with m.If(have_done & (drained == target)):
                         m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += [self.ecmd.valid.eq(runq.w_rdy), ecmd.op.eq(EOp.RUN),
+                ready = runq.w_rdy & lastq.r_rdy
+                m.d.comb += [self.ecmd.valid.eq(ready), ecmd.op.eq(EOp.RUN),
                              ecmd.args.run.layers.eq(conf.n_top),
                              ecmd.args.run.rows.eq(run_rows),
                              ecmd.args.run.base.eq(region * half),
-                             runq.w_en.eq(self.ecmd.ready), runq.w_data.eq(run_rows)]
-                with m.If(self.ecmd.ready & runq.w_rdy):
+                             runq.w_data.eq(Cat(run_rows, lastq.r_data))]
+                with m.If(self.ecmd.ready & ready):
+                    m.d.comb += [runq.w_en.eq(1), lastq.r_en.eq(1)]
                     m.d.sync += [have_done.eq(0), region.eq(~region)]
+                    with m.If(lastq.r_data):
+                        m.d.sync += sent_last.eq(1)
                     m.next = "DRAIN"
 
         # -- the scores: result rows through the score head, to the top-k filter ---
@@ -629,17 +662,24 @@ class StageEngine(wiring.Component):
         m.d.comb += posq.r_en.eq(take_row)
         with m.If(score.i.valid & score.i.ready):
             m.d.sync += chunk.eq(Mux(row_last, 0, chunk + 1))
+        # After a query's last RUN, wait until its final score has gone
+        # (``FINAL``), so that ``err_s`` is one query's.
+        flush_final = Signal()
         with m.FSM(name="scores"):
             with m.State("ROWS"):
-                with m.If(scoring):
+                with m.If(runq.r_rdy):
+                    run_final = runq.r_data[len(run_rows)]
                     with m.If(resp.last):
                         m.d.comb += [self.eresp.ready.eq(1), runq.r_en.eq(self.eresp.valid)]
                         with m.If(self.eresp.valid):
                             with m.If(resp.status != EStatus.OK):
                                 # no rows came: score zero rows in their place
-                                fail(StageStatus.ENGINE)
-                                m.d.sync += flush.eq(runq.r_data)
+                                fail_s(StageStatus.ENGINE)
+                                m.d.sync += [flush.eq(runq.r_data[:len(run_rows)]),
+                                             flush_final.eq(run_final)]
                                 m.next = "FLUSH"
+                            with m.Elif(run_final):
+                                m.next = "FINAL"
                     with m.Else():
                         m.d.comb += [score.i.valid.eq(self.eresp.valid & posq.r_rdy),
                                      si.x.eq(resp.data),
@@ -647,17 +687,38 @@ class StageEngine(wiring.Component):
             with m.State("FLUSH"):
                 with m.If(flush == 0):
                     m.next = "ROWS"
+                    with m.If(flush_final):
+                        m.next = "FINAL"
                 with m.Else():
                     m.d.comb += [score.i.valid.eq(posq.r_rdy), si.x.eq(0)]
                     with m.If(take_row):
                         m.d.sync += flush.eq(flush - 1)
+            with m.State("FINAL"):
+                # (the query was handed over before its final trailer came)
+                with m.If(~pend):
+                    m.next = "ROWS"
         so = score.o.payload
         tp = self.topk.payload
-        m.d.comb += [self.topk.valid.eq(score.o.valid), score.o.ready.eq(self.topk.ready),
+        # (a query's final score waits while the status before it is owed)
+        go = ~(so.end & st_valid)
+        m.d.comb += [self.topk.valid.eq(score.o.valid & go),
+                     score.o.ready.eq(self.topk.ready & go),
                      tp.pairs[0].score.eq(so.value), tp.pairs[0].id.eq(so.tag),
-                     tp.valid.eq(1), tp.last.eq(so.end), tp.k.eq(k)]
-        with m.If(score.o.valid & self.topk.ready):
-            with m.If(so.status != WStatus.OK):
-                fail(StageStatus.BAD_SCORE)
+                     tp.valid.eq(1), tp.last.eq(so.end), tp.k.eq(Mux(pend, k_p, k))]
+        bad_score = so.status != WStatus.OK
+        with m.If(score.o.valid & self.topk.ready & go):
+            with m.If(bad_score):
+                fail_s(StageStatus.BAD_SCORE)
             m.d.comb += finished.eq(so.end)
+        # The status: the query's first error before its hand-over, else that
+        # of its scores. (A query always finishes after its hand-over: its
+        # final rows are scored only once the query before has finished.)
+        scores_err = Mux(err_s != StageStatus.OK, err_s,
+                         Mux(bad_score, StageStatus.BAD_SCORE, StageStatus.OK))
+        with m.If(finished):
+            m.d.sync += [st_valid.eq(1), pend.eq(0), err_s.eq(StageStatus.OK),
+                         st_val.eq(Mux(err_p != StageStatus.OK, err_p, scores_err))]
+        m.d.comb += [self.status.valid.eq(st_valid), self.status.payload.eq(st_val)]
+        with m.If(st_valid & self.status.ready):     # (never in a cycle that finishes)
+            m.d.sync += st_valid.eq(0)
         return m
