@@ -193,6 +193,39 @@ def test_overlapped_runs(n_layers, alternate):
         assert seen["early_runs"] > 0, seen
 
 
+def _run_back_to_back(cfg, target, before, after, n_answers, seed):
+    """Sends ``before`` with random idle cycles, then ``after`` back to back
+    (so that its commands land while the last RUN's rows are in flight), to
+    engine 0 of an ``MLPCluster``; reads ``n_answers`` answers with stalls."""
+    frames = []
+    dut = MLPCluster(cfg)
+
+    async def producer(ctx):
+        r = random.Random(seed)
+        for c in before:
+            await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c), rng=r, idle=0.3)
+        for c in after:
+            await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c))
+
+    async def consumer(ctx):
+        r = random.Random(seed + 1)
+        for _ in range(n_answers):
+            frame = []
+            while True:
+                frame.append((await stream_get(ctx, dut.resp_0, rng=r, stall=0.5)).as_bits())
+                if target.unpack_response(frame[-1])["last"]:
+                    break
+            frames.append(frame)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    run_bounded(sim, 1e-4)
+    assert len(frames) == n_answers
+    return frames
+
+
 @pytest.mark.parametrize("change", ["params", "relu"])
 def test_layer_changed_while_rows_in_flight(change):
     """A RUN hands its answer to the sender while its last rows are still in
@@ -218,7 +251,6 @@ def test_layer_changed_while_rows_in_flight(change):
     progs = [compile_mlp(old, target), compile_mlp(new, target)]
     half = cfg.act_words(0) // 2
     xs = [rng.integers(-128, 128, (12, 5)).astype(np.int8) for _ in range(2)]
-    frames = []
 
     def changes(commands):
         # straight after the RUN: the new parameters, the last output tile's
@@ -226,36 +258,13 @@ def test_layer_changed_while_rows_in_flight(change):
         op = Opcode.WRITE_PARAM if change == "params" else Opcode.SET_LAYER
         return [c for c in commands if target.cmd_layout.from_bits(c).op == op][::-1]
 
-    async def producer(ctx):
-        r = random.Random(5)
-        for c in progs[0].load_commands + progs[0].input_commands(xs[0], 0):
-            await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c), rng=r, idle=0.3)
-        # from the RUN on, back to back: the change must land while its rows
-        # are in flight
-        commands = ([progs[0].run_command(len(xs[0]), 0)]
-                    + changes(progs[1].load_commands)
-                    + progs[1].input_commands(xs[1], half)
-                    + [progs[1].run_command(len(xs[1]), half)])
-        for c in commands:
-            await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c))
-
-    async def consumer(ctx):
-        r = random.Random(6)
-        for _ in xs:
-            frame = []
-            while True:
-                frame.append((await stream_get(ctx, dut.resp_0, rng=r, stall=0.5)).as_bits())
-                if target.unpack_response(frame[-1])["last"]:
-                    break
-            frames.append(frame)
-
-    dut = MLPCluster(cfg)
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    run_bounded(sim, 1e-4)
-    assert len(frames) == 2
+    # from the RUN on, back to back: the change must land while its rows
+    # are in flight
+    frames = _run_back_to_back(
+        cfg, target, progs[0].load_commands + progs[0].input_commands(xs[0], 0),
+        [progs[0].run_command(len(xs[0]), 0)] + changes(progs[1].load_commands)
+        + progs[1].input_commands(xs[1], half) + [progs[1].run_command(len(xs[1]), half)],
+        2, seed=5)
     for prog, layers, x, frame in zip(progs, (old, new), xs, frames):
         y, _ = prog.decode_run(frame, len(x))
         assert np.array_equal(y, int8_mlp(x, layers))
@@ -282,34 +291,10 @@ def test_inputs_written_while_rows_in_flight():
     set_layers = [c for c in prog.load_commands
                   if target.cmd_layout.from_bits(c).op == Opcode.SET_LAYER]
     assert set_layers
-    frames = []
-
-    async def producer(ctx):
-        r = random.Random(7)
-        for c in prog.load_commands + prog.input_commands(xs[0], 0):
-            await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c), rng=r, idle=0.3)
-        # from the RUN on, back to back
-        for c in ([prog.run_command(len(xs[0]), 0)] + set_layers
-                  + prog.input_commands(xs[1], half) + [prog.run_command(len(xs[1]), half)]):
-            await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c))
-
-    async def consumer(ctx):
-        r = random.Random(8)
-        for _ in xs:
-            frame = []
-            while True:
-                frame.append((await stream_get(ctx, dut.resp_0, rng=r, stall=0.5)).as_bits())
-                if target.unpack_response(frame[-1])["last"]:
-                    break
-            frames.append(frame)
-
-    dut = MLPCluster(cfg)
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    run_bounded(sim, 1e-4)
-    assert len(frames) == 2
+    frames = _run_back_to_back(
+        cfg, target, prog.load_commands + prog.input_commands(xs[0], 0),
+        [prog.run_command(len(xs[0]), 0)] + set_layers + prog.input_commands(xs[1], half)
+        + [prog.run_command(len(xs[1]), half)], 2, seed=7)
     for x, frame in zip(xs, frames):
         y, _ = prog.decode_run(frame, len(x))
         assert np.array_equal(y, int8_mlp(x, layers))
