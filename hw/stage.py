@@ -45,9 +45,10 @@ Once the RUN of a query's last sub-batch is sent, the next query starts:
 its bottom MLP and user side run on the engine while the last rows of the
 query before come back through the score head. When a query's final score
 has gone to ``topk``, its status leaves on ``status`` (``OK``, or an error:
-a bag the lookup unit refused, a row the packer dropped, an engine error or
-a score head error, the first of those found before the hand-over, else the
-first after it; the top-k list is still completed, so nothing waits).
+the first of its bags the lookup unit refused, its rows the packer dropped
+and the errors of its bottom MLP and user pass, if any; else the first of
+the engine's answers to its candidates and the score head; the top-k list
+is still completed, so nothing waits).
 ``busy`` is high while a query is under way, and ``phase`` says where it
 is (:class:`StagePhase`: the bottom MLP, the user side, the candidates, the
 last of which also counts while only a handed-over query's scores are still
@@ -710,8 +711,8 @@ class StageEngine(wiring.Component):
             with m.If(bad_score):
                 fail_s(StageStatus.BAD_SCORE)
             m.d.comb += finished.eq(so.end)
-        # The status: the query's first error before its hand-over, else that
-        # of its scores. (A query always finishes after its hand-over: its
+        # The status: the query's first error but those of its scores, else
+        # the first of those. (A query always finishes after its hand-over: its
         # final rows are scored only once the query before has finished.)
         scores_err = Mux(err_s != StageStatus.OK, err_s,
                          Mux(bad_score, StageStatus.BAD_SCORE, StageStatus.OK))
