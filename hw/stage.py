@@ -100,7 +100,7 @@ class StagePhase(enum.Enum, shape=2):
     IDLE = 0
     BOTTOM = 1          #: the bottom MLP: its descriptors, dense features, RUN, answer
     USER = 2            #: the user bags' features, the user pairs and pass, the top layers
-    ITEMS = 3           #: the candidates, to the query's status
+    ITEMS = 3           #: the candidates (and a handed-over query's last scores)
 
 
 class StageStatus(enum.Enum, shape=3):
