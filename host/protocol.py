@@ -157,7 +157,8 @@ WEIGHTS_FORMAT = 1
 #: at 2**32. ``s<n>_bottom_cycles``, ``_user_cycles``, ``_items_cycles``:
 #: cycles stage ``n`` spent on a query's bottom MLP, its user side (user
 #: features, pairs and pass, top layer descriptors) and its candidates (to
-#: its status); ``s<n>_engine_cycles``: cycles its MLP engine was busy (0 for
+#: the hand-over to the next query, and while only a handed-over query's
+#: last scores are still coming); ``s<n>_engine_cycles``: cycles its MLP engine was busy (0 for
 #: a stage the device does not have; the golden device counts no cycles).
 COUNTERS = ("frames", "queries", "errors", "candidates", "macs", "lookup_bytes",
             "busy_cycles", "cache_hits", "cache_misses",
