@@ -127,6 +127,13 @@ def _units(cfg: EmbeddingConfig) -> int:
     return cfg.channels + cfg.onchip_banks
 
 
+def _at_least_2(n: int) -> int:
+    """A memory's depth or a counter's range of ``n``, but at least 2: one set,
+    one way or one row would give zero-width addresses (``[-1:0]`` in Verilog,
+    which Verilator's lint refuses); the extra entry is never addressed."""
+    return max(n, 2)
+
+
 def _slot_beats(cfg: EmbeddingConfig) -> int:
     """Reorder-buffer words per slot: the longest row, to a power of two."""
     return 1 << clog2(cfg.max_row_beats) if cfg.max_row_beats > 1 else 1
@@ -596,7 +603,7 @@ class _Unit(wiring.Component):
         n_sets = max(cfg.static_sets, cfg.cache_sets, 1)
         flushing = self.flushing
         flushed = Signal()
-        fset = Signal(range(n_sets))
+        fset = Signal(range(_at_least_2(n_sets)))
         m.d.comb += flushing.eq(~flushed)
         with m.If(flushing):
             m.d.sync += fset.eq(fset + 1)
@@ -641,7 +648,7 @@ class _Unit(wiring.Component):
             tag_in, a_set = set_of(sets)
             hits = Signal(ways)
             for w in range(ways):
-                mem = Memory(shape=tag_l, depth=sets, init=[])
+                mem = Memory(shape=tag_l, depth=_at_least_2(sets), init=[])
                 m.submodules[f"stag{w}"] = mem
                 wp, rp = mem.write_port(), mem.read_port()
                 m.d.comb += [wp.addr.eq(Mux(flushing, fset, cw.addr[:sb])),
@@ -652,12 +659,12 @@ class _Unit(wiring.Component):
                 m.d.comb += hits[w].eq(match(rp.data))
             s_hit = Signal()
             m.d.comb += s_hit.eq(hits.any() & a.read)
-            s_way = Signal(range(ways))
+            s_way = Signal(range(_at_least_2(ways)))
             for w in reversed(range(ways)):
                 with m.If(hits[w]):
                     m.d.comb += s_way.eq(w)
             s_line = Cat(a_set[:sb], s_way) if sb else s_way
-            static_mem = Memory(shape=cfg.data_bits, depth=cfg.static_rows * slot_beats,
+            static_mem = Memory(shape=cfg.data_bits, depth=_at_least_2(cfg.static_rows * slot_beats),
                                 init=[])
             m.submodules.sdata = static_mem
             swp = static_mem.write_port()
@@ -676,7 +683,7 @@ class _Unit(wiring.Component):
             tags = []
             tag_w = []
             for w in range(ways):
-                mem = Memory(shape=tag_l, depth=sets, init=[])
+                mem = Memory(shape=tag_l, depth=_at_least_2(sets), init=[])
                 m.submodules[f"dtag{w}"] = mem
                 wp = mem.write_port()
                 rp = mem.read_port(transparent_for=(wp,))
@@ -689,8 +696,8 @@ class _Unit(wiring.Component):
             valid = Cat(*[t.valid for t in tags])
             d_hit = hits.any() & lookup
             # the victim: the lowest empty way, else the policy's choice
-            victim = Signal(range(ways))
-            use = Signal(range(ways))
+            victim = Signal(range(_at_least_2(ways)))
+            use = Signal(range(_at_least_2(ways)))
             state_w, new_state, policy_victim = self._replacement(m, tag_in, inp.ready,
                                                                   use, valid)
             m.d.comb += victim.eq(policy_victim)
@@ -742,7 +749,8 @@ class _Unit(wiring.Component):
             addr = lambda line: Cat(beat[:beat_bits], line) if beat_bits else line
             if cfg.dynamic_rows:
                 lb = clog2(cfg.dynamic_rows)
-                dmem = Memory(shape=cfg.data_bits + 1, depth=cfg.dynamic_rows * slot_beats,
+                dmem = Memory(shape=cfg.data_bits + 1,
+                              depth=_at_least_2(cfg.dynamic_rows * slot_beats),
                               init=[])
                 m.submodules.ddata = dmem
                 fwp = dmem.write_port()
@@ -784,7 +792,7 @@ class _Unit(wiring.Component):
             shape = data.ArrayLayout(unsigned(ab), ways)
         else:
             shape = unsigned(ways - 1)          # tree bits, node n at bit n-1
-        mem = Memory(shape=shape, depth=cfg.cache_sets, init=[])
+        mem = Memory(shape=shape, depth=_at_least_2(cfg.cache_sets), init=[])
         m.submodules.dstate = mem
         wp = mem.write_port()
         rp = mem.read_port(transparent_for=(wp,))

@@ -41,14 +41,19 @@ def test_blocks_lint_clean(tiny_out, block):
     lint(tiny_out / "blocks" / f"{block}.v", block)
 
 
-@pytest.mark.parametrize("policy", ["lru", "plru"])
-def test_cached_embedding_lints_clean(tmp_path, policy):
+@pytest.mark.parametrize("policy, caches", [
+    ("lru", dict(static_rows=8, static_ways=2, cache_sets=4, cache_ways=4)),
+    ("plru", dict(static_rows=8, static_ways=2, cache_sets=4, cache_ways=4)),
+    # one set, one way, one row: no zero-width addresses
+    ("lru", dict(static_rows=1, static_ways=1, cache_sets=1, cache_ways=1)),
+    ("plru", dict(static_rows=2, static_ways=2, cache_sets=1, cache_ways=2)),
+])
+def test_cached_embedding_lints_clean(tmp_path, policy, caches):
     import dataclasses
     from hw.embedding import EmbeddingLookup
     from hw.verilog import to_verilog
     from sim.runner import lint
-    cfg = dataclasses.replace(Config.preset("tiny").embedding, static_rows=8, static_ways=2,
-                              cache_sets=4, cache_ways=4, cache_policy=policy)
+    cfg = dataclasses.replace(Config.preset("tiny").embedding, cache_policy=policy, **caches)
     path = tmp_path / "embedding_lookup.v"
     path.write_text(to_verilog(EmbeddingLookup(cfg), "embedding_lookup"))
     lint(path, "embedding_lookup")
