@@ -50,8 +50,9 @@ class DeviceFormat:
 
     A pipeline (:class:`host.pipeline.PipelineSpec`) of one stage, or of
     two on a top level built with two (``config.stage.stages``). Stage 1
-    runs on MLP engine 0; with two stages, stage 2 on engine 1 and both on
-    the array's first split; one stage on a two-stage top level runs on the
+    runs on MLP engine 0; with two stages, stage 2 on engine 1 and both in
+    the array's :attr:`~hw.config.ArrayConfig.stages_mode` (the row split in
+    two, when the array has it); one stage on a two-stage top level runs on the
     whole array, with stage 2 bypassed (the ``stages`` record). On a
     two-stage top level ``SET_SPLIT`` is the first of engine 0's commands.
     The stages' tables are compiled together, stage 1's first; stage 2's
@@ -155,7 +156,7 @@ class DeviceFormat:
         qs = self._stages(model)
         emb = self.config.embedding
         tables = self.tables(*qs)
-        split = self.config.array.splits[len(qs) - 1]
+        split = 1 if len(qs) == 1 else self.config.array.stages_mode
         progs, base = [], 0
         for s, (q, limits) in enumerate(zip(qs, self.limits)):
             sb = self.sb_rows

@@ -47,10 +47,12 @@ class EngineDriver:
             raise ValueError(f"expected a status beat, got a {len(frame)}-beat frame")
         return Status(t["status"]), t["info"]
 
-    async def set_split(self, split: int) -> None:
-        """(engine 0) Set the array's split factor; waits for the engines."""
+    async def set_split(self, split) -> None:
+        """(engine 0) Set the array's mode (a square split factor or a
+        ``(rows, columns)`` mode, :meth:`hw.config.ArrayConfig.mode`); waits
+        for the engines."""
         await self.pipe.send([self.target.pack(
-            Opcode.SET_SPLIT, split={"index": self.target.config.splits.index(split)})])
+            Opcode.SET_SPLIT, split={"index": self.target.config.mode_index(split)})])
         status, info = await self.expect_status()
         if status != Status.OK:
             raise EngineError(status, info)

@@ -32,27 +32,34 @@ class EngineError(RuntimeError):
 
 @dataclass(frozen=True)
 class EngineTarget:
-    """Where a program runs: an engine of a config, in a split."""
+    """Where a program runs: an engine of a config, in a mode of the array
+    (``split``: a square split factor such as 1 or 2, or a ``(rows,
+    columns)`` mode such as ``(2, 1)``, a row split;
+    :attr:`hw.config.ArrayConfig.modes`)."""
 
     config: ArrayConfig
     engine: int = 0
-    split: int = 1   # the split factor, e.g. 1 or 2
+    split: int | tuple[int, int] = 1
 
     def __post_init__(self):
         cfg = self.config
-        if self.split not in cfg.splits:
-            raise ValueError(f"split: {self.split} is not one of the array's "
-                             f"splits {cfg.splits}")
+        r, c = cfg.mode(self.split)         # (a ValueError naming the modes)
         if not 0 <= self.engine < cfg.engines:
             raise ValueError(f"engine: {self.engine} is not below "
                              f"array.engines {cfg.engines}")
-        if self.engine >= self.split ** 2:
-            raise ValueError(f"engine: {self.engine} has no sub-array at split "
-                             f"{self.split} ({self.split ** 2} sub-arrays)")
+        if self.engine >= r * c:
+            raise ValueError(f"engine: {self.engine} has no sub-array in mode "
+                             f"{self.split!r} ({r * c} sub-arrays)")
 
     @property
     def side(self) -> int:
-        return self.config.dim // self.split
+        """The sub-array's columns: an output tile, and an activation word."""
+        return self.config.mode_sides(self.split)[1]
+
+    @property
+    def k_side(self) -> int:
+        """The sub-array's rows: an input tile (``side`` but in a row split)."""
+        return self.config.mode_sides(self.split)[0]
 
     @property
     def lanes(self) -> int:
@@ -60,7 +67,7 @@ class EngineTarget:
 
     @property
     def split_index(self) -> int:
-        return self.config.splits.index(self.split)
+        return self.config.mode_index(self.split)
 
     @cached_property
     def cmd_layout(self):
@@ -95,6 +102,9 @@ class MLPProgram:
     target: EngineTarget
     layers: list[QuantLayer]
     load_commands: list[int]
+    #: the first weight word and parameter entry after the program's
+    w_end: int = 0
+    p_end: int = 0
 
     @property
     def out_dim(self) -> int:
@@ -184,7 +194,7 @@ def compile_mlp(layers: list[QuantLayer], target: EngineTarget, *,
 
     Raises ``ValueError`` naming the layer when anything does not fit.
     """
-    cfg, side, lanes = target.config, target.side, target.lanes
+    cfg, side, k_side, lanes = target.config, target.side, target.k_side, target.lanes
     if not layers:
         raise ValueError("an MLP needs at least one layer")
     if len(layers) > cfg.max_layers:
@@ -200,11 +210,11 @@ def compile_mlp(layers: list[QuantLayer], target: EngineTarget, *,
             if d > cfg.max_dim:
                 raise ValueError(f"layer {i}: {name}_dim {d} exceeds "
                                  f"array.max_dim {cfg.max_dim}")
-        kt, nt = ceil_div(layer.in_dim, side), ceil_div(layer.out_dim, side)
-        if w + kt * nt * side > cfg.weight_words:
+        kt, nt = ceil_div(layer.in_dim, k_side), ceil_div(layer.out_dim, side)
+        if w + kt * nt * k_side > cfg.weight_words:
             raise ValueError(
                 f"layer {i} ({layer.in_dim}x{layer.out_dim}): its weights need "
-                f"{kt * nt * side} words at {w}, beyond array.weight_words "
+                f"{kt * nt * k_side} words at {w}, beyond array.weight_words "
                 f"{cfg.weight_words}")
         if p + nt > cfg.param_words:
             raise ValueError(f"layer {i}: its parameters need {nt} entries at "
@@ -212,11 +222,11 @@ def compile_mlp(layers: list[QuantLayer], target: EngineTarget, *,
         cmds.append(target.pack(Opcode.SET_LAYER, layer={
             "index": i, "in_dim": layer.in_dim, "out_dim": layer.out_dim,
             "w_base": w, "p_base": p, "relu": int(layer.relu)}))
-        wpad = np.zeros((kt * side, nt * side), dtype=np.int8)
+        wpad = np.zeros((kt * k_side, nt * side), dtype=np.int8)
         wpad[:layer.in_dim, :layer.out_dim] = layer.weight
         for n in range(nt):
             for k in range(kt):
-                tile = wpad[k * side:(k + 1) * side, n * side:(n + 1) * side]
+                tile = wpad[k * k_side:(k + 1) * k_side, n * side:(n + 1) * side]
                 for row in tile:
                     data = np.zeros(lanes, dtype=np.int8)
                     data[:side] = row
@@ -234,7 +244,7 @@ def compile_mlp(layers: list[QuantLayer], target: EngineTarget, *,
                 cmds.append(target.pack(Opcode.WRITE_PARAM, param={
                     "addr": p + n, "lane": j, "bias": b, "mult": m_, "shift": s}))
         p += nt
-    program = MLPProgram(target, list(layers), cmds)
+    program = MLPProgram(target, list(layers), cmds, w_end=w, p_end=p)
     if program.max_rows_per_run() < 1:
         raise ValueError("the activation buffers cannot hold one row of this MLP "
                          f"(array.max_dim {cfg.max_dim}, max_rows {cfg.max_rows})")

@@ -167,8 +167,7 @@ def compile_stage(model: QuantizedStageModel, config: Config, limits: StageLimit
             # (with a user pass, the first layer's biases written here are
             # replaced by each query's before its items)
             p0_base = p
-        w += sum(ceil_div(l.in_dim, S) * ceil_div(l.out_dim, S) * S for l in layers)
-        p += sum(ceil_div(l.out_dim, S) for l in layers)
+        w, p = prog.w_end, prog.p_end
     nb = len(model.bottom.layers) if model.bottom else 0
     first, last = model.layers[0], model.layers[-1]
     nu_t = len(mcfg.user_tables)

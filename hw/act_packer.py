@@ -75,9 +75,9 @@ class PackStatus(enum.Enum, shape=3):
 
 
 def engine_sides(config: ArrayConfig, engine: int) -> tuple[int, ...]:
-    """The sub-array sides ``engine`` runs with, one per split that has its
-    sub-array, widest first."""
-    return tuple(sorted({config.dim // f for f in config.splits if engine < f * f},
+    """The sub-array sides ``engine`` runs with (its columns: an activation
+    word), one per mode that has its sub-array, widest first."""
+    return tuple(sorted({config.dim // c for r, c in config.modes if engine < r * c},
                         reverse=True))
 
 

@@ -56,9 +56,13 @@ class ArrayConfig:
     The array is ``dim`` x ``dim`` weight-stationary int8 processing elements,
     built of ``block`` x ``block`` blocks. At run time it acts as ``f * f``
     independent sub-arrays of ``dim/f`` x ``dim/f`` for each ``f`` in
-    ``splits`` (RPAccel's 1 x 128^2 / 4 x 64^2 / ... modes). ``engines`` MLP
-    engines drive sub-arrays 0 .. engines-1; engine ``e`` is usable in the
-    modes with more than ``e`` sub-arrays.
+    ``splits`` (RPAccel's 1 x 128^2 / 4 x 64^2 / ... modes), and as ``f``
+    sub-arrays of ``dim/f`` rows x ``dim`` columns, one above the other, for
+    each ``f`` in ``row_splits`` (so that engines side by side each get every
+    column: a layer's output tiles stay ``dim`` wide). These are the *modes*
+    (:attr:`modes`), squares first. ``engines`` MLP engines drive sub-arrays
+    0 .. engines-1; engine ``e`` is usable in the modes with more than ``e``
+    sub-arrays.
 
     Each engine holds, on chip: a weight memory of ``weight_words`` rows of
     ``dim`` int8 weights, a requantization-parameter memory of
@@ -71,6 +75,7 @@ class ArrayConfig:
     dim: int = 16
     block: int = 4
     splits: tuple[int, ...] = (1, 2)
+    row_splits: tuple[int, ...] = ()
     engines: int = 2
     acc_rows: int = 64
     max_rows: int = 512
@@ -83,6 +88,7 @@ class ArrayConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "splits", tuple(self.splits))
+        object.__setattr__(self, "row_splits", tuple(self.row_splits))
         _check_int("array.dim", self.dim, 2, 256)
         _check_int("array.block", self.block, 1, self.dim)
         if self.dim % self.block:
@@ -105,7 +111,18 @@ class ArrayConfig:
         if list(self.splits) != sorted(set(self.splits)):
             raise ValueError(f"array.splits: must be strictly increasing, "
                              f"not {self.splits!r}")
-        _check_int("array.engines", self.engines, 1, self.max_split ** 2)
+        for f in self.row_splits:
+            _check_int("array.row_splits", f, 2)
+            if not _is_pow2(f):
+                raise ValueError(f"array.row_splits: {f} is not a power of two")
+            if self.dim % (f * self.block):
+                raise ValueError(
+                    f"array.row_splits: split {f} gives sub-arrays of {self.dim}/{f} "
+                    f"rows, not a multiple of array.block {self.block}")
+        if list(self.row_splits) != sorted(set(self.row_splits)):
+            raise ValueError(f"array.row_splits: must be strictly increasing, "
+                             f"not {self.row_splits!r}")
+        _check_int("array.engines", self.engines, 1, self.sub_arrays)
         _check_int("array.acc_rows", self.acc_rows, 1, 65536)
         _check_int("array.max_rows", self.max_rows, 1, 65536)
         _check_int("array.max_dim", self.max_dim, 1, 65536)
@@ -123,21 +140,52 @@ class ArrayConfig:
         return self.splits[-1]
 
     @property
+    def modes(self) -> tuple[tuple[int, int], ...]:
+        """``(row factor, column factor)`` of every mode, in ``SET_SPLIT``'s
+        index order: ``(f, f)`` for each of ``splits``, then ``(f, 1)`` for
+        each of ``row_splits``. Sub-array ``p`` of mode ``(r, c)`` has
+        ``dim/r`` rows and ``dim/c`` columns, at block row ``p // c`` and
+        block column ``p % c``."""
+        return tuple((f, f) for f in self.splits) + tuple((f, 1) for f in self.row_splits)
+
+    def mode(self, split) -> tuple[int, int]:
+        """The mode ``split`` names: a square split factor ``f`` is ``(f, f)``;
+        a ``(rows, columns)`` pair is itself. A ValueError if there is none."""
+        mode = (split, split) if isinstance(split, int) else tuple(split)
+        if mode not in self.modes:
+            raise ValueError(f"split: {split!r} is not one of the array's modes "
+                             f"(splits {list(self.splits)}, row splits "
+                             f"{list(self.row_splits)})")
+        return mode
+
+    def mode_index(self, split) -> int:
+        return self.modes.index(self.mode(split))
+
+    @property
+    def stages_mode(self) -> tuple[int, int]:
+        """The mode two stages run side by side in (engines 0 and 1): the row
+        split in two if there is one (each stage gets every column), else
+        the coarsest square split."""
+        return (2, 1) if 2 in self.row_splits else self.modes[1]
+
+    def mode_sides(self, split) -> tuple[int, int]:
+        """``(rows, columns)`` of a sub-array in mode ``split``: an input tile
+        and an output tile (an activation word holds ``columns``)."""
+        r, c = self.mode(split)
+        return self.dim // r, self.dim // c
+
+    @property
     def sub_arrays(self) -> int:
-        """Stream ports on the array: one per sub-array of the finest split."""
-        return self.max_split ** 2
+        """Stream ports on the array: one per sub-array of the mode with the most."""
+        return max(r * c for r, c in self.modes)
 
     def engine_lanes(self, engine: int) -> int:
-        """Width of sub-array port ``engine``: ``dim / f`` for the coarsest
-        split ``f`` in which that sub-array exists."""
-        for f in self.splits:
-            if engine < f * f:
-                return self.dim // f
-        raise ValueError(f"engine {engine} does not exist with splits "
-                         f"{self.splits}")
-
-    def sub_dim(self, split: int) -> int:
-        return self.dim // split
+        """Width of sub-array port ``engine``: the most columns of that
+        sub-array in any mode in which it exists."""
+        widths = [self.dim // c for r, c in self.modes if engine < r * c]
+        if not widths:
+            raise ValueError(f"engine {engine} does not exist with modes {self.modes}")
+        return max(widths)
 
     def act_words(self, engine: int) -> int:
         """Depth of one activation buffer of ``engine``."""
@@ -381,9 +429,10 @@ class Config:
                 raise ValueError(f"stage.{f}: {getattr(st, f)} is more than array.max_dim "
                                  f"{self.array.max_dim}")
         if st.stages == 2:
-            if self.array.engines < 2 or len(self.array.splits) < 2:
+            if self.array.engines < 2 or len(self.array.modes) < 2:
                 raise ValueError(f"stage.stages: 2 stages need array.engines >= 2 and a "
                                  f"split (array.splits {list(self.array.splits)!r}, "
+                                 f"row_splits {list(self.array.row_splits)!r}, "
                                  f"engines {self.array.engines})")
             if st.max_candidates > 1 << self.topk.id_bits:
                 raise ValueError(f"stage.max_candidates: {st.max_candidates} is more than "
@@ -435,6 +484,7 @@ class Config:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["array"]["splits"] = list(self.array.splits)
+        d["array"]["row_splits"] = list(self.array.row_splits)
         return d
 
     def to_toml(self) -> str:
@@ -467,6 +517,9 @@ class Config:
             if isinstance(v, int):
                 lines.append(f"#define RECACCEL_ARRAY_{f.name.upper()} {v}")
         lines.append(f"#define RECACCEL_ARRAY_SPLITS {{{', '.join(map(str, a.splits))}}}")
+        if a.row_splits:
+            lines.append(f"#define RECACCEL_ARRAY_ROW_SPLITS "
+                         f"{{{', '.join(map(str, a.row_splits))}}}")
         for f in fields(TopKConfig):
             v = getattr(self.topk, f.name)
             lines.append(f"#define RECACCEL_TOPK_{f.name.upper()} {int(v)}")
@@ -498,7 +551,7 @@ def _build(cls, d: dict, where: str):
 PRESETS: dict[str, Config] = {
     # Small enough that every cocotb build and test is quick.
     "tiny": Config(name="tiny", clock_mhz=100.0, array=ArrayConfig(
-        dim=4, block=2, splits=(1, 2), engines=4, acc_rows=16, max_rows=64,
+        dim=4, block=2, splits=(1, 2), row_splits=(2,), engines=4, acc_rows=16, max_rows=64,
         max_dim=64, weight_words=1024, param_words=64, max_layers=4),
         topk=TopKConfig(k_max=8, lanes=2, score_bits=8, id_bits=8),
         embedding=EmbeddingConfig(channels=2, data_bits=64, addr_bits=20, id_bits=3,
@@ -506,11 +559,12 @@ PRESETS: dict[str, Config] = {
                                   max_tables=8, max_dim=16, max_bag=8),
         stage=StageConfig(dim=4, max_users=3, max_items=1, max_hidden=16, max_pen=16,
                           staging=64, fetch_depth=8)),
-    # The demo: a 16x16 array that splits into 4 x 8x8, two stages on two of
-    # them; per channel a static cache of 384 rows (3 ways) and a dynamic one
-    # of 16 sets x 8 ways.
+    # The demo: a 16x16 array that splits into 4 x 8x8 or into two halves of
+    # 8 rows x 16 columns, the two stages side by side on the halves; per
+    # channel a static cache of 384 rows (3 ways) and a dynamic one of 16
+    # sets x 8 ways.
     "default": Config(name="default", clock_mhz=200.0, array=ArrayConfig(
-        dim=16, block=4, splits=(1, 2), engines=2, acc_rows=128,
+        dim=16, block=4, splits=(1, 2), row_splits=(2,), engines=2, acc_rows=128,
         max_rows=512, max_dim=512, weight_words=16384, param_words=256,
         max_layers=8),
         embedding=EmbeddingConfig(static_rows=384, static_ways=3, cache_sets=16,

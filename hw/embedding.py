@@ -664,7 +664,8 @@ class _Unit(wiring.Component):
                 with m.If(hits[w]):
                     m.d.comb += s_way.eq(w)
             s_line = Cat(a_set[:sb], s_way) if sb else s_way
-            static_mem = Memory(shape=cfg.data_bits, depth=_at_least_2(cfg.static_rows * slot_beats),
+            static_mem = Memory(shape=cfg.data_bits,
+                                depth=_at_least_2(cfg.static_rows * slot_beats),
                                 init=[])
             m.submodules.sdata = static_mem
             swp = static_mem.write_port()

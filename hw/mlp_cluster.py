@@ -26,8 +26,8 @@ class MLPCluster(wiring.Component):
     ----------
     cmd_<e> : In(stream.Signature(command_layout(config, e)))
     resp_<e> : Out(stream.Signature(response_layout(config, e)))
-    split : Out(range(len(config.splits)))
-        The current split (an index into ``config.splits``); 0 after reset.
+    split : Out(range(len(config.modes)))
+        The current mode (an index into ``config.modes``); 0 after reset.
     busy : Out(config.engines)
         Bit ``e``: engine ``e`` is busy (:attr:`hw.mlp_engine.MLPEngine.busy`).
     """
@@ -36,7 +36,7 @@ class MLPCluster(wiring.Component):
         if not isinstance(config, ArrayConfig):
             raise TypeError(f"config must be an ArrayConfig, not {config!r}")
         self._config = config
-        members = {"split": Out(range(len(config.splits))), "busy": Out(config.engines)}
+        members = {"split": Out(range(len(config.modes))), "busy": Out(config.engines)}
         for e in range(config.engines):
             members[f"cmd_{e}"] = In(stream.Signature(command_layout(config, e)))
             members[f"resp_{e}"] = Out(stream.Signature(response_layout(config, e)))

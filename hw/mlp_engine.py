@@ -2,8 +2,9 @@
 
 For each layer the engine walks row blocks of ``acc_rows`` rows; within a
 block, output tiles ``n``; within those, input tiles ``k``. For every tile
-``(k, n)`` it shifts the ``S x S`` weight tile into the array's idle weight
-register (the *loader*) while the previous tile streams its rows through
+``(k, n)`` it shifts the ``K x S`` weight tile (the sub-array's rows and
+columns in the active mode; ``K = S`` but in a row split) into the array's
+idle weight register (the *loader*) while the previous tile streams its rows through
 the array (the *streamer*): weights double-buffer, and consecutive tiles run
 back to back. Column sums are added into an ``acc_rows`` deep int32
 accumulator; on the last input tile of an output tile they are requantized
@@ -13,7 +14,7 @@ host; the host sees one response frame per RUN.
 
 Two tiles are in flight at most, one per weight register ("parity"). A
 parity is loaded again only once the last row of its previous tile has
-passed every processing element (a countdown of ``2 * side - 3`` cycles), so
+passed every processing element (a countdown of ``K + S - 3`` cycles), so
 the array never needs to stall: every row injected is a row whose result
 the engine takes. Every row carries what its result needs past the array
 (its parameter word, read at the accumulator's read, and its destination
@@ -21,6 +22,10 @@ word), so a tile's requantization does not hold its weight register: a
 one-row tile is bound by the array's skew, not by its whole latency and the
 requantizer's. A RUN hands its answer to the sender once its last rows are
 in the array; the sender starts once they are written.
+
+In a row split (``K < S``) an activation word holds ``S / K`` input tiles:
+input tile ``k`` is lanes ``(k % (S/K)) * K ..`` of word ``k // (S/K)``,
+moved to lanes ``0 .. K-1`` on the way into the array.
 
 Commands and memory layouts: :mod:`hw.mlp_isa`.
 """
@@ -74,8 +79,8 @@ class MLPEngine(wiring.Component):
     cmd : In(stream.Signature(command_layout(config, engine)))
     resp : Out(stream.Signature(response_layout(config, engine)))
     array : Out(SubArrayPort)
-    split : In(range(len(config.splits)))
-        The array's current split.
+    split : In(range(len(config.modes)))
+        The array's current mode (an index into ``config.modes``).
     busy : Out(1)
         High from an accepted RUN or SET_SPLIT until its response is sent.
     split_req, split_value : Out
@@ -111,13 +116,13 @@ class MLPEngine(wiring.Component):
             "resp": Out(stream.Signature(response_layout(config, engine))),
             "array": Out(SubArrayPort(lanes=self._lanes,
                                       psum_bits=config.psum_bits)),
-            "split": In(range(len(config.splits))),
+            "split": In(range(len(config.modes))),
             "busy": Out(1),
         }
         if engine == 0:
             members.update({
                 "split_req": Out(1),
-                "split_value": Out(range(len(config.splits))),
+                "split_value": Out(range(len(config.modes))),
                 "split_wait": Out(1),
                 "peers_busy": In(1),
             })
@@ -145,25 +150,38 @@ class MLPEngine(wiring.Component):
         args = cmd.args
         act_words = cfg.act_words(self._engine)
 
-        # -- the active split, as this engine sees it ---------------------
+        # -- the active mode, as this engine sees it ---------------------
+        # ``side`` (S): the sub-array's columns, an output tile and an
+        # activation word; ``k_side`` (K): its rows, an input tile; ``parts``
+        # = S / K input tiles a word.
+        modes = [(fr, fc) for fr, fc in cfg.modes if self._engine < fr * fc]
         side = Signal(range(lanes + 1))
         log_side = Signal(range(clog2(lanes) + 1))
+        k_side = Signal(range(lanes + 1))
+        log_k = Signal(range(clog2(lanes) + 1))
+        parts_m1 = Signal(range(max(2, *(fr // fc for fr, fc in modes))))
         available = Signal()
         latency = Signal(range(2 * lanes + PipelinedMultiplier.LATENCY + 3))
         max_lat = 0
         w_reuse = Signal(range(2 * lanes + 1))  # see the countdowns below
         side_m1 = Signal(range(lanes + 1))      # registered: side - 1
-        m.d.sync += side_m1.eq(side - 1)
+        k_side_m1 = Signal(range(lanes + 1))    # registered: k_side - 1
+        m.d.sync += [side_m1.eq(side - 1), k_side_m1.eq(k_side - 1)]
         with m.Switch(self.split):
-            for idx, f in enumerate(cfg.splits):
+            for idx, mode in enumerate(cfg.modes):
                 with m.Case(idx):
-                    if self._engine < f * f:
-                        s = cfg.dim // f
-                        lat = SystolicArray.latency(cfg, self._engine, f)
+                    if mode in modes:
+                        k, s = cfg.mode_sides(mode)
+                        lat = SystolicArray.latency(cfg, self._engine, mode)
                         max_lat = max(max_lat, lat)
                         m.d.comb += [side.eq(s), log_side.eq(s.bit_length() - 1),
+                                     k_side.eq(k), log_k.eq(k.bit_length() - 1),
+                                     parts_m1.eq(s // k - 1),
                                      available.eq(1), latency.eq(lat),
-                                     w_reuse.eq(max(2 * s - 3, 0))]
+                                     w_reuse.eq(max(k + s - 3, 0))]
+        # an input tile's first lane in its word, for each mode's tiles
+        k_offsets = sorted({q * k for k, s in map(cfg.mode_sides, modes)
+                            for q in range(s // k)})
 
         # -- memories ------------------------------------------------------
         # Block RAMs read with a latency of BlockRAM.LATENCY; both of their
@@ -211,12 +229,15 @@ class MLPEngine(wiring.Component):
         m.d.sync += desc.eq(l_rd.data)
         n_layers_m1 = Signal(range(cfg.max_layers))
         # ceil(dim / side) in two registered steps: dim + side - 1, then >>.
-        in_plus = Signal(range(cfg.max_dim + lanes + 1))
-        out_plus = Signal.like(in_plus)
-        plus_dims = [in_plus.eq(desc.in_dim + side_m1),
-                     out_plus.eq(desc.out_dim + side_m1)]
+        in_plus = Signal(range(cfg.max_dim + lanes + 1))        # input tiles
+        out_plus = Signal.like(in_plus)                         # output tiles
+        in_wplus = Signal.like(in_plus)                         # input words
+        plus_dims = [in_plus.eq(desc.in_dim + k_side_m1),
+                     out_plus.eq(desc.out_dim + side_m1),
+                     in_wplus.eq(desc.in_dim + side_m1)]
         kt = Signal(range(cfg.max_dim + 1))
         nt = Signal(range(cfg.max_dim + 1))
+        kw = Signal(range(cfg.max_dim + 1))     # words of a row of the layer's input
         kt_m1 = Signal.like(kt)
         nt_m1 = Signal.like(nt)
         prev_out = Signal.like(desc.out_dim)
@@ -253,13 +274,15 @@ class MLPEngine(wiring.Component):
         slot_src = [Signal.like(seq_src, name=f"slot{b}_src") for b in range(2)]
         slot_dst = [Signal.like(seq_dst, name=f"slot{b}_dst") for b in range(2)]
         slot_p = [Signal.like(seq_p, name=f"slot{b}_p") for b in range(2)]
+        slot_off = [Signal(range(lanes), name=f"slot{b}_off") for b in range(2)]
         slot_first = [Signal(name=f"slot{b}_first") for b in range(2)]
         slot_last = [Signal(name=f"slot{b}_last") for b in range(2)]
         # Set when a tile's last row is issued (cycle I). The parity's
         # weights may be shifted again once that row has passed every PE: it
-        # reads its last weight INJECT_LATENCY + 2 * (side - 1) cycles after
-        # I, and a tile taken in cycle T shifts first in T + BlockRAM.LATENCY
-        # + 1, so T >= I + 2 * side - 2 is safe; the countdown (D, from I + 1)
+        # reads its last weight INJECT_LATENCY + (K - 1) + (S - 1) cycles
+        # after I (the skew to the last row, then across the columns), and a
+        # tile taken in cycle T shifts first in T + BlockRAM.LATENCY + 1, so
+        # T >= I + K + S - 2 is safe; the countdown (D, from I + 1)
         # allows T >= I + 1 + D. ``tail`` counts until the last row issued
         # has left the requantizer.
         countdown = [Signal(range(2 * lanes + 1), name=f"slot{b}_countdown")
@@ -307,11 +330,12 @@ class MLPEngine(wiring.Component):
                         slot_src[pb].eq(seq_src + seq_rb),
                         slot_dst[pb].eq(seq_dst + seq_rb),
                         slot_p[pb].eq(seq_p),
+                        slot_off[pb].eq((seq_k & parts_m1) << log_k),
                         slot_first[pb].eq(seq_k == 0),
                         slot_last[pb].eq(seq_k == kt_m1),
                     ]
-            m.d.sync += [ld_busy.eq(1), ld_left.eq(side), ld_slot.eq(b),
-                         ld_addr.eq(seq_w + side_m1), ld_par.eq(~ld_par)]
+            m.d.sync += [ld_busy.eq(1), ld_left.eq(k_side), ld_slot.eq(b),
+                         ld_addr.eq(seq_w + k_side_m1), ld_par.eq(~ld_par)]
         m.d.comb += w_rd.addr.eq(ld_addr)
         with m.If(ld_busy):
             m.d.sync += [ld_addr.eq(ld_addr - 1), ld_left.eq(ld_left - 1)]
@@ -348,6 +372,7 @@ class MLPEngine(wiring.Component):
         # are written at its take, long before it is READY).
         cur_count = Signal.like(slot_count[0])
         cur_len_m1 = Signal.like(slot_len_m1[0])
+        cur_off = Signal.like(slot_off[0])
         cur_first = Signal()
         cur_last = Signal()
         cur_p = Signal.like(slot_p[0])
@@ -355,6 +380,7 @@ class MLPEngine(wiring.Component):
         def load_cur(par):
             return [cur_count.eq(Mux(par, slot_count[1], slot_count[0])),
                     cur_len_m1.eq(Mux(par, slot_len_m1[1], slot_len_m1[0])),
+                    cur_off.eq(Mux(par, slot_off[1], slot_off[0])),
                     cur_first.eq(Mux(par, slot_first[1], slot_first[0])),
                     cur_last.eq(Mux(par, slot_last[1], slot_last[0])),
                     cur_p.eq(Mux(par, slot_p[1], slot_p[0])),
@@ -367,8 +393,8 @@ class MLPEngine(wiring.Component):
         # output buffer too, unless that layer reads it and so waits for
         # them: ``dst_buf`` needs no copy.)
         inj = Signal(data.StructLayout({"valid": 1, "par": 1, "row": range(cfg.acc_rows),
-                                        "first": 1, "last": 1, "p": len(seq_p),
-                                        "dst": len(seq_dst), "relu": 1}))
+                                        "off": range(lanes), "first": 1, "last": 1,
+                                        "p": len(seq_p), "dst": len(seq_dst), "relu": 1}))
         with m.If(st_issue):
             last_row = st_row == cur_len_m1
             for pb in range(2):
@@ -388,6 +414,7 @@ class MLPEngine(wiring.Component):
             inj.valid.eq(st_issue & (st_row < cur_count)),
             inj.par.eq(st_par),
             inj.row.eq(st_row),
+            inj.off.eq(cur_off),
             inj.first.eq(cur_first),
             inj.last.eq(cur_last),
             inj.p.eq(cur_p),
@@ -434,10 +461,16 @@ class MLPEngine(wiring.Component):
             self.array.act.eq(act_out),
             self.array.sel.eq(sel_out),
         ]
-        m.d.sync += [
-            act_out.eq(Mux(inj_d.valid, run_src.as_value(), 0)),
-            sel_out.eq(inj_d.par),
-        ]
+        m.d.sync += sel_out.eq(inj_d.par)
+        with m.If(inj_d.valid):
+            # the row's input tile, from its lanes of the word
+            with m.Switch(inj_d.off):
+                for o in k_offsets:
+                    with m.Case(o):
+                        m.d.sync += act_out.eq(Cat(*(run_src[i + o]
+                                                     for i in range(lanes - o))))
+        with m.Else():
+            m.d.sync += act_out.eq(0)
         # issue -> inj -> ... -> inj_d (read data) -> inj_dd / act_out
         assert INJECT_LATENCY == 1 + ram_lat
 
@@ -452,7 +485,7 @@ class MLPEngine(wiring.Component):
         p_meta = Signal.like(inj)        # the parameter read, its data at stage 1
         with m.Switch(latency):
             for lat in sorted({SystolicArray.latency(cfg, self._engine, f)
-                               for f in cfg.splits if self._engine < f * f}):
+                               for f in modes}):
                 with m.Case(lat):
                     assert lat >= ram_lat
                     m.d.comb += [exit_meta.eq(taps[lat]), pre_meta.eq(taps[lat - ram_lat]),
@@ -692,7 +725,7 @@ class MLPEngine(wiring.Component):
                             if self._engine != 0:
                                 fail(Status.NOT_AVAILABLE, cmd.op)
                             else:
-                                with m.If(args.split.index >= len(cfg.splits)):
+                                with m.If(args.split.index >= len(cfg.modes)):
                                     fail(Status.BAD_SPLIT, cmd.op)
                                 with m.Else():
                                     m.d.sync += [split_index.eq(args.split.index),
@@ -731,7 +764,7 @@ class MLPEngine(wiring.Component):
             # The products run on pipelined multipliers (registered DSPs),
             # not in one combinational cycle.
             prods = {}
-            for name, a, b in (("tiles", kt, nt), ("src", kt, rows), ("dst", nt, rows)):
+            for name, a, b in (("tiles", kt, nt), ("src", kw, rows), ("dst", nt, rows)):
                 mul = PipelinedMultiplier(a_width=len(a) + 1, b_width=len(b) + 1,
                                           target=cfg.dsp)
                 m.submodules[f"check_{name}"] = mul
@@ -760,8 +793,8 @@ class MLPEngine(wiring.Component):
             with m.State("CHECK_TILES"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.sync += [kt.eq(in_plus >> log_side), nt.eq(out_plus >> log_side),
-                             wait.eq(0)]
+                m.d.sync += [kt.eq(in_plus >> log_k), nt.eq(out_plus >> log_side),
+                             kw.eq(in_wplus >> log_side), wait.eq(0)]
                 m.next = "CHECK_PRODUCTS"
             with m.State("CHECK_PRODUCTS"):
                 m.d.comb += self.busy.eq(1)
@@ -773,7 +806,7 @@ class MLPEngine(wiring.Component):
             with m.State("CHECK_WEIGHTS"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.sync += [need_w.eq((tiles << log_side) + desc.w_base),
+                m.d.sync += [need_w.eq((tiles << log_k) + desc.w_base),
                              need_p.eq(desc.p_base + nt),
                              src_hi.eq(need_src + base), dst_hi.eq(need_dst + base)]
                 m.next = "CHECK_LIMITS"
@@ -822,7 +855,7 @@ class MLPEngine(wiring.Component):
                 m.next = "LAYER_TILES"
             with m.State("LAYER_TILES"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [cycles.eq(cycles + 1), kt.eq(in_plus >> log_side),
+                m.d.sync += [cycles.eq(cycles + 1), kt.eq(in_plus >> log_k),
                              nt.eq(out_plus >> log_side)]
                 m.next = "LAYER_PREPARE"
             with m.State("LAYER_PREPARE"):
@@ -836,9 +869,12 @@ class MLPEngine(wiring.Component):
                 with m.If(seq_take):
                     last_k = seq_k == kt_m1
                     last_n = seq_n == nt_m1
+                    # (the next word once this one's input tiles are done)
+                    last_part = (seq_k & parts_m1) == parts_m1
                     m.d.sync += [seq_k.eq(Mux(last_k, 0, seq_k + 1)),
-                                 seq_src.eq(Mux(last_k, base, seq_src + rows)),
-                                 seq_w.eq(seq_w + side)]
+                                 seq_src.eq(Mux(last_k, base,
+                                                Mux(last_part, seq_src + rows, seq_src))),
+                                 seq_w.eq(seq_w + k_side)]
                     with m.If(last_k):
                         m.d.sync += [seq_n.eq(Mux(last_n, 0, seq_n + 1)),
                                      seq_dst.eq(Mux(last_n, base, seq_dst + rows)),

@@ -11,12 +11,14 @@ Address and count fields are one bit wider than their range needs where the
 range is a power of two, so that an out-of-range value can be sent and is
 answered with an error status instead of wrapping silently.
 
-Memory layouts (the host compiler writes them, ``S`` = sub-array side in the
-active split, ``lanes`` = the engine's port width, ``S <= lanes``):
+Memory layouts (the host compiler writes them; ``K`` x ``S`` = the rows and
+columns of the engine's sub-array in the active mode, ``K = S`` but in a row
+split, :attr:`hw.config.ArrayConfig.modes`; ``lanes`` = the engine's port
+width, ``K <= S <= lanes``):
 
-* weights: tile ``(k, n)`` of a layer (input rows ``k*S ..``, output columns
-  ``n*S ..``) is ``S`` words at ``w_base + (n * KT + k) * S``; word ``i`` is
-  row ``i`` of the tile in lanes ``0 .. S-1``; ``KT = ceil(in/S)``. Rows and
+* weights: tile ``(k, n)`` of a layer (input rows ``k*K ..``, output columns
+  ``n*S ..``) is ``K`` words at ``w_base + (n * KT + k) * K``; word ``i`` is
+  row ``i`` of the tile in lanes ``0 .. S-1``; ``KT = ceil(in/K)``. Rows and
   columns past the layer's size are zero.
 * params: output chunk ``n`` is entry ``p_base + n``; lane ``j`` holds output
   channel ``n*S + j``. Channels past ``out_dim`` have bias 0.
@@ -117,7 +119,7 @@ def command_layout(config: ArrayConfig, engine: int) -> data.StructLayout:
                 "base": aaddr,
             }),
             "split": data.StructLayout({
-                "index": unsigned(field_bits(len(config.splits) - 1)),
+                "index": unsigned(field_bits(len(config.modes) - 1)),
             }),
         }),
     })

@@ -27,13 +27,15 @@ coming from above, so column ``j`` leaves the bottom with
   (input, pipeline and output registers); only an adder sits between the
   product register and the partial-sum register.
 * Reconfiguration (RPAccel): the grid is built of ``block`` x ``block``
-  blocks. For split ``f`` it acts as ``f * f`` independent sub-arrays of
-  ``dim/f`` square; sub-array ``p`` sits at block row ``p // f`` and block
-  column ``p % f``. At every boundary that some split uses, each PE row takes
-  its activation either from its left neighbour or from a port, each column
-  takes its partial sum from above or zero, and weights come from above or
-  from a port. The mode is the ``split`` input (an index into
-  ``ArrayConfig.splits``); change it only while the array is empty.
+  blocks. In mode ``(r, c)`` (:attr:`~hw.config.ArrayConfig.modes`: ``(f, f)``
+  for a square split ``f``, ``(f, 1)`` for a row split) it acts as ``r * c``
+  independent sub-arrays of ``dim/r`` rows x ``dim/c`` columns; sub-array
+  ``p`` sits at block row ``p // c`` and block column ``p % c``. At every
+  boundary that some mode uses, each PE row takes its activation either from
+  its left neighbour or from a port, each column takes its partial sum from
+  above or zero, and weights come from above or from a port. The mode is the
+  ``split`` input (an index into ``ArrayConfig.modes``); change it only while
+  the array is empty.
 """
 
 from amaranth.hdl import Module, Mux, Signal, signed
@@ -103,19 +105,20 @@ class SystolicArray(wiring.Component):
 
     Attributes
     ----------
-    split : In(range(len(config.splits)))
-        Index of the active split factor in ``config.splits``.
+    split : In(range(len(config.modes)))
+        Index of the active mode in ``config.modes``.
     sub_<p> : In(SubArrayPort)
         Port of sub-array ``p``, for ``p`` in ``range(config.sub_arrays)``;
-        ``config.engine_lanes(p)`` lanes. In a mode with sub-arrays of side
-        ``S`` only lanes ``0 .. S-1`` are used; the other outputs read zero.
+        ``config.engine_lanes(p)`` lanes. In a mode with sub-arrays of ``K``
+        rows and ``S`` columns only activation lanes ``0 .. K-1`` and weight
+        and sum lanes ``0 .. S-1`` are used; the other outputs read zero.
     """
 
     def __init__(self, config: ArrayConfig):
         if not isinstance(config, ArrayConfig):
             raise TypeError(f"config must be an ArrayConfig, not {config!r}")
         self._config = config
-        members = {"split": In(range(len(config.splits)))}
+        members = {"split": In(range(len(config.modes)))}
         for p in range(config.sub_arrays):
             members[f"sub_{p}"] = In(SubArrayPort(
                 lanes=config.engine_lanes(p), psum_bits=config.psum_bits))
@@ -129,15 +132,16 @@ class SystolicArray(wiring.Component):
         return getattr(self, f"sub_{p}")
 
     @staticmethod
-    def latency(config: ArrayConfig, port: int, split: int) -> int:
+    def latency(config: ArrayConfig, port: int, split) -> int:
         """Cycles from a row on ``act`` to its sums on ``psum`` for sub-array
-        port ``port`` in split ``split`` (a factor, not an index)."""
-        side = config.dim // split
+        port ``port`` in mode ``split`` (a square split factor or a mode, as
+        :meth:`~hw.config.ArrayConfig.mode` takes; not an index)."""
+        rows, _ = config.mode_sides(split)
         lanes = config.engine_lanes(port)
-        # side - 1 cycles of skew to the last row, LATENCY in the multiplier,
+        # rows - 1 cycles of skew to the last row, LATENCY in the multiplier,
         # one in the product register, one in the sum register, lanes in the
         # fixed de-skew (and output register) of the port.
-        return side + PipelinedMultiplier.LATENCY + lanes + 1
+        return rows + PipelinedMultiplier.LATENCY + lanes + 1
 
     def elaborate(self, platform):
         m = Module()
@@ -183,26 +187,26 @@ class SystolicArray(wiring.Component):
                        for c in range(self.port(p).signature.lanes)]
                    for p in range(cfg.sub_arrays)}
         with m.Switch(self.split):
-            for idx, f in enumerate(cfg.splits):
-                side = n // f
+            for idx, (fr, fc) in enumerate(cfg.modes):
+                rows, cols = n // fr, n // fc
                 with m.Case(idx):
                     for i in range(n):
                         for j in range(n):
-                            p = (i // side) * f + j // side
+                            p = (i // rows) * fc + j // cols
                             port = self.port(p)
                             m.d.comb += [w_load[i][j].eq(port.w_load),
                                          w_buf[i][j].eq(port.w_buf)]
-                            if j % side == 0:
+                            if j % cols == 0:
                                 m.d.comb += [left[i][j].eq(1),
-                                             left_a[i][j].eq(skewed_act[p][i % side]),
-                                             left_s[i][j].eq(skewed_sel[p][i % side])]
-                            if i % side == 0:
+                                             left_a[i][j].eq(skewed_act[p][i % rows]),
+                                             left_s[i][j].eq(skewed_sel[p][i % rows])]
+                            if i % rows == 0:
                                 m.d.comb += [top[i][j].eq(1),
-                                             top_w[i][j].eq(port.weights[j % side])]
-                    for p in range(f * f):
-                        r0, c0 = (p // f) * side, (p % f) * side
-                        for c in range(side):
-                            m.d.comb += outputs[p][c].eq(ps[r0 + side - 1][c0 + c])
+                                             top_w[i][j].eq(port.weights[j % cols])]
+                    for p in range(fr * fc):
+                        r0, c0 = (p // fc) * rows, (p % fc) * cols
+                        for c in range(cols):
+                            m.d.comb += outputs[p][c].eq(ps[r0 + rows - 1][c0 + c])
 
         # The processing elements.
         for i in range(n):

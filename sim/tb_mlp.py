@@ -121,16 +121,16 @@ async def check_random_mlps(bench: ClusterBench, engine: int, split: int,
 
 @cocotb.test(timeout_time=20, timeout_unit="sec")
 async def test_random_mlps_every_split(dut):
-    """Random MLPs on every engine, engines side by side, in every split mode."""
+    """Random MLPs on every engine, engines side by side, in every mode."""
     tb = read_tb_config()
     bench = ClusterBench(dut, tb)
     await bench.reset()
     rng = np.random.default_rng(tb["seed"])
     total = 0
-    for split in bench.array.splits:
+    for split in bench.array.modes:
         await bench.driver(0, split).set_split(split)
-        assert int(dut.split.value) == bench.array.splits.index(split)
-        engines = [e for e in range(bench.array.engines) if e < split * split]
+        assert int(dut.split.value) == bench.array.mode_index(split)
+        engines = [e for e in range(bench.array.engines) if e < split[0] * split[1]]
         tasks = [cocotb.start_soon(check_random_mlps(
                      bench, e, split, np.random.default_rng(rng.integers(1 << 32)),
                      tb["cases"])) for e in engines]
@@ -172,7 +172,7 @@ async def test_bad_commands(dut):
         (t.pack(Opcode.RUN, run={"layers": 1, "rows": cfg.max_rows + 1}), Status.BAD_RUN),
         (t.pack(Opcode.RUN, run={"layers": 0, "rows": 1}), Status.BAD_RUN),
         (t.pack(Opcode.RUN, run={"layers": cfg.max_layers + 1, "rows": 1}), Status.BAD_RUN),
-        (t.pack(Opcode.SET_SPLIT, split={"index": len(cfg.splits)}), Status.BAD_SPLIT),
+        (t.pack(Opcode.SET_SPLIT, split={"index": len(cfg.modes)}), Status.BAD_SPLIT),
     ]
     bad_layers = [
         # zero, too wide, chained wrongly, weights or params beyond memory

@@ -17,8 +17,26 @@ def test_presets_are_valid_and_round_trip(name, tmp_path):
     assert Config.from_toml(path) == cfg
     d = json.loads(cfg.to_json())
     assert d["array"]["dim"] == cfg.array.dim
-    assert d["derived"]["sub_arrays"] == cfg.array.max_split ** 2
+    assert d["derived"]["sub_arrays"] == max(r * c for r, c in cfg.array.modes)
     assert f"#define RECACCEL_ARRAY_DIM {cfg.array.dim}" in cfg.to_c_header()
+
+
+def test_modes():
+    """Square splits, then row splits; a port is as wide as its widest mode."""
+    a = Config.preset("default").array
+    assert a.modes == ((1, 1), (2, 2), (2, 1))
+    assert [a.mode_sides(m) for m in a.modes] == [(16, 16), (8, 8), (8, 16)]
+    assert (a.mode(2), a.mode_index((2, 1)), a.stages_mode) == ((2, 2), 2, (2, 1))
+    assert [a.engine_lanes(e) for e in range(a.engines)] == [16, 16]
+    assert a.sub_arrays == 4
+    b = ArrayConfig(dim=16, block=4, splits=(1,), row_splits=(2, 4), engines=4)
+    assert b.modes == ((1, 1), (2, 1), (4, 1)) and b.sub_arrays == 4
+    assert [b.engine_lanes(e) for e in range(4)] == [16] * 4
+    assert b.stages_mode == (2, 1)
+    with pytest.raises(ValueError, match="split: 2 is not one of the array's modes"):
+        b.mode(2)
+    with pytest.raises(ValueError, match="array.engines"):
+        ArrayConfig(dim=16, block=4, splits=(1,), row_splits=(2,), engines=3)
 
 
 def test_toml_with_preset_base(tmp_path):
@@ -37,6 +55,10 @@ def test_toml_with_preset_base(tmp_path):
     ({"splits": (2,)}, "array.splits"),
     ({"splits": (1, 8)}, "array.splits"),     # 16/8 = 2 is not a multiple of block 4
     ({"splits": (1, 2, 2)}, "array.splits"),
+    ({"row_splits": (1,)}, "array.row_splits"),
+    ({"row_splits": (3,)}, "array.row_splits"),
+    ({"row_splits": (8,)}, "array.row_splits"),     # 16/8 = 2 rows, not a multiple of 4
+    ({"row_splits": (2, 2)}, "array.row_splits"),
     ({"engines": 5}, "array.engines"),        # 2x2 = 4 sub-arrays at most
     ({"engines": 0}, "array.engines"),
     ({"acc_rows": 0}, "array.acc_rows"),

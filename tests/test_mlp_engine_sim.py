@@ -58,6 +58,62 @@ def test_two_layers_on_split_array():
 
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_row_split_engines_side_by_side(seed):
+    """Mode (2, 1) of ``tiny``: engines 0 and 1 each on 2 rows x 4 columns,
+    both at once. Input tiles (2) are half an activation word (4): layers
+    wider than a word, odd sizes, two layers chained through the buffers,
+    row blocks, with random idle cycles and backpressure."""
+    cfg = Config.preset("tiny").array
+    mode = (2, 1)
+    rng = np.random.default_rng(seed)
+    jobs = {}
+    for e in (0, 1):
+        dims = [int(d) for d in rng.integers(1, 14, 3)]
+        layers = [QuantLayer(rng.integers(-128, 128, (i, o)).astype(np.int8),
+                             rng.integers(-3000, 3000, o), rng.integers(1 << 14, 1 << 16, o),
+                             rng.integers(12, 18, o), l == 0)
+                  for l, (i, o) in enumerate(zip(dims, dims[1:]))]
+        target = EngineTarget(cfg, e, mode)
+        prog = compile_mlp(layers, target)
+        rows = int(rng.integers(1, min(prog.max_rows_per_run(), 40) + 1))
+        x = rng.integers(-128, 128, (rows, dims[0])).astype(np.int8)
+        jobs[e] = (target, prog, layers, x)
+    dut = MLPCluster(cfg)
+    frames = {0: [], 1: []}
+
+    def engine_tb(e):
+        async def tb(ctx):
+            target, prog, _, x = jobs[e]
+            cmd, resp = getattr(dut, f"cmd_{e}"), getattr(dut, f"resp_{e}")
+            r = random.Random(seed * 10 + e)
+            if e == 0:
+                split = target.pack(Opcode.SET_SPLIT, split={"index": cfg.mode_index(mode)})
+                await stream_put(ctx, cmd, target.cmd_layout.from_bits(split))
+                status = target.unpack_response((await stream_get(ctx, resp)).as_bits())
+                assert status["status"].name == "OK"
+            else:
+                await ctx.tick().until(dut.split == cfg.mode_index(mode))
+            for c in prog.load_commands + prog.input_commands(x) + [prog.run_command(len(x))]:
+                await stream_put(ctx, cmd, target.cmd_layout.from_bits(c), rng=r, idle=0.3)
+            while True:
+                beat = (await stream_get(ctx, resp, rng=r, stall=0.3)).as_bits()
+                frames[e].append(beat)
+                if target.unpack_response(beat)["last"]:
+                    break
+        return tb
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    for e in (0, 1):
+        sim.add_testbench(engine_tb(e))
+    run_bounded(sim, 2e-4)
+    for e in (0, 1):
+        _, prog, layers, x = jobs[e]
+        y, _ = prog.decode_run(frames[e], len(x))
+        assert np.array_equal(y, int8_mlp(x, layers)), (e, [(l.in_dim, l.out_dim) for l in layers])
+
+
 @pytest.mark.parametrize("offset", range(-4, 5))
 def test_split_lock(offset):
     """SET_SPLIT on engine 0 and a RUN on engine 3 presented ``offset``

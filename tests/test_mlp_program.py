@@ -34,8 +34,12 @@ def test_what_does_not_fit_is_refused(layers, message):
 def test_targets_are_checked():
     with pytest.raises(ValueError, match="split: 3 is not one of"):
         EngineTarget(CFG, 0, 3)
-    with pytest.raises(ValueError, match="engine: 1 has no sub-array at split 1"):
+    with pytest.raises(ValueError, match="engine: 1 has no sub-array in mode 1"):
         EngineTarget(CFG, 1, 1)
+    with pytest.raises(ValueError, match=r"engine: 2 has no sub-array in mode \(2, 1\)"):
+        EngineTarget(CFG, 2, (2, 1))
+    with pytest.raises(ValueError, match=r"split: \(1, 2\) is not one of"):
+        EngineTarget(CFG, 0, (1, 2))
 
 
 def test_batches_are_checked():
@@ -75,6 +79,29 @@ def test_weight_layout():
                     r, c = k * 2 + i, n * 2 + j
                     assert row[j] == (l.weight[r, c] if r < 3 and c < 5 else 0)
                 assert row[2:] == [0, 0]             # lanes past the side
+
+
+def test_weight_layout_row_split():
+    """In a row split (K rows < S columns) tile (k, n) is K words at
+    w_base + (n*KT + k)*K, KT = ceil(in/K), each S wide."""
+    t = EngineTarget(CFG, 1, (2, 1))             # 2 x 4 sub-arrays on a 4-lane engine
+    assert (t.k_side, t.side, t.lanes) == (2, 4, 4)
+    l = layer(3, 5, seed=4)
+    prog = compile_mlp([l], t, w_base=6)
+    words = {}
+    for c in prog.load_commands:
+        d = t._cmd_packer.unpack(c)
+        if d["op"] == Opcode.WRITE_WEIGHTS:
+            words[d["args"]["weights"]["addr"]] = d["args"]["weights"]["data"]
+    kt, nt = 2, 2
+    assert sorted(words) == list(range(6, 6 + kt * nt * 2))
+    for n in range(nt):
+        for k in range(kt):
+            for i in range(2):
+                row = words[6 + (n * kt + k) * 2 + i]
+                for j in range(4):
+                    r, c = k * 2 + i, n * 4 + j
+                    assert row[j] == (l.weight[r, c] if r < 3 and c < 5 else 0)
 
 
 def test_error_trailer_raises():

@@ -1,5 +1,6 @@
-"""amaranth.sim unit tests of the systolic array on its own: every split
-mode, the latency the engine relies on, and the tag-selected weight switch."""
+"""amaranth.sim unit tests of the systolic array on its own: every mode
+(square and row splits), the latency the engine relies on, and the
+tag-selected weight switch."""
 
 import numpy as np
 import pytest
@@ -8,24 +9,24 @@ from amaranth.sim import Simulator
 from hw.config import ArrayConfig
 from hw.systolic import SystolicArray
 
-CFG = ArrayConfig(dim=4, block=2, splits=(1, 2), engines=4, acc_rows=16, max_rows=16,
-                  max_dim=16, weight_words=64, param_words=8, max_layers=2)
+CFG = ArrayConfig(dim=4, block=2, splits=(1, 2), row_splits=(2,), engines=4, acc_rows=16,
+                  max_rows=16, max_dim=16, weight_words=64, param_words=8, max_layers=2)
 
 
-def simulate(split, tiles, rows):
-    """Load ``tiles[p][b]`` (side x side int8) into register ``b`` of each
+def simulate(mode, tiles, rows):
+    """Load ``tiles[p][b]`` (K x S int8) into register ``b`` of each
     sub-array ``p``, then stream ``rows[p]`` = list of (vector, sel). Returns
     the psum rows each port produced, with the cycle they appeared."""
     dut = SystolicArray(CFG)
-    side = CFG.dim // split
-    ports = list(range(split * split))
+    k_side, side = CFG.mode_sides(mode)
+    ports = list(range(mode[0] * mode[1]))
     seen = {p: [] for p in ports}
     t0 = {}
 
     async def tb(ctx):
-        ctx.set(dut.split, CFG.splits.index(split))
+        ctx.set(dut.split, CFG.mode_index(mode))
         for b in range(2):
-            for i in reversed(range(side)):      # the last row first
+            for i in reversed(range(k_side)):      # the last row first
                 for p in ports:
                     port = dut.port(p)
                     ctx.set(port.w_load, 1)
@@ -42,7 +43,7 @@ def simulate(split, tiles, rows):
                 port = dut.port(p)
                 if t < len(rows[p]):
                     vec, sel = rows[p][t]
-                    ctx.set(port.act, list(vec) + [0] * (port.signature.lanes - side))
+                    ctx.set(port.act, list(vec) + [0] * (port.signature.lanes - k_side))
                     ctx.set(port.sel, sel)
                     t0.setdefault(p, cycle)
                 else:
@@ -58,17 +59,17 @@ def simulate(split, tiles, rows):
     return seen, t0
 
 
-@pytest.mark.parametrize("split", CFG.splits)
-def test_every_split_latency_and_values(split):
-    rng = np.random.default_rng(split)
-    side = CFG.dim // split
-    ports = range(split * split)
-    tiles = {p: [rng.integers(-128, 128, (side, side)) for _ in range(2)] for p in ports}
-    rows = {p: [(rng.integers(-128, 128, side), int(rng.integers(0, 2))) for _ in range(9)]
+@pytest.mark.parametrize("mode", CFG.modes)
+def test_every_mode_latency_and_values(mode):
+    rng = np.random.default_rng(mode)
+    k_side, side = CFG.mode_sides(mode)
+    ports = range(mode[0] * mode[1])
+    tiles = {p: [rng.integers(-128, 128, (k_side, side)) for _ in range(2)] for p in ports}
+    rows = {p: [(rng.integers(-128, 128, k_side), int(rng.integers(0, 2))) for _ in range(9)]
             for p in ports}
-    seen, t0 = simulate(split, tiles, rows)
+    seen, t0 = simulate(mode, tiles, rows)
     for p in ports:
-        lat = SystolicArray.latency(CFG, p, split)
+        lat = SystolicArray.latency(CFG, p, mode)
         for t, (vec, sel) in enumerate(rows[p]):
             expect = (vec.astype(np.int64) @ tiles[p][sel]).tolist()
             assert seen[p][t0[p] + t + lat] == expect, (p, t)
