@@ -166,10 +166,13 @@ def dense_layout(lanes: int) -> data.StructLayout:
 
 def cand_layout(config: Config, max_items: int) -> data.StructLayout:
     # ``left``: the query's candidates after this one (0: the last); the
-    # sub-batch a candidate opens is sized from it
+    # sub-batch a candidate opens is sized from it. A query has at most
+    # ``2 ** id_bits`` candidates, so ``left`` fits ``id_bits``: with one
+    # item table and 16-bit ids a candidate is one 64-bit word on the
+    # command stream (two with a bit more), which bounds how fast they come.
     return data.StructLayout({"pos": unsigned(config.topk.id_bits),
                               "ids": data.ArrayLayout(unsigned(32), max_items),
-                              "left": unsigned(config.topk.id_bits + 1)})
+                              "left": unsigned(config.topk.id_bits)})
 
 
 class StageEngine(wiring.Component):

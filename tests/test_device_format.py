@@ -4,6 +4,7 @@ tests/test_top_cocotb.py."""
 
 import numpy as np
 import pytest
+from amaranth.hdl import Shape
 
 from host.device_format import DeviceFormat
 from host.driver import CompiledModel
@@ -11,6 +12,8 @@ from host.movielens import synthetic_queries
 from host.pipeline import PipelineSpec
 from host.protocol import Opcode
 from hw.config import Config
+from hw.loader import record_header
+from hw.mlp_isa import Opcode as EOp
 from sim.tb_top import cached_tiny, tiny_stage
 
 
@@ -116,3 +119,35 @@ def test_sub_batches_must_fit_half_the_activation_buffer():
     assert small.array.act_words(0) // 2 < half
     with pytest.raises(ValueError, match="do not fit half of the engine's activation buffer"):
         DeviceFormat(small, sb_rows=small.array.max_rows).compile(model)
+
+
+def test_a_candidate_is_one_word_on_default():
+    """A query's candidates come one command-stream word each on the default
+    preset (one item table, 16-bit positions): the stream is not what bounds
+    the candidate phase (README, End to end)."""
+    from hw.top import ports
+    words = {n: -(-Shape.cast(l).width // 64) for n, l in ports(Config.preset("default"))}
+    assert words["cand"] == 1
+
+
+def test_two_stages_run_in_the_row_split():
+    """The load of a two-stage model sets the mode the stages share: the row
+    split in two when the array has one (each stage gets every column)."""
+    from sim.tb_top import two_stage_tiny
+    cfg = two_stage_tiny()
+    assert cfg.array.stages_mode == (2, 1)
+    a, b = tiny_stage(3, top=(16, 8, 1)), tiny_stage(4, top=(16, 8, 1))
+    fmt = DeviceFormat(cfg)
+    frames, _ = fmt.compile(CompiledModel(PipelineSpec("two", ("a", "b"), (6, 3)),
+                                          {"a": a, "b": b}))
+    assert [p.target.split for p in fmt.programs] == [(2, 1), (2, 1)]
+    assert [(p.target.k_side, p.target.side, p.conf["log_side"]) for p in fmt.programs] \
+        == [(2, 4, 2)] * 2
+    # the SET_SPLIT (the first of engine 0's commands) names the row split
+    t = fmt.programs[0].target
+    set_split = t.pack(EOp.SET_SPLIT, split={"index": cfg.array.mode_index((2, 1))})
+    assert cfg.array.mode_index((2, 1)) == 2
+    payload = dict(frames)[Opcode.LOAD_WEIGHTS]
+    engine_port = [n for n, _ in fmt.ports].index("engine")
+    assert payload[0] == record_header(engine_port, len(fmt.programs[0].engine_cmds) + 1)
+    assert payload[1] == set_split & (1 << 64) - 1
