@@ -58,18 +58,26 @@ def test_two_layers_on_split_array():
 
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_row_split_engines_side_by_side(seed):
-    """Mode (2, 1) of ``tiny``: engines 0 and 1 each on 2 rows x 4 columns,
-    both at once. Input tiles (2) are half an activation word (4): layers
-    wider than a word, odd sizes, two layers chained through the buffers,
-    row blocks, with random idle cycles and backpressure."""
-    cfg = Config.preset("tiny").array
-    mode = (2, 1)
+# A row split in four of an 8-wide array: input tiles of 2 from 8-wide words
+# (four a word), four engines side by side.
+_ROWS4 = dataclasses.replace(Config.preset("tiny").array, dim=8, block=2, row_splits=(2, 4))
+
+
+@pytest.mark.parametrize("cfg, mode, seed", [
+    (Config.preset("tiny").array, (2, 1), 1), (Config.preset("tiny").array, (2, 1), 2),
+    (Config.preset("tiny").array, (2, 1), 3), (_ROWS4, (4, 1), 1)])
+def test_row_split_engines_side_by_side(cfg, mode, seed):
+    """A row split, every engine of it at once: mode (2, 1) of ``tiny``
+    (engines 0 and 1 each on 2 rows x 4 columns: an input tile is half an
+    activation word) and (4, 1) of an 8x8 array (four engines on 2 x 8: a
+    quarter of a word). Layers wider than a word, odd sizes, two layers
+    chained through the buffers, row blocks, with random idle cycles and
+    backpressure."""
     rng = np.random.default_rng(seed)
+    engines = range(mode[0] * mode[1])
     jobs = {}
-    for e in (0, 1):
-        dims = [int(d) for d in rng.integers(1, 14, 3)]
+    for e in engines:
+        dims = [int(d) for d in rng.integers(1, 14 if mode[0] == 2 else 20, 3)]
         layers = [QuantLayer(rng.integers(-128, 128, (i, o)).astype(np.int8),
                              rng.integers(-3000, 3000, o), rng.integers(1 << 14, 1 << 16, o),
                              rng.integers(12, 18, o), l == 0)
@@ -80,7 +88,7 @@ def test_row_split_engines_side_by_side(seed):
         x = rng.integers(-128, 128, (rows, dims[0])).astype(np.int8)
         jobs[e] = (target, prog, layers, x)
     dut = MLPCluster(cfg)
-    frames = {0: [], 1: []}
+    frames = {e: [] for e in engines}
 
     def engine_tb(e):
         async def tb(ctx):
@@ -105,10 +113,10 @@ def test_row_split_engines_side_by_side(seed):
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
-    for e in (0, 1):
+    for e in engines:
         sim.add_testbench(engine_tb(e))
-    run_bounded(sim, 2e-4)
-    for e in (0, 1):
+    run_bounded(sim, 4e-4)
+    for e in engines:
         _, prog, layers, x = jobs[e]
         y, _ = prog.decode_run(frames[e], len(x))
         assert np.array_equal(y, int8_mlp(x, layers)), (e, [(l.in_dim, l.out_dim) for l in layers])
