@@ -10,7 +10,7 @@ cycles on every input and random backpressure on every output."""
 import random
 
 import pytest
-from amaranth.hdl import Elaboratable, Module
+from amaranth.hdl import Elaboratable, Module, Signal
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
@@ -21,6 +21,7 @@ from hw.config import Config
 from hw.embedding import _units
 from hw.feature_fetch import FeatureFetch
 from hw.mlp_cluster import MLPCluster
+from hw.mlp_isa import Opcode as EOp
 from hw.stage import StageEngine, StageStatus
 from tests.amaranth_streams import stream_get, stream_put
 from tests.test_feature_fetch_sim import unit_model
@@ -41,9 +42,12 @@ def dot_stage(dense, users, items, top, seed):
 
 class _Harness(Elaboratable):
     """The stage engine on engine 0 of a cluster, its bags through a feature
-    fetch; ``load`` writes the engine before the stage drives it."""
+    fetch; ``load`` writes the engine before the stage drives it. ``faults``:
+    the stage's RUNs of these indices (from 0, in the order they are sent) go
+    to the engine with no rows, which answers each with an error."""
 
-    def __init__(self, limits: StageLimits, staging: int):
+    def __init__(self, limits: StageLimits, staging: int, faults=()):
+        self.faults = tuple(faults)
         self.stage = StageEngine(CFG, engine=0, dim=limits.dim, max_users=limits.max_users,
                                  max_items=limits.max_items, max_hidden=limits.max_hidden,
                                  max_pen=limits.max_pen, staging=staging)
@@ -66,13 +70,22 @@ class _Harness(Elaboratable):
             m.d.comb += [cl.cmd_0.valid.eq(self.stage.ecmd.valid),
                          cl.cmd_0.payload.eq(self.stage.ecmd.payload),
                          self.stage.ecmd.ready.eq(cl.cmd_0.ready)]
+            if self.faults:
+                last = max(self.faults)
+                runs = Signal(range(last + 2))
+                is_run = self.stage.ecmd.payload.op == EOp.RUN
+                with m.If(self.stage.ecmd.valid & cl.cmd_0.ready & is_run & (runs <= last)):
+                    m.d.sync += runs.eq(runs + 1)
+                for f in self.faults:
+                    with m.If(is_run & (runs == f)):
+                        m.d.comb += cl.cmd_0.payload.args.run.rows.eq(0)
         return m
 
 
-def run_stage(model, queries, *, sb_rows, staging, ks, seed, status_delay=0):
+def run_stage(model, queries, *, sb_rows, staging, ks, seed, status_delay=0, faults=()):
     limits = StageLimits(DIM, 3, 2, 16, 16)
     prog = compile_stage(model, CFG, limits, sb_rows=sb_rows, table_base=1)
-    dut = _Harness(limits, staging)
+    dut = _Harness(limits, staging, faults)
     st, fe = dut.stage, dut.fetch
     r = random.Random(seed)
     n_units = _units(CFG.embedding)
@@ -176,3 +189,33 @@ def test_scores_are_the_golden_models(dense, users, items, n, sb_rows, staging, 
     for q, got in zip(queries, lists):
         want = model.scores(q)
         assert got == [(c, int(want[c])) for c in range(q.n_candidates)]
+
+
+@pytest.mark.parametrize("faults, faulty, status_delay", [
+    # query 0's last sub-batch: answered while query 1's bottom MLP runs
+    ((3,), (0,), 0),
+    # query 1's first sub-batch
+    ((5,), (1,), 0),
+    # query 1's last and query 2's first, the statuses read late: query 1's
+    # final score waits for query 0's status while query 2's error comes,
+    # and each error is its own query's
+    ((7, 9), (1, 2), 4000),
+])
+def test_an_engine_error_fails_its_query_alone(faults, faulty, status_delay):
+    """A candidate RUN the engine answers with an error (no rows): its query's
+    status is ENGINE and its list is still complete (the rows are scored as
+    zeros); the queries around it, one of them running while the error comes,
+    are right, and nothing waits."""
+    model = dot_stage(3, 2, 1, (8, 1), 0)
+    queries = synthetic_queries(model.config, 3, 10, user_bag=3, seed=50)
+    # per query: the bottom MLP's RUN, then 3 sub-batches (4, 4, 2 rows)
+    lists, statuses = run_stage(model, queries, sb_rows=4, staging=64, ks=[10, 10, 10],
+                                seed=3, status_delay=status_delay, faults=faults)
+    assert statuses == [StageStatus.ENGINE if i in faulty else StageStatus.OK
+                        for i in range(len(queries))]
+    for i, (q, got) in enumerate(zip(queries, lists)):
+        if i in faulty:
+            assert sorted(c for c, _ in got) == list(range(q.n_candidates))
+        else:
+            want = model.scores(q)
+            assert got == [(c, int(want[c])) for c in range(q.n_candidates)]
