@@ -21,7 +21,8 @@ the engine takes. Every row carries what its result needs past the array
 word), so a tile's requantization does not hold its weight register: a
 one-row tile is bound by the array's skew, not by its whole latency and the
 requantizer's. A RUN hands its answer to the sender once its last rows are
-in the array; the sender starts once they are written.
+in the array; the sender reads each row once it is written (its last
+output chunk, counted per RUN), while the rows after it still come.
 
 In a row split (``K < S``) an activation word holds ``S / K`` input tiles:
 input tile ``k`` is lanes ``(k % (S/K)) * K ..`` of word ``k // (S/K)``,
@@ -215,6 +216,11 @@ class MLPEngine(wiring.Component):
 
         # -- run-wide registers ---------------------------------------------
         rows = Signal(range(cfg.max_rows + 1))
+        # Each RUN's parity; per parity, the rows of the RUN whose last
+        # output chunk is written (in row order), so that its sender reads
+        # each row as soon as it is complete, while the rest still come.
+        run_par = Signal()
+        fin_rows = [Signal(range(cfg.max_rows + 1), name=f"fin_rows{b}") for b in range(2)]
         base = Signal.like(args.run.base)       # the RUN's first activation word
         cycles = Signal(32)
         err_status = Signal(Status)
@@ -277,6 +283,8 @@ class MLPEngine(wiring.Component):
         slot_off = [Signal(range(lanes), name=f"slot{b}_off") for b in range(2)]
         slot_first = [Signal(name=f"slot{b}_first") for b in range(2)]
         slot_last = [Signal(name=f"slot{b}_last") for b in range(2)]
+        # (the RUN's last layer's last output tile: its rows complete theirs)
+        slot_fin = [Signal(name=f"slot{b}_fin") for b in range(2)]
         # Set when a tile's last row is issued (cycle I). The parity's
         # weights may be shifted again once that row has passed every PE: it
         # reads its last weight INJECT_LATENCY + (K - 1) + (S - 1) cycles
@@ -333,6 +341,7 @@ class MLPEngine(wiring.Component):
                         slot_off[pb].eq((seq_k & parts_m1) << log_k),
                         slot_first[pb].eq(seq_k == 0),
                         slot_last[pb].eq(seq_k == kt_m1),
+                        slot_fin[pb].eq((layer == n_layers_m1) & (seq_n == nt_m1)),
                     ]
             m.d.sync += [ld_busy.eq(1), ld_left.eq(k_side), ld_slot.eq(b),
                          ld_addr.eq(seq_w + k_side_m1), ld_par.eq(~ld_par)]
@@ -375,6 +384,7 @@ class MLPEngine(wiring.Component):
         cur_off = Signal.like(slot_off[0])
         cur_first = Signal()
         cur_last = Signal()
+        cur_fin = Signal()
         cur_p = Signal.like(slot_p[0])
         cur_dst = Signal.like(slot_dst[0])
         def load_cur(par):
@@ -383,6 +393,7 @@ class MLPEngine(wiring.Component):
                     cur_off.eq(Mux(par, slot_off[1], slot_off[0])),
                     cur_first.eq(Mux(par, slot_first[1], slot_first[0])),
                     cur_last.eq(Mux(par, slot_last[1], slot_last[0])),
+                    cur_fin.eq(Mux(par, slot_fin[1], slot_fin[0])),
                     cur_p.eq(Mux(par, slot_p[1], slot_p[0])),
                     cur_dst.eq(Mux(par, slot_dst[1], slot_dst[0])),
                     st_addr.eq(Mux(par, slot_src[1], slot_src[0]))]
@@ -394,6 +405,7 @@ class MLPEngine(wiring.Component):
         # them: ``dst_buf`` needs no copy.)
         inj = Signal(data.StructLayout({"valid": 1, "par": 1, "row": range(cfg.acc_rows),
                                         "off": range(lanes), "first": 1, "last": 1,
+                                        "fin": 1, "rp": 1,
                                         "p": len(seq_p), "dst": len(seq_dst), "relu": 1}))
         with m.If(st_issue):
             last_row = st_row == cur_len_m1
@@ -417,6 +429,8 @@ class MLPEngine(wiring.Component):
             inj.off.eq(cur_off),
             inj.first.eq(cur_first),
             inj.last.eq(cur_last),
+            inj.fin.eq(cur_fin),
+            inj.rp.eq(run_par),
             inj.p.eq(cur_p),
             inj.dst.eq(cur_dst + st_row),
             inj.relu.eq(relu),
@@ -504,10 +518,12 @@ class MLPEngine(wiring.Component):
 
         # Requantization pipeline: a row's parameters are read for it (they
         # arrive in stage 1) and go along with it.
-        rq_meta = Signal(data.StructLayout({"valid": 1, "dst": len(seq_dst), "relu": 1}))
+        rq_meta = Signal(data.StructLayout({"valid": 1, "dst": len(seq_dst), "relu": 1,
+                                            "fin": 1, "rp": 1}))
         metas = [rq_meta]
         m.d.sync += [rq_meta.valid.eq(exit_meta.valid & exit_meta.last),
-                     rq_meta.dst.eq(exit_meta.dst), rq_meta.relu.eq(exit_meta.relu)]
+                     rq_meta.dst.eq(exit_meta.dst), rq_meta.relu.eq(exit_meta.relu),
+                     rq_meta.fin.eq(exit_meta.fin), rq_meta.rp.eq(exit_meta.rp)]
         for d in range(REQUANT_LATENCY - 1):
             t = Signal.like(rq_meta, name=f"rq_meta_{d + 1}")
             m.d.sync += t.eq(metas[-1])
@@ -595,6 +611,10 @@ class MLPEngine(wiring.Component):
         out_row = Signal(range(cfg.max_rows + 1))
         out_chunk = Signal.like(nt)
 
+        for b in range(2):
+            with m.If(out_meta.valid & out_meta.fin & (out_meta.rp == b)):
+                m.d.sync += fin_rows[b].eq(fin_rows[b] + 1)
+
         # -- the sender: a finished RUN's rows and trailer, in the background --
         # Once a RUN's last layer is written the engine hands its answer to
         # the sender and takes commands again: the next RUN computes while
@@ -607,11 +627,14 @@ class MLPEngine(wiring.Component):
         snd_nt_m1 = Signal.like(nt)
         snd_info = Signal(32)
         snd_wait = Signal.like(tail)        # cycles until the RUN's rows are written
+        snd_par = Signal()                  # the RUN's parity
         with m.If(snd_wait != 0):
             m.d.sync += snd_wait.eq(snd_wait - 1)
         with m.If(snd_active):
             m.d.comb += self.busy.eq(1)
-            room = (out_owed < rfifo_depth) & (snd_wait == 0)
+            # (a row once it is written: a read presented after the write)
+            written = (snd_wait == 0) | (out_row < Mux(snd_par, fin_rows[1], fin_rows[0]))
+            room = (out_owed < rfifo_depth) & written
             done_issuing = out_row == snd_rows
             m.d.comb += out_issue.eq(room & ~done_issuing)
             with m.If(out_issue):
@@ -716,7 +739,13 @@ class MLPEngine(wiring.Component):
                                         | (r.layers > cfg.max_layers)):
                                 fail(Status.BAD_RUN, cmd.op)
                             with m.Else():
+                                # (the sender of the RUN before the last is
+                                # done: this RUN's parity is free)
+                                for pb in range(2):
+                                    with m.If(run_par != pb):
+                                        m.d.sync += fin_rows[pb].eq(0)
                                 m.d.sync += [rows.eq(r.rows), base.eq(r.base),
+                                             run_par.eq(~run_par),
                                              win_hi.eq(r.base),
                                              n_layers_m1.eq(r.layers - 1),
                                              layer.eq(0), cycles.eq(0)]
@@ -904,6 +933,7 @@ class MLPEngine(wiring.Component):
                                      snd_active.eq(1), snd_wait.eq(tail),
                                      snd_lo.eq(base), snd_hi.eq(dst_hi), snd_rows.eq(rows),
                                      snd_nt_m1.eq(nt_m1), snd_info.eq(cycles + tail),
+                                     snd_par.eq(run_par),
                                      win_valid.eq(0)]
                         m.next = "IDLE"
                 with m.Elif(all_free & ~loader_busy):
