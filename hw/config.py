@@ -100,28 +100,8 @@ class ArrayConfig:
         if self.splits[0] != 1:
             raise ValueError(f"array.splits: must start with 1 (the whole "
                              f"array), not {self.splits!r}")
-        for f in self.splits:
-            _check_int("array.splits", f, 1)
-            if not _is_pow2(f):
-                raise ValueError(f"array.splits: {f} is not a power of two")
-            if self.dim % (f * self.block):
-                raise ValueError(
-                    f"array.splits: split {f} gives {self.dim}/{f} wide "
-                    f"sub-arrays, not a multiple of array.block {self.block}")
-        if list(self.splits) != sorted(set(self.splits)):
-            raise ValueError(f"array.splits: must be strictly increasing, "
-                             f"not {self.splits!r}")
-        for f in self.row_splits:
-            _check_int("array.row_splits", f, 2)
-            if not _is_pow2(f):
-                raise ValueError(f"array.row_splits: {f} is not a power of two")
-            if self.dim % (f * self.block):
-                raise ValueError(
-                    f"array.row_splits: split {f} gives sub-arrays of {self.dim}/{f} "
-                    f"rows, not a multiple of array.block {self.block}")
-        if list(self.row_splits) != sorted(set(self.row_splits)):
-            raise ValueError(f"array.row_splits: must be strictly increasing, "
-                             f"not {self.row_splits!r}")
+        self._check_factors("array.splits", self.splits, 1, "wide sub-arrays")
+        self._check_factors("array.row_splits", self.row_splits, 2, "rows in a sub-array")
         _check_int("array.engines", self.engines, 1, self.sub_arrays)
         _check_int("array.acc_rows", self.acc_rows, 1, 65536)
         _check_int("array.max_rows", self.max_rows, 1, 65536)
@@ -132,6 +112,19 @@ class ArrayConfig:
         if self.dsp not in ("generic", "ecp5"):
             raise ValueError(f"array.dsp: must be 'generic' or 'ecp5', "
                              f"not {self.dsp!r}")
+
+    def _check_factors(self, name, factors, least, what):
+        """Split factors: powers of two from ``least``, strictly increasing,
+        each leaving a multiple of the block (``what``: of what)."""
+        for f in factors:
+            _check_int(name, f, least)
+            if not _is_pow2(f):
+                raise ValueError(f"{name}: {f} is not a power of two")
+            if self.dim % (f * self.block):
+                raise ValueError(f"{name}: split {f} gives {self.dim}/{f} {what}, not a "
+                                 f"multiple of array.block {self.block}")
+        if list(factors) != sorted(set(factors)):
+            raise ValueError(f"{name}: must be strictly increasing, not {factors!r}")
 
     # -- derived values ---------------------------------------------------
 

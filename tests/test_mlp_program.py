@@ -58,50 +58,33 @@ def test_batches_are_checked():
     assert len(prog.input_commands(np.zeros((1, 6), np.int8), base=words - 2)) == 2
 
 
-def test_weight_layout():
-    """Tile (k, n) at w_base + (n*KT + k)*S, row i of the tile per word."""
-    t = EngineTarget(CFG, 0, 2)                  # side 2 on a 4-lane engine
-    l = layer(3, 5, seed=3)
+@pytest.mark.parametrize("engine, split, sides, seed", [
+    (0, 2, (2, 2), 3),          # side 2 on a 4-lane engine
+    (1, (2, 1), (2, 4), 4),     # a row split: 2 x 4 sub-arrays on a 4-lane engine
+])
+def test_weight_layout(engine, split, sides, seed):
+    """Tile (k, n) is K words at w_base + (n*KT + k)*K, KT = ceil(in/K), word i
+    row i of the tile in lanes 0 .. S-1 (K = S but in a row split)."""
+    t = EngineTarget(CFG, engine, split)
+    K, S = sides
+    assert (t.k_side, t.side, t.lanes) == (K, S, 4)
+    l = layer(3, 5, seed=seed)
     prog = compile_mlp([l], t, w_base=10)
-    packer = t._cmd_packer
-    words = {}
-    for c in prog.load_commands:
-        d = packer.unpack(c)
-        if d["op"] == Opcode.WRITE_WEIGHTS:
-            words[d["args"]["weights"]["addr"]] = d["args"]["weights"]["data"]
-    kt, nt = 2, 3
-    assert sorted(words) == list(range(10, 10 + kt * nt * 2))
-    for n in range(nt):
-        for k in range(kt):
-            for i in range(2):
-                row = words[10 + (n * kt + k) * 2 + i]
-                for j in range(2):
-                    r, c = k * 2 + i, n * 2 + j
-                    assert row[j] == (l.weight[r, c] if r < 3 and c < 5 else 0)
-                assert row[2:] == [0, 0]             # lanes past the side
-
-
-def test_weight_layout_row_split():
-    """In a row split (K rows < S columns) tile (k, n) is K words at
-    w_base + (n*KT + k)*K, KT = ceil(in/K), each S wide."""
-    t = EngineTarget(CFG, 1, (2, 1))             # 2 x 4 sub-arrays on a 4-lane engine
-    assert (t.k_side, t.side, t.lanes) == (2, 4, 4)
-    l = layer(3, 5, seed=4)
-    prog = compile_mlp([l], t, w_base=6)
     words = {}
     for c in prog.load_commands:
         d = t._cmd_packer.unpack(c)
         if d["op"] == Opcode.WRITE_WEIGHTS:
             words[d["args"]["weights"]["addr"]] = d["args"]["weights"]["data"]
-    kt, nt = 2, 2
-    assert sorted(words) == list(range(6, 6 + kt * nt * 2))
+    kt, nt = -(-3 // K), -(-5 // S)
+    assert sorted(words) == list(range(10, 10 + kt * nt * K))
     for n in range(nt):
         for k in range(kt):
-            for i in range(2):
-                row = words[6 + (n * kt + k) * 2 + i]
-                for j in range(4):
-                    r, c = k * 2 + i, n * 4 + j
+            for i in range(K):
+                row = words[10 + (n * kt + k) * K + i]
+                for j in range(S):
+                    r, c = k * K + i, n * S + j
                     assert row[j] == (l.weight[r, c] if r < 3 and c < 5 else 0)
+                assert row[S:] == [0] * (4 - S)      # lanes past the side
 
 
 def test_error_trailer_raises():
