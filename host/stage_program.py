@@ -176,6 +176,7 @@ def compile_stage(model: QuantizedStageModel, config: Config, limits: StageLimit
     conf = {
         "has_bottom": int(model.bottom is not None), "n_bottom": nb,
         "n_top": len(model.layers) - 1, "n_pooled": nu_t, "n_items": n_items,
+        "dense_chunks": ceil_div(mcfg.dense_features, S) if model.bottom else 0,
         "item_tables": [table_base + nu_t + a for a in range(n_items)]
                        + [0] * (limits.max_items - n_items),
         "log_side": S.bit_length() - 1, "sb_rows": sb_rows,

@@ -16,23 +16,30 @@ hold any number of records, for any ports.
 The router takes the command beats of those opcodes (:class:`hw.command.CommandProcessor`'s
 ``cmd``), sends each record's beats on its port (waiting while the port is
 not ready), and at the frame's end answers it: an empty ``OK`` answer on
-``ans``, or for ``SUBMIT_QUERY`` its tag on ``qtag`` (the query's answer
-comes later, from the result writer). A frame that ends inside a record, a
-record for a port that does not exist, a header word with bits above the
-count, or an empty ``SUBMIT_QUERY`` is answered ``BAD_PAYLOAD`` on ``err``
-(a bad frame length ``MALFORMED_FRAME``), and the rest of the frame is
-dropped; beats already sent stay sent. Nothing waits for a word that may
-never come.
+``ans``. A frame that ends inside a record, a record for a port that does
+not exist (or, with ``query_ports``, a query's port in another frame or
+another port in a query's frame), a header word with bits above the count,
+or an empty ``SUBMIT_QUERY`` is answered ``BAD_PAYLOAD`` on ``err`` (a bad
+frame length ``MALFORMED_FRAME``), and the rest of the frame is dropped;
+beats already sent stay sent. Nothing waits for a word that may never come.
+
+A ``SUBMIT_QUERY`` frame taken while ``loaded`` ends instead with its tag
+and status on ``qtag`` (:func:`qtag_layout`), whatever went wrong with it:
+its beats may have gone out, so it is a query, answered later (by the
+result writer) with that status unless it is ``OK``
+(:class:`hw.query_guard.QueryGuard` makes whole what the frame left out).
+Before ``loaded``, its answer is ``NOT_LOADED`` on ``err`` and nothing of it
+goes out.
 """
 
-from amaranth.hdl import Module, Mux, Shape, Signal, unsigned
+from amaranth.hdl import Const, Module, Mux, Shape, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .command import Opcode, Status, answer_layout, command_layout, error_layout
 from .config import ceil_div
 
-__all__ = ["record_layout", "record_header", "RecordRouter"]
+__all__ = ["record_layout", "record_header", "qtag_layout", "RecordRouter"]
 
 
 def record_layout() -> data.StructLayout:
@@ -47,6 +54,11 @@ def record_header(port: int, count: int) -> int:
     return record_layout().const({"port": port, "count": count}).as_bits()
 
 
+def qtag_layout() -> data.StructLayout:
+    """A query frame's end: its tag and its status."""
+    return data.StructLayout({"tag": 16, "status": Status})
+
+
 class RecordRouter(wiring.Component):
     """See the module documentation.
 
@@ -55,9 +67,14 @@ class RecordRouter(wiring.Component):
     ports : sequence of (name, layout)
         Port ``p`` of the records is ``ports[p]``: an ``Out`` stream
         attribute ``name`` of that layout.
+    counters : int
+        Words of ``counters``, the ``READ_COUNTERS`` answer.
+    query_ports : sequence of str
+        The ports of a query's records: only ``SUBMIT_QUERY`` frames may
+        write them, and those frames only them. Empty: any frame, any port.
     """
 
-    def __init__(self, ports, *, counters: int = 0):
+    def __init__(self, ports, *, counters: int = 0, query_ports=()):
         ports = [(str(n), l) for n, l in ports]
         if not ports or len(ports) > 256:
             raise ValueError(f"ports: 1 to 256 of them, not {len(ports)}")
@@ -66,14 +83,19 @@ class RecordRouter(wiring.Component):
             raise ValueError("ports: names must differ")
         if not isinstance(counters, int) or not 0 <= counters < 256:
             raise ValueError(f"counters: 0 .. 255 words, not {counters!r}")
+        query_ports = [str(n) for n in query_ports]
+        if not set(query_ports) <= set(names):
+            raise ValueError(f"query_ports: {sorted(set(query_ports) - set(names))} are not "
+                             f"ports")
         self._ports = ports
         self._counters = counters
+        self._query = [n in query_ports for n in names] if query_ports else None
         members = {"loaded": In(1),
                    "counters": In(data.ArrayLayout(unsigned(64), max(counters, 1))),
                    "cmd": In(stream.Signature(command_layout())),
                    "ans": Out(stream.Signature(answer_layout())),
                    "err": Out(stream.Signature(error_layout())),
-                   "qtag": Out(stream.Signature(unsigned(16)))}
+                   "qtag": Out(stream.Signature(qtag_layout()))}
         for name, layout in ports:
             if name in members:
                 raise ValueError(f"ports: {name!r} is taken")
@@ -115,6 +137,10 @@ class RecordRouter(wiring.Component):
                     rec = record_layout()(c.data)
                     hdr_port, hdr_count = rec.port, rec.count
                     bad_hdr = (hdr_port >= len(self._ports)) | (rec.zero != 0)
+                    if self._query is not None:
+                        is_q = Const(sum(int(q) << p for p, q in enumerate(self._query)),
+                                     len(self._ports)).bit_select(hdr_port, 1)
+                        bad_hdr |= is_q != (c.opcode == Opcode.SUBMIT_QUERY)
                     refuse = (c.opcode == Opcode.SUBMIT_QUERY) & ~self.loaded
                     with m.If(c.opcode == Opcode.READ_COUNTERS):
                         # no payload; the answer is the counters, as they are now
@@ -195,7 +221,12 @@ class RecordRouter(wiring.Component):
                         m.d.sync += status.eq(Status.MALFORMED_FRAME)
                     m.next = "ANSWER"
             with m.State("ANSWER"):
-                with m.If(status != Status.OK):
+                with m.If((opcode == Opcode.SUBMIT_QUERY) & (status != Status.NOT_LOADED)):
+                    m.d.comb += [self.qtag.valid.eq(1), self.qtag.payload.tag.eq(tag),
+                                 self.qtag.payload.status.eq(status)]
+                    with m.If(self.qtag.ready):
+                        m.next = "HEADER"
+                with m.Elif(status != Status.OK):
                     e = self.err.payload
                     m.d.comb += [self.err.valid.eq(1), e.opcode.eq(opcode), e.tag.eq(tag),
                                  e.status.eq(status)]
@@ -216,10 +247,6 @@ class RecordRouter(wiring.Component):
                             with m.If(word == self._counters - 1):
                                 m.d.sync += word.eq(0)
                                 m.next = "HEADER"
-                with m.Elif(opcode == Opcode.SUBMIT_QUERY):
-                    m.d.comb += [self.qtag.valid.eq(1), self.qtag.payload.eq(tag)]
-                    with m.If(self.qtag.ready):
-                        m.next = "HEADER"
                 with m.Else():
                     a = self.ans.payload
                     # (an empty answer: status is OK here)

@@ -132,6 +132,7 @@ def conf_layout(config: Config, engine: int, max_users: int, max_items: int,
         "n_top": unsigned(clog2(arr.max_layers + 1)),       # top layers but the last
         "n_pooled": unsigned(clog2(max_users + 1)),         # user tables
         "n_items": unsigned(clog2(max_items + 1)),          # item tables
+        "dense_chunks": unsigned(clog2(DENSE_FIFO // 2 + 1)),  # a query's dense chunks
         "item_tables": data.ArrayLayout(unsigned(clog2(config.embedding.max_tables)),
                                         max_items),
         "log_side": unsigned(clog2(clog2(lanes) + 1)),      # the sub-array side

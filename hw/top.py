@@ -21,7 +21,13 @@ engine's tables and configuration; a query is the stage engine's ``q``,
 the query's tag (:func:`host.protocol.encode_result`), or an error: a bag
 the lookup unit refused is ``BAD_ID``, any other failure ``DEVICE_ERROR``, a
 query before a configuration (or after a new load of tables or weights)
-``NOT_LOADED``. ``READ_COUNTERS`` is answered with :data:`COUNTERS`.
+``NOT_LOADED``. A query's frame goes through :class:`hw.query_guard.QueryGuard`,
+so that each is one whole query, however broken: a broken one (parts
+missing, out of order or repeated, wrong delimiters, cut short, a record
+for another port) is answered ``BAD_PAYLOAD`` (a bad length
+``MALFORMED_FRAME``), and the queries after it are not touched. Only a
+query's frame writes a query's ports (:func:`query_ports`).
+``READ_COUNTERS`` is answered with :data:`COUNTERS`.
 Table rows in device memory are written by the host directly (as a PCIe
 DMA would; a testbench writes the memory model). The router takes the next
 query's records as soon as a query's are in: its tag waits in a FIFO of
@@ -64,16 +70,17 @@ from .config import Config
 from .embedding import (EmbeddingLookup, _units, bank_write_layout, cache_write_layout,
                         desc_write_layout)
 from .feature_fetch import FeatureFetch, param_layout as fetch_param_layout
-from .loader import RecordRouter
+from .loader import RecordRouter, qtag_layout
 from .mlp_cluster import MLPCluster
 from .mlp_isa import Opcode as EOp, command_layout
+from .query_guard import QueryGuard
 from .result import ResultWriter
 from .stage import StageEngine, StagePhase, StageStatus
 from .survivors import SurvivorStatus, Survivors
 from .topk import TopKFilter
 
-__all__ = ["COUNTERS", "QUERIES", "stage_engine", "stage_engines", "ports", "stages_layout",
-           "Accelerator"]
+__all__ = ["COUNTERS", "QUERIES", "stage_engine", "stage_engines", "ports", "query_ports",
+           "stages_layout", "Accelerator"]
 
 #: Queries whose frame is in but whose answer is not out yet, per status FIFO
 #: (the router goes on to the next query's records meanwhile).
@@ -88,6 +95,9 @@ COUNTERS = ("frames", "queries", "errors", "candidates", "macs", "lookup_bytes",
 #: The stage engine's ports fed by records, in port order after the others.
 _STAGE_PORTS = ("conf", "ldesc", "p0", "dot_params", "upair_params", "uw", "sw",
                 "q", "ubags", "cand", "dense")
+
+#: A query's ports, per stage (hw.query_guard): only a query's frame writes them.
+_QUERY_PORTS = ("q", "dense", "ubags", "cand")
 
 
 def stage_engine(config: Config, engine: int = 0, *,
@@ -135,6 +145,16 @@ def ports(config: Config, stages: list | None = None) -> list:
     return out
 
 
+def query_ports(config: Config) -> list:
+    """The record ports of a query (:data:`_QUERY_PORTS`, stage 2's with an
+    ``s2_`` prefix), in wire order: only a ``SUBMIT_QUERY`` frame writes
+    them (:class:`hw.loader.RecordRouter`)."""
+    out = list(_QUERY_PORTS)
+    if config.stage.stages == 2:
+        out += [f"s2_{n}" for n in _QUERY_PORTS if n != "cand"]
+    return out
+
+
 def stages_layout() -> data.StructLayout:
     """The ``stages`` record (two-stage top levels): ``one``: run stage 1
     alone (its list is the answer; stage 2 and the survivors are bypassed)."""
@@ -170,7 +190,12 @@ class Accelerator(wiring.Component):
         self._cfg = config
         self.stages = stage_engines(config)
         self.emb = EmbeddingLookup(config.embedding)
-        self.router = RecordRouter(ports(config, self.stages), counters=len(COUNTERS))
+        self.router = RecordRouter(ports(config, self.stages), counters=len(COUNTERS),
+                                   query_ports=query_ports(config))
+        st = config.stage
+        self.guard = QueryGuard(self.stages, limit=(
+            (st.max_candidates, 1 << config.topk.id_bits) if st.stages == 2
+            else 1 << config.topk.id_bits))
         members = {"i": In(stream.Signature(word_layout())),
                    "o": Out(stream.Signature(word_layout()))}
         for c in range(config.embedding.channels):
@@ -217,8 +242,21 @@ class Accelerator(wiring.Component):
             wiring.connect(m, getattr(emb, f"m{c}"), wiring.flipped(getattr(self, f"m{c}")))
 
         # -- the records' ports ------------------------------------------------------
+        # a query's records through the guard (each frame one whole query),
+        # the others straight to the stage
+        m.submodules.guard = guard = self.guard
+        for name in guard.parts:
+            wiring.connect(m, getattr(router, name), getattr(guard, f"i_{name}"))
         for name in _STAGE_PORTS:
-            wiring.connect(m, getattr(router, name), getattr(stage, name))
+            if name not in _QUERY_PORTS:
+                wiring.connect(m, getattr(router, name), getattr(stage, name))
+            elif name != "cand" or not two:
+                wiring.connect(m, getattr(guard, f"o_{name}"), getattr(stage, name))
+        for s in range(len(self.stages)):
+            rc = getattr(router, "s2_conf" if s else "conf")
+            with m.If(rc.valid & rc.ready):
+                m.d.sync += [guard.n_pooled[s].eq(rc.payload.n_pooled),
+                             guard.dense_chunks[s].eq(rc.payload.dense_chunks)]
         wiring.connect(m, router.fetch_params, fetch.params)
         if emb_cfg.onchip_banks:
             wiring.connect(m, router.bank_w, emb.bank_w)
@@ -246,23 +284,31 @@ class Accelerator(wiring.Component):
             wiring.connect(m, getattr(fetch, f"i{u}"), getattr(emb, f"i{u}"))
             wiring.connect(m, getattr(emb, f"o{u}"), getattr(fetch, f"o{u}"))
         wiring.connect(m, stage.topk, topk.i)
-        # the query's tag, from its frame (the router goes on to the next query)
-        m.submodules.qtags = qtags = SyncFIFOBuffered(width=16, depth=QUERIES)
-        m.d.comb += [qtags.w_data.eq(router.qtag.payload), qtags.w_en.eq(router.qtag.valid),
-                     router.qtag.ready.eq(qtags.w_rdy)]
+        # the query's tag and frame status, from the guard once the query is
+        # whole (the router goes on to the next query); a frame's error is
+        # its answer's status
+        wiring.connect(m, router.qtag, guard.i_qtag)
+        m.submodules.qtags = qtags = SyncFIFOBuffered(width=qtag_layout().size,
+                                                      depth=QUERIES)
+        m.d.comb += [qtags.w_data.eq(guard.o_qtag.payload), qtags.w_en.eq(guard.o_qtag.valid),
+                     guard.o_qtag.ready.eq(qtags.w_rdy)]
+        qt = qtag_layout()(qtags.r_data)
         mt = result.meta
+        m.d.comb += mt.payload.tag.eq(qt.tag)
         if not two:
             wiring.connect(m, stage.bags, fetch.bags)
             wiring.connect(m, fetch.o, stage.feat)
             wiring.connect(m, topk.o, result.i)
             st = stage.status
             both = qtags.r_rdy & st.valid
-            m.d.comb += [mt.valid.eq(both), mt.payload.tag.eq(qtags.r_data),
-                         mt.payload.status.eq(_answer_status(st.payload)),
+            m.d.comb += [mt.valid.eq(both),
+                         mt.payload.status.eq(Mux(qt.status != Status.OK, qt.status,
+                                                  _answer_status(st.payload))),
                          qtags.r_en.eq(both & mt.ready), st.ready.eq(both & mt.ready)]
             busy = stage.busy
         else:
-            busy = self._stage_two(m, router, cluster, fetch, stage, topk, result, qtags)
+            busy = self._stage_two(m, router, guard, cluster, fetch, stage, topk, result,
+                                   qtags, qt)
 
         # -- counters (READ_COUNTERS; host.protocol.COUNTERS, in that order) ----------
         count = {n: Signal(64, name=f"count_{n}") for n in COUNTERS}
@@ -326,7 +372,7 @@ class Accelerator(wiring.Component):
                          we.ready.eq(cp.cerr.ready)]
         return m
 
-    def _stage_two(self, m, router, cluster, fetch, stage, topk, result, qtags):
+    def _stage_two(self, m, router, guard, cluster, fetch, stage, topk, result, qtags, qt):
         """Stage 2 (module documentation); returns the stages' busy."""
         cfg = self._cfg
         m.submodules.stage2 = stage2 = self.stages[1]
@@ -336,8 +382,10 @@ class Accelerator(wiring.Component):
         m.submodules.survivors = surv = Survivors(cfg, max_items=cfg.stage.max_items,
                                                   max_candidates=cfg.stage.max_candidates)
         for name in _STAGE_PORTS:
-            if name != "cand":
+            if name not in _QUERY_PORTS:
                 wiring.connect(m, getattr(router, f"s2_{name}"), getattr(stage2, name))
+            elif name != "cand":
+                wiring.connect(m, getattr(guard, f"o_s2_{name}"), getattr(stage2, name))
         _engine_port(m, router.s2_engine, stage2.ecmd, cluster.cmd_1)
         wiring.connect(m, cluster.resp_1, stage2.eresp)
         for out, into in (
@@ -351,10 +399,11 @@ class Accelerator(wiring.Component):
         m.d.comb += router.stages.ready.eq(1)
         with m.If(router.stages.valid):
             m.d.sync += one.eq(router.stages.payload.one)
+        m.d.comb += guard.one.eq(one)
         # stage 1's candidates are recorded on their way in; its list gives
         # stage 2's candidates (one stage: straight to stage 1; its list is
         # the answer)
-        rc, sc, t1, t2, ri = router.cand, stage.cand, topk.o, topk2.o, result.i
+        rc, sc, t1, t2, ri = guard.o_cand, stage.cand, topk.o, topk2.o, result.i
         m.d.comb += [surv.cand.payload.eq(rc.payload), surv.cand.valid.eq(rc.valid & ~one),
                      sc.valid.eq(Mux(one, rc.valid, surv.cand_o.valid)),
                      sc.payload.eq(Mux(one, rc.payload, surv.cand_o.payload)),
@@ -387,15 +436,17 @@ class Accelerator(wiring.Component):
         m.d.comb += [sv.w_en.eq(e.valid & e.ready),
                      sv.w_data.eq(Mux(ok, Status.OK, Mux(bad_input, Status.BAD_PAYLOAD,
                                                          Status.DEVICE_ERROR)))]
-        # the answer's status: the first error of stage 1, the survivors, stage 2
-        # (one stage: stage 1's)
+        # the answer's status: the first error of the frame, stage 1, the
+        # survivors, stage 2 (one stage: the frame's, stage 1's)
         st2, mt = stage2.status, result.meta
         all_in = qtags.r_rdy & s1.r_rdy & (one | (sv.r_rdy & st2.valid))
         taken = all_in & mt.ready
-        m.d.comb += [mt.valid.eq(all_in), mt.payload.tag.eq(qtags.r_data),
-                     mt.payload.status.eq(Mux(one | (s1.r_data != Status.OK), s1.r_data,
-                                              Mux(sv.r_data != Status.OK, sv.r_data,
-                                                  _answer_status(st2.payload)))),
+        m.d.comb += [mt.valid.eq(all_in),
+                     mt.payload.status.eq(
+                         Mux(qt.status != Status.OK, qt.status,
+                             Mux(one | (s1.r_data != Status.OK), s1.r_data,
+                                 Mux(sv.r_data != Status.OK, sv.r_data,
+                                     _answer_status(st2.payload))))),
                      qtags.r_en.eq(taken), s1.r_en.eq(taken),
                      sv.r_en.eq(taken & ~one), st2.ready.eq(taken & ~one)]
         return stage.busy | stage2.busy

@@ -17,7 +17,7 @@ import cocotb
 import numpy as np
 
 from host import protocol as P
-from host.device_format import DeviceFormat
+from host.device_format import DeviceFormat, RecordWriter
 from host.driver import Accelerator, CompiledModel, DeviceError, answer_right
 from host.models import StageModelConfig, TableSpec, init_params, quantize_stage_model
 from host.movielens import synthetic_queries
@@ -33,6 +33,45 @@ from sim.transport import SimTransport
 __all__ = ["TOPLEVEL", "build_top", "tiny_stage", "cached_tiny", "two_stage_tiny", "run_job"]
 
 TOPLEVEL = "recaccel_top"
+
+
+def _records(fmt: DeviceFormat, words) -> list:
+    """A payload's records: ``(port name, words)``, header first."""
+    from amaranth.hdl import Shape
+    names = [n for n, _ in fmt.ports]
+    nw = [-(-Shape.cast(layout).width // 64) for _, layout in fmt.ports]
+    words, out, i = [int(w) for w in words], [], 0
+    while i < len(words):
+        port, count = words[i] & 0xFF, words[i] >> 8
+        n = 1 + count * nw[port]
+        out.append((names[port], words[i:i + n]))
+        i += n
+    return out
+
+
+def broken_queries(fmt: DeviceFormat, query) -> list:
+    """``(what, opcode, payload words)`` of frames a host should never send: a
+    query's records cut short, missing, out of order, repeated, or beside a
+    load's, and a load with a query's record. Each is answered
+    ``BAD_PAYLOAD`` (the queries as such, so that those after them are
+    right)."""
+    recs = _records(fmt, fmt.query(query))
+    flat = [w for _, r in recs for w in r]
+    names = [n for n, _ in recs]
+    cand = names.index("cand")
+    q = P.Opcode.SUBMIT_QUERY
+    return [
+        ("cut short", q, flat[:-1]),
+        ("no candidates", q, [w for n, r in recs if n != "cand" for w in r]),
+        ("candidates first", q, recs[cand][1] + [w for n, r in recs if n != "cand"
+                                                 for w in r]),
+        ("twice", q, flat + flat),
+        ("a weight in it", q, flat + [int(w) for w in RecordWriter(fmt.ports).add(
+            "engine", fmt.programs[0].engine_cmds[:1]).words()]),
+        # (a load of weights or tables would also unload the model)
+        ("a load with a query's record", P.Opcode.CONFIGURE_STAGES, recs[0][1]),
+        ("no records", q, []),
+    ]
 
 
 def build_top(cfg: Config | None = None, *, waves: bool = False):
@@ -122,6 +161,10 @@ async def test_queries_through_the_top_level(dut):
         out["version"] = acc.ping()
         out["counters"] = acc.counters()
         out["cycles"] = transport.now()
+        out["broken"] = [(what, acc.command(op, words, check=False).status)
+                         for what, op, words in broken_queries(fmt, queries[3])]
+        acc.submit(queries[4])
+        out["after_broken"] = acc.wait_all()
         return out
 
     out = await bridge(host)()
@@ -144,6 +187,12 @@ async def test_queries_through_the_top_level(dut):
     assert last.status == P.Status.OK
     assert last.positions.tolist() == golden[2].positions.tolist()
     assert out["version"] == P.VERSION
+    wrong = [(what, st) for what, st in out["broken"] if st != P.Status.BAD_PAYLOAD]
+    assert not wrong and len(out["broken"]) == 7, wrong
+    (last,) = out["after_broken"]
+    assert last.status == P.Status.OK
+    assert last.positions.tolist() == golden[4].positions.tolist()
+    assert last.scores.tolist() == golden[4].scores.tolist()
     c = out["counters"]
     n = len(queries) + 3                    # the good ones, the broken one, two after
     assert c["queries"] == n and c["macs"] == 0
@@ -283,6 +332,10 @@ async def test_two_stages_through_the_top_level(dut):
         acc.submit(queries[3])
         out["after_k0"] = acc.wait_all()
         out["counters"] = acc.counters()
+        out["broken"] = [(what, acc.command(op, words, check=False).status)
+                         for what, op, words in broken_queries(fmt, queries[4])]
+        acc.submit(queries[5])
+        out["after_broken"] = acc.wait_all()
         # the big model alone (stage 2 bypassed, the whole array), then both again
         acc.load(alone)
         for i, q in enumerate(queries[:3]):
@@ -316,6 +369,10 @@ async def test_two_stages_through_the_top_level(dut):
     assert out["k0"] == P.Status.BAD_PAYLOAD, out["k0"]
     (last,) = out["after_k0"]
     right(last, queries[3])
+    wrong = [(what, st) for what, st in out["broken"] if st != P.Status.BAD_PAYLOAD]
+    assert not wrong and len(out["broken"]) == 7, wrong
+    (last,) = out["after_broken"]
+    right(last, queries[5])
     for a in out["alone"]:
         right(a, queries[a.index], alone_spec)
     assert len(out["alone"]) == 3

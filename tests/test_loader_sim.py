@@ -44,57 +44,60 @@ def frame_beats(opcode, tag, words, bad=False):
             for i, w in enumerate(words)]
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_records_reach_their_ports(seed):
+@pytest.mark.parametrize("seed,query_ports", [(0, ()), (1, ()), (2, ("c",)), (3, ("c",))])
+def test_records_reach_their_ports(seed, query_ports):
+    """Random frames of records, good and broken; with ``query_ports``, a
+    query's frame may write only those and the other frames only the others.
+    Every beat before a frame breaks still arrives; a query's frame always
+    ends on ``qtag``, with its status."""
     r = random.Random(seed)
-    dut = RecordRouter(PORTS)
+    dut = RecordRouter(PORTS, query_ports=query_ports)
     widths = {"a": 10, "b": 70, "c": 120}
-    frames, want = [], {p: [] for p, _ in PORTS}
+    names = [p for p, _ in PORTS]
+    frames, want = [], {p: [] for p in names}
     answers = []
-    for n in range(20):
-        kind = r.choice(["good", "good", "good", "query", "short", "port", "bad", "empty"])
-        op = Opcode.SUBMIT_QUERY if kind == "query" else r.choice(
+    for n in range(24):
+        kind = r.choice(["good", "good", "good", "query", "query", "short", "port", "bad",
+                         "empty", "mixed"])
+        query = kind == "query" or (kind != "good" and r.random() < 0.5)
+        op = Opcode.SUBMIT_QUERY if query or kind == "empty" else r.choice(
             [Opcode.LOAD_WEIGHTS, Opcode.LOAD_TABLES, Opcode.CONFIGURE_STAGES])
+        allowed = [p for p in names if not query_ports or (p in query_ports) == query]
+        others = [p for p in names if p not in allowed]
         w = RecordWriter(PORTS)
-        sent = {p: [] for p, _ in PORTS}
-        for _ in range(r.randrange(1, 4)):
-            p = r.choice([p for p, _ in PORTS])
-            beats = [r.getrandbits(widths[p]) for _ in range(r.randrange(1, 4))]
-            w.add(p, beats)
-            sent[p] += beats
+        for k in range(r.randrange(1, 4)):
+            # a mixed frame: a record of a port its kind may not write, last
+            p = r.choice(others) if kind == "mixed" and k > 0 and others else r.choice(allowed)
+            w.add(p, [r.getrandbits(widths[p]) for _ in range(r.randrange(1, 4))])
         words = [int(x) for x in w.words()]
         tag = 100 + n
-        status = Status.OK
         if kind == "short":         # the frame ends inside its last record
             words = words[:-1]
-            status = Status.BAD_PAYLOAD
         elif kind == "port":        # a record for a port that does not exist
             words = words + [record_header(len(PORTS), 1), 5]
-            status = Status.BAD_PAYLOAD
-        elif kind == "bad":         # the decoder says the frame's length was wrong
-            status = Status.MALFORMED_FRAME
         elif kind == "empty":
-            words, sent = [], {p: [] for p, _ in PORTS}
-            op = Opcode.SUBMIT_QUERY
-            status = Status.BAD_PAYLOAD
+            words = []
         frames.append(frame_beats(op, tag, words, bad=kind == "bad"))
-        # a short frame: every beat before the break still arrives
-        if kind == "short":
-            got_words = words
-            sent = {p: [] for p, _ in PORTS}
-            i = 0
-            names = [p for p, _ in PORTS]
-            while i < len(got_words):
-                port, count = got_words[i] & 0xFF, got_words[i] >> 8
-                nw = -(-widths[names[port]] // 64)
-                i += 1
-                for _ in range(count):
-                    if i + nw <= len(got_words):
-                        sent[names[port]].append(
-                            sum(got_words[i + k] << (64 * k) for k in range(nw)))
-                    i += nw
-        for p in sent:
-            want[p] += sent[p]
+        # what arrives: every beat up to the first bad record header or the
+        # frame's end inside a beat
+        status, i = Status.OK, 0
+        if not words:
+            status = Status.BAD_PAYLOAD if op == Opcode.SUBMIT_QUERY else Status.OK
+        while i < len(words):
+            port, count = words[i] & 0xFF, words[i] >> 8
+            if port >= len(names) or (query_ports and (names[port] in query_ports) != query):
+                status = Status.BAD_PAYLOAD
+                break
+            nw = -(-widths[names[port]] // 64)
+            i += 1
+            for _ in range(count):
+                if i + nw <= len(words):
+                    want[names[port]].append(sum(words[i + k] << (64 * k) for k in range(nw)))
+                else:
+                    status = Status.BAD_PAYLOAD
+                i += nw
+        if kind == "bad":           # the decoder says the frame's length was wrong
+            status = Status.MALFORMED_FRAME
         answers.append((op, tag, status))
 
     got = {p: [] for p, _ in PORTS}
@@ -136,7 +139,7 @@ def test_records_reach_their_ports(seed):
                 ctx.set(dut.qtag.ready, 1)
                 await ctx.tick()
                 ctx.set(dut.qtag.ready, 0)
-                got_answers.append((Opcode.SUBMIT_QUERY, t, Status.OK))
+                got_answers.append((Opcode.SUBMIT_QUERY, t.tag, t.status))
             else:
                 await ctx.tick()
         done.append("answers")
@@ -149,7 +152,7 @@ def test_records_reach_their_ports(seed):
     sim.add_testbench(loaded)
     for tb in [source, answer] + [sink(p) for p, _ in PORTS]:
         sim.add_testbench(tb)
-    sim.run_until(1e-8 * 20_000)
+    sim.run_until(1e-8 * 40_000)
     assert sorted(done) == sorted(["source", "answers"] + [p for p, _ in PORTS]), done
     assert got == want
     assert got_answers == answers
