@@ -23,13 +23,13 @@ or an empty ``SUBMIT_QUERY`` is answered ``BAD_PAYLOAD`` on ``err`` (a bad
 frame length ``MALFORMED_FRAME``), and the rest of the frame is dropped;
 beats already sent stay sent. Nothing waits for a word that may never come.
 
-A ``SUBMIT_QUERY`` frame taken while ``loaded`` ends instead with its tag
+A ``SUBMIT_QUERY`` frame that starts while ``loaded`` ends instead with its tag
 and status on ``qtag`` (:func:`qtag_layout`), whatever went wrong with it:
 its beats may have gone out, so it is a query, answered later (by the
 result writer) with that status unless it is ``OK``
 (:class:`hw.query_guard.QueryGuard` makes whole what the frame left out).
-Before ``loaded``, its answer is ``NOT_LOADED`` on ``err`` and nothing of it
-goes out.
+One that starts before ``loaded`` is answered ``NOT_LOADED`` on ``err`` and
+nothing of it goes out.
 """
 
 from amaranth.hdl import Const, Module, Mux, Shape, Signal, unsigned
@@ -141,7 +141,8 @@ class RecordRouter(wiring.Component):
                         is_q = Const(sum(int(q) << p for p, q in enumerate(self._query)),
                                      len(self._ports)).bit_select(hdr_port, 1)
                         bad_hdr |= is_q != (c.opcode == Opcode.SUBMIT_QUERY)
-                    refuse = (c.opcode == Opcode.SUBMIT_QUERY) & ~self.loaded
+                    # (at the frame's start: a query taken is answered on ``qtag``)
+                    refuse = (c.opcode == Opcode.SUBMIT_QUERY) & ~self.loaded & c.first
                     with m.If(c.opcode == Opcode.READ_COUNTERS):
                         # no payload; the answer is the counters, as they are now
                         m.d.sync += snapshot.eq(self.counters)

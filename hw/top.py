@@ -27,6 +27,13 @@ missing, out of order or repeated, wrong delimiters, cut short, a record
 for another port) is answered ``BAD_PAYLOAD`` (a bad length
 ``MALFORMED_FRAME``), and the queries after it are not touched. Only a
 query's frame writes a query's ports (:func:`query_ports`).
+An MLP engine's answers go to its stage only when they answer the
+stage's RUNs; a load's (``SET_SPLIT``, or an error: a bad engine command
+in a load) are dropped. After a load's engine error every query is
+answered ``NOT_LOADED`` until the next ``LOAD_WEIGHTS``: those that come
+later are refused, and those taken before the error showed (the engine
+answers a bad write after the RUN it follows, when the load's frame may
+be answered already) ran on what the load left.
 ``READ_COUNTERS`` is answered with :data:`COUNTERS`.
 Table rows in device memory are written by the host directly (as a PCIe
 DMA would; a testbench writes the memory model). The router takes the next
@@ -59,7 +66,7 @@ undefined; so is a load the stage cannot run (the host checks,
 :mod:`host.stage_program`).
 """
 
-from amaranth.hdl import Module, Mux, Shape, Signal
+from amaranth.hdl import Cat, Module, Mux, Shape, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -72,7 +79,7 @@ from .embedding import (EmbeddingLookup, _units, bank_write_layout, cache_write_
 from .feature_fetch import FeatureFetch, param_layout as fetch_param_layout
 from .loader import RecordRouter, qtag_layout
 from .mlp_cluster import MLPCluster
-from .mlp_isa import Opcode as EOp, command_layout
+from .mlp_isa import Opcode as EOp, Status as EStatus, command_layout
 from .query_guard import QueryGuard
 from .result import ResultWriter
 from .stage import StageEngine, StagePhase, StageStatus
@@ -161,12 +168,31 @@ def stages_layout() -> data.StructLayout:
     return data.StructLayout({"one": 1})
 
 
-def _engine_port(m, ld, sc, ec):
-    """An MLP engine's commands: written by records, else driven by its stage."""
+def _engine_port(m, name, ld, sc, ec, resp, eresp):
+    """An MLP engine: its commands written by records (``ld``), else its
+    stage's (``sc``); its answers to its stage's RUNs go to the stage
+    (``eresp``), the others are dropped: a load's SET_SPLIT or RUN, and a
+    bad command's error, which the engine answers before it takes another.
+    The owner of each answer due (a RUN's or SET_SPLIT's) waits in a FIFO,
+    in command order. Returns a pulse: a dropped answer was an error (a
+    load's bad command)."""
+    m.submodules[f"{name}_owners"] = owners = SyncFIFOBuffered(width=1, depth=4)
     with m.If(ld.valid):
-        m.d.comb += [ec.valid.eq(1), ec.payload.eq(ld.payload), ld.ready.eq(ec.ready)]
+        m.d.comb += [ec.valid.eq(owners.w_rdy), ec.payload.eq(ld.payload),
+                     ld.ready.eq(ec.ready & owners.w_rdy)]
     with m.Else():
-        m.d.comb += [ec.valid.eq(sc.valid), ec.payload.eq(sc.payload), sc.ready.eq(ec.ready)]
+        m.d.comb += [ec.valid.eq(sc.valid & owners.w_rdy), ec.payload.eq(sc.payload),
+                     sc.ready.eq(ec.ready & owners.w_rdy)]
+    op = ec.payload.op
+    m.d.comb += [owners.w_en.eq(ec.valid & ec.ready
+                                & ((op == EOp.RUN) | (op == EOp.SET_SPLIT))),
+                 owners.w_data.eq(~ld.valid)]
+    stage_s = owners.r_rdy & owners.r_data
+    m.d.comb += [eresp.valid.eq(resp.valid & stage_s), eresp.payload.eq(resp.payload),
+                 resp.ready.eq(Mux(stage_s, eresp.ready, 1)),
+                 owners.r_en.eq(resp.valid & resp.ready & resp.payload.last)]
+    return (resp.valid & resp.ready & resp.payload.last & ~stage_s
+            & (resp.payload.status != EStatus.OK))
 
 
 def _answer_status(st):
@@ -237,7 +263,6 @@ class Accelerator(wiring.Component):
         with m.Elif(cp.cmd.valid & cp.cmd.ready & cb.first
                     & ((cb.opcode == Opcode.LOAD_WEIGHTS) | (cb.opcode == Opcode.LOAD_TABLES))):
             m.d.sync += loaded.eq(0)
-        m.d.comb += router.loaded.eq(loaded)
         for c in range(emb_cfg.channels):
             wiring.connect(m, getattr(emb, f"m{c}"), wiring.flipped(getattr(self, f"m{c}")))
 
@@ -268,16 +293,19 @@ class Accelerator(wiring.Component):
                      fetch.desc.valid.eq(d.valid), fetch.desc.payload.eq(d.payload),
                      d.ready.eq(emb.desc.ready & fetch.desc.ready)]
 
-        _engine_port(m, router.engine, stage.ecmd, cluster.cmd_0)
-        # a SET_SPLIT written by records (two stages: the load splits the
-        # array) is answered with a trailer, which is not the stage's: dropped
-        splits = Signal(2)      # SET_SPLITs written, their trailers not yet seen
-        ld, r0 = router.engine, cluster.resp_0
-        set_split = (ld.valid & ld.ready & (ld.payload.op == EOp.SET_SPLIT))
-        drop = (splits != 0) & r0.payload.last
-        m.d.comb += [stage.eresp.valid.eq(r0.valid & ~drop), stage.eresp.payload.eq(r0.payload),
-                     r0.ready.eq(stage.eresp.ready | drop)]
-        m.d.sync += splits.eq(splits + set_split - (r0.valid & drop))
+        # a load's engine commands that failed: no query runs until the
+        # next LOAD_WEIGHTS (the model is not what the host loaded)
+        fault = Signal()
+        faults = [_engine_port(m, "engine0", router.engine, stage.ecmd, cluster.cmd_0,
+                               cluster.resp_0, stage.eresp)]
+        if two:
+            faults.append(_engine_port(m, "engine1", router.s2_engine, self.stages[1].ecmd,
+                                       cluster.cmd_1, cluster.resp_1, self.stages[1].eresp))
+        with m.If(Cat(*faults).any()):
+            m.d.sync += fault.eq(1)
+        with m.Elif(cp.cmd.valid & cp.cmd.ready & cb.first & (cb.opcode == Opcode.LOAD_WEIGHTS)):
+            m.d.sync += fault.eq(0)
+        m.d.comb += router.loaded.eq(loaded & ~fault)
 
         # -- the query path ------------------------------------------------------------
         for u in range(_units(emb_cfg)):
@@ -293,6 +321,11 @@ class Accelerator(wiring.Component):
         m.d.comb += [qtags.w_data.eq(guard.o_qtag.payload), qtags.w_en.eq(guard.o_qtag.valid),
                      guard.o_qtag.ready.eq(qtags.w_rdy)]
         qt = qtag_layout()(qtags.r_data)
+        # (a query answered after a load's engine error ran on what that load
+        # left: its engine answers come after the error's, so it is answered
+        # after ``fault`` is set)
+        q_status = Signal(Status)
+        m.d.comb += q_status.eq(Mux(fault, Status.NOT_LOADED, qt.status))
         mt = result.meta
         m.d.comb += mt.payload.tag.eq(qt.tag)
         if not two:
@@ -302,13 +335,13 @@ class Accelerator(wiring.Component):
             st = stage.status
             both = qtags.r_rdy & st.valid
             m.d.comb += [mt.valid.eq(both),
-                         mt.payload.status.eq(Mux(qt.status != Status.OK, qt.status,
+                         mt.payload.status.eq(Mux(q_status != Status.OK, q_status,
                                                   _answer_status(st.payload))),
                          qtags.r_en.eq(both & mt.ready), st.ready.eq(both & mt.ready)]
             busy = stage.busy
         else:
             busy = self._stage_two(m, router, guard, cluster, fetch, stage, topk, result,
-                                   qtags, qt)
+                                   qtags, q_status)
 
         # -- counters (READ_COUNTERS; host.protocol.COUNTERS, in that order) ----------
         count = {n: Signal(64, name=f"count_{n}") for n in COUNTERS}
@@ -372,7 +405,8 @@ class Accelerator(wiring.Component):
                          we.ready.eq(cp.cerr.ready)]
         return m
 
-    def _stage_two(self, m, router, guard, cluster, fetch, stage, topk, result, qtags, qt):
+    def _stage_two(self, m, router, guard, cluster, fetch, stage, topk, result, qtags,
+                   q_status):
         """Stage 2 (module documentation); returns the stages' busy."""
         cfg = self._cfg
         m.submodules.stage2 = stage2 = self.stages[1]
@@ -386,8 +420,6 @@ class Accelerator(wiring.Component):
                 wiring.connect(m, getattr(router, f"s2_{name}"), getattr(stage2, name))
             elif name != "cand":
                 wiring.connect(m, getattr(guard, f"o_s2_{name}"), getattr(stage2, name))
-        _engine_port(m, router.s2_engine, stage2.ecmd, cluster.cmd_1)
-        wiring.connect(m, cluster.resp_1, stage2.eresp)
         for out, into in (
                 # one feature fetch for both stages
                 (stage.bags, arb.i0), (stage2.bags, arb.i1), (arb.o, fetch.bags),
@@ -443,7 +475,7 @@ class Accelerator(wiring.Component):
         taken = all_in & mt.ready
         m.d.comb += [mt.valid.eq(all_in),
                      mt.payload.status.eq(
-                         Mux(qt.status != Status.OK, qt.status,
+                         Mux(q_status != Status.OK, q_status,
                              Mux(one | (s1.r_data != Status.OK), s1.r_data,
                                  Mux(sv.r_data != Status.OK, sv.r_data,
                                      _answer_status(st2.payload))))),

@@ -23,6 +23,7 @@ from host.models import StageModelConfig, TableSpec, init_params, quantize_stage
 from host.movielens import synthetic_queries
 from host.pipeline import PipelineSpec, run_pipeline
 from hw.config import Config
+from hw.mlp_isa import Opcode as EOp
 from sim import runner
 from sim.axi_mem import AxiReadMemory
 from sim.build import design_verilog
@@ -165,6 +166,22 @@ async def test_queries_through_the_top_level(dut):
                          for what, op, words in broken_queries(fmt, queries[3])]
         acc.submit(queries[4])
         out["after_broken"] = acc.wait_all()
+        # a load whose engine commands are a RUN and a write past the weights:
+        # taken, but no query runs until weights are loaded again
+        frames, _ = fmt.compile(compiled)
+        target = fmt.programs[0].target
+        bad_cmds = RecordWriter(fmt.ports).add("engine", [
+            target.pack(EOp.RUN, run={"layers": 1, "rows": 2}),
+            target.pack(EOp.WRITE_WEIGHTS, weights={"addr": cfg.array.weight_words})]).words()
+        for op, words in frames:
+            if op == P.Opcode.LOAD_WEIGHTS:
+                words = np.concatenate([words, bad_cmds])
+            out.setdefault("bad_load", []).append(acc.command(op, words, check=False).status)
+        out["after_bad_load"] = acc.command(P.Opcode.SUBMIT_QUERY, fmt.query(queries[5]),
+                                            check=False).status
+        acc.load(compiled)
+        acc.submit(queries[5])
+        out["reloaded"] = acc.wait_all()
         return out
 
     out = await bridge(host)()
@@ -193,6 +210,11 @@ async def test_queries_through_the_top_level(dut):
     assert last.status == P.Status.OK
     assert last.positions.tolist() == golden[4].positions.tolist()
     assert last.scores.tolist() == golden[4].scores.tolist()
+    assert out["bad_load"] == [P.Status.OK] * len(out["bad_load"]), out["bad_load"]
+    assert out["after_bad_load"] == P.Status.NOT_LOADED, out["after_bad_load"]
+    (last,) = out["reloaded"]
+    assert last.status == P.Status.OK
+    assert last.positions.tolist() == golden[5].positions.tolist()
     c = out["counters"]
     n = len(queries) + 3                    # the good ones, the broken one, two after
     assert c["queries"] == n and c["macs"] == 0

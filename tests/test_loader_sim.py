@@ -196,3 +196,41 @@ def test_queries_wait_for_a_configuration():
     sim.run_until(1e-8 * 2000)
     assert answers == [(1, Status.NOT_LOADED), (2, Status.OK), (3, Status.OK)]
     assert got == [5, 6, 5, 6]
+
+
+def test_a_query_taken_is_answered_on_qtag():
+    """``loaded`` going low in the middle of a query's frame (a load's engine
+    error showing late) does not cut the query: its beats all go out and it
+    ends on ``qtag``, so that each query the stages saw has its tag."""
+    dut = RecordRouter(PORTS)
+    words = [int(w) for w in RecordWriter(PORTS).add("a", [5]).add("b", [7]).words()]
+    got, tags = [], []
+
+    async def source(ctx):
+        ctx.set(dut.loaded, 1)
+        for i, b in enumerate(frame_beats(Opcode.SUBMIT_QUERY, 9, words)):
+            if i == 2:                      # after the first record
+                ctx.set(dut.loaded, 0)
+            await stream_put(ctx, dut.cmd, b)
+
+    async def sink(ctx):
+        for s in (dut.a, dut.b, dut.ans, dut.err, dut.qtag):
+            ctx.set(s.ready, 1)
+        for _ in range(200):
+            *_, av, a, bv, b, qv, q, ev = await ctx.tick().sample(
+                dut.a.valid, dut.a.payload, dut.b.valid, dut.b.payload,
+                dut.qtag.valid, dut.qtag.payload, dut.err.valid)
+            assert not ev
+            if av:
+                got.append(int(a))
+            if bv:
+                got.append(int(b.x))
+            if qv:
+                tags.append((q.tag, Status(q.status)))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(source)
+    sim.add_testbench(sink)
+    sim.run_until(1e-8 * 400)
+    assert got == [5, 7] and tags == [(9, Status.OK)]
