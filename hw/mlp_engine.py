@@ -628,6 +628,9 @@ class MLPEngine(wiring.Component):
         snd_info = Signal(32)
         snd_wait = Signal.like(tail)        # cycles until the RUN's rows are written
         snd_par = Signal()                  # the RUN's parity
+        # ``out_row == snd_rows``, kept in a register: the compare would
+        # otherwise sit in front of ``resp.valid``
+        done_issuing = Signal()
         with m.If(snd_wait != 0):
             m.d.sync += snd_wait.eq(snd_wait - 1)
         with m.If(snd_active):
@@ -635,7 +638,6 @@ class MLPEngine(wiring.Component):
             # (a row once it is written: a read presented after the write)
             written = (snd_wait == 0) | (out_row < Mux(snd_par, fin_rows[1], fin_rows[0]))
             room = (out_owed < rfifo_depth) & written
-            done_issuing = out_row == snd_rows
             m.d.comb += out_issue.eq(room & ~done_issuing)
             with m.If(out_issue):
                 last_chunk = out_chunk == snd_nt_m1
@@ -643,7 +645,8 @@ class MLPEngine(wiring.Component):
                              out_rd_addr.eq(Mux(last_chunk, snd_lo + out_row + 1,
                                                 out_rd_addr + snd_rows))]
                 with m.If(last_chunk):
-                    m.d.sync += out_row.eq(out_row + 1)
+                    m.d.sync += [out_row.eq(out_row + 1),
+                                 done_issuing.eq(out_row + 1 == snd_rows)]
             with m.If(done_issuing & (out_inflight == 0) & (rfifo.level == 0)):
                 m.d.comb += [self.resp.valid.eq(1),
                              self.resp.payload.status.eq(Status.OK),
@@ -928,7 +931,8 @@ class MLPEngine(wiring.Component):
                     # registers. The trailer's count is the RUN's cycles to
                     # its last row written, as if it had waited.)
                     with m.If(issued & ~snd_active):
-                        m.d.sync += [out_row.eq(0), out_chunk.eq(0),
+                        # (a RUN has rows: ``done_issuing`` starts low)
+                        m.d.sync += [out_row.eq(0), out_chunk.eq(0), done_issuing.eq(0),
                                      out_rd_addr.eq(base), out_buf.eq(~layer[0]),
                                      snd_active.eq(1), snd_wait.eq(tail),
                                      snd_lo.eq(base), snd_hi.eq(dst_hi), snd_rows.eq(rows),
