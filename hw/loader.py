@@ -22,6 +22,8 @@ another port in a query's frame), a header word with bits above the count,
 or an empty ``SUBMIT_QUERY`` is answered ``BAD_PAYLOAD`` on ``err`` (a bad
 frame length ``MALFORMED_FRAME``), and the rest of the frame is dropped;
 beats already sent stay sent. Nothing waits for a word that may never come.
+A frame during which ``reject`` was high (a block refused a beat it took,
+say a configuration it cannot run) is answered ``BAD_CONFIG``.
 
 A ``SUBMIT_QUERY`` frame that starts while ``loaded`` ends instead with its tag
 and status on ``qtag`` (:func:`qtag_layout`), whatever went wrong with it:
@@ -90,7 +92,7 @@ class RecordRouter(wiring.Component):
         self._ports = ports
         self._counters = counters
         self._query = [n in query_ports for n in names] if query_ports else None
-        members = {"loaded": In(1),
+        members = {"loaded": In(1), "reject": In(1),
                    "counters": In(data.ArrayLayout(unsigned(64), max(counters, 1))),
                    "cmd": In(stream.Signature(command_layout())),
                    "ans": Out(stream.Signature(answer_layout())),
@@ -121,6 +123,14 @@ class RecordRouter(wiring.Component):
         snapshot = Signal.like(self.counters)
         word = Signal(range(max(self._counters, 1) + 1))
         status = Signal(Status)
+        # a block refused one of the frame's beats (``reject``): BAD_CONFIG
+        rejected = Signal()
+        with m.If(self.reject):
+            m.d.sync += rejected.eq(1)
+        with m.Elif(self.cmd.valid & self.cmd.ready & c.first):
+            m.d.sync += rejected.eq(0)
+        final = Signal(Status)
+        m.d.comb += final.eq(Mux((status == Status.OK) & rejected, Status.BAD_CONFIG, status))
         with m.Switch(port):
             for p, w in enumerate(words):
                 with m.Case(p):
@@ -222,22 +232,22 @@ class RecordRouter(wiring.Component):
                         m.d.sync += status.eq(Status.MALFORMED_FRAME)
                     m.next = "ANSWER"
             with m.State("ANSWER"):
-                with m.If((opcode == Opcode.SUBMIT_QUERY) & (status != Status.NOT_LOADED)):
+                with m.If((opcode == Opcode.SUBMIT_QUERY) & (final != Status.NOT_LOADED)):
                     m.d.comb += [self.qtag.valid.eq(1), self.qtag.payload.tag.eq(tag),
-                                 self.qtag.payload.status.eq(status)]
+                                 self.qtag.payload.status.eq(final)]
                     with m.If(self.qtag.ready):
                         m.next = "HEADER"
-                with m.Elif(status != Status.OK):
+                with m.Elif(final != Status.OK):
                     e = self.err.payload
                     m.d.comb += [self.err.valid.eq(1), e.opcode.eq(opcode), e.tag.eq(tag),
-                                 e.status.eq(status)]
+                                 e.status.eq(final)]
                     with m.If(self.err.ready):
                         m.next = "HEADER"
                 if self._counters:
                     with m.Elif(opcode == Opcode.READ_COUNTERS):
                         a = self.ans.payload
                         m.d.comb += [self.ans.valid.eq(1), a.opcode.eq(opcode),
-                                     a.tag.eq(tag), a.status.eq(status),
+                                     a.tag.eq(tag), a.status.eq(final),
                                      a.length.eq(self._counters), a.empty.eq(0),
                                      a.last.eq(word == self._counters - 1)]
                         for k in range(self._counters):
@@ -252,7 +262,7 @@ class RecordRouter(wiring.Component):
                     a = self.ans.payload
                     # (an empty answer: status is OK here)
                     m.d.comb += [self.ans.valid.eq(1), a.opcode.eq(opcode), a.tag.eq(tag),
-                                 a.status.eq(status), a.length.eq(0), a.data.eq(0),
+                                 a.status.eq(final), a.length.eq(0), a.data.eq(0),
                                  a.empty.eq(self.ans.valid), a.last.eq(self.ans.valid)]
                     with m.If(self.ans.ready):
                         m.next = "HEADER"

@@ -64,8 +64,10 @@ stage takes the dense features only once the query before has handed over,
 the bags at once).
 
 Everything a stage needs is written before its queries: the configuration
-(``conf``, :func:`conf_layout`, checked by the host: a configuration that
-cannot run is undefined here), the layer descriptors (``ldesc``: the bottom
+(``conf``, :func:`conf_layout`, checked by the host; one with a count out of
+range, which would leave a loop here without its end, is refused, with
+``conf_bad`` high while it is offered, and the old one stays; one that
+passes these checks but not the host's is undefined), the layer descriptors (``ldesc``: the bottom
 layers first, then the top layers but the last), the first top layer's
 ``mult``/``shift`` per channel (``p0``), both interactions' pair parameters
 and both wide units' weights; the engine's weight and parameter memories are
@@ -246,6 +248,7 @@ class StageEngine(wiring.Component):
             "status": Out(stream.Signature(StageStatus)),
             "busy": Out(1),
             "phase": Out(StagePhase),
+            "conf_bad": Out(1),
         })
 
     def elaborate(self, platform):
@@ -260,7 +263,28 @@ class StageEngine(wiring.Component):
         conf = Signal(self.conf.payload.shape())
         m.d.comb += self.conf.ready.eq(1)
         configured = Signal()
-        with m.If(self.conf.valid):
+        # a configuration it cannot run is refused (``conf_bad``; the old one
+        # stays): counts out of range would leave a loop without its end
+        c_in = self.conf.payload
+        c_users = c_in.has_bottom + c_in.n_pooled
+        c_side_ok = Cat(c_in.log_side == s.bit_length() - 1 for s in sides).any()
+        max_u_chunks = ceil_div(dim + self._upairs, dim)
+
+        def over(v, hi):
+            # (a compare the field's width already decides is not written)
+            return v > hi if (1 << len(v)) - 1 > hi else Const(0)
+        m.d.comb += self.conf_bad.eq(
+            (c_in.n_items == 0) | over(c_in.n_items, I) | (c_users == 0) | over(c_users, U)
+            | ~c_side_ok | (c_in.sb_rows == 0) | over(c_in.sb_rows, arr.max_rows)
+            | (c_in.pen_chunks == 0)
+            | over(c_in.pen_chunks, _max_chunks(cfg, self._engine, self._max_pen))
+            | (c_in.user_pass & ((c_in.u_chunks == 0) | over(c_in.u_chunks, max_u_chunks)))
+            | (c_in.n_top == 0) | over(c_in.n_top, arr.max_layers)
+            | Mux(c_in.has_bottom,
+                  (c_in.n_bottom == 0) | over(c_in.n_bottom, arr.max_layers)
+                  | (c_in.dense_chunks == 0) | over(c_in.dense_chunks, DENSE_FIFO // 2),
+                  c_in.dense_chunks != 0))
+        with m.If(self.conf.valid & ~self.conf_bad):
             m.d.sync += [conf.eq(self.conf.payload), configured.eq(1)]
         side_m1 = Signal(range(lanes))
         with m.Switch(conf.log_side):

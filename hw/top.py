@@ -34,6 +34,9 @@ answered ``NOT_LOADED`` until the next ``LOAD_WEIGHTS``: those that come
 later are refused, and those taken before the error showed (the engine
 answers a bad write after the RUN it follows, when the load's frame may
 be answered already) ran on what the load left.
+A configuration a stage cannot run (:attr:`hw.stage.StageEngine.conf_bad`:
+counts out of range) is refused: its frame is answered ``BAD_CONFIG``, and
+queries ``NOT_LOADED`` until a ``CONFIGURE_STAGES`` without one.
 ``READ_COUNTERS`` is answered with :data:`COUNTERS`.
 Table rows in device memory are written by the host directly (as a PCIe
 DMA would; a testbench writes the memory model). The router takes the next
@@ -255,14 +258,26 @@ class Accelerator(wiring.Component):
         wiring.connect(m, cp.o, wiring.flipped(self.o))
         wiring.connect(m, cp.cmd, router.cmd)
         # queries are taken once a configuration is written, until tables or
-        # weights are loaded again
+        # weights are loaded again; a configuration a stage refuses
+        # (``conf_bad``) answers its frame BAD_CONFIG, and no query is taken
+        # until a CONFIGURE_STAGES whose configurations are all good
         loaded = Signal()
+        bad_conf = Signal()
         cb = cp.cmd.payload
-        with m.If(router.conf.valid & router.conf.ready):
+        confs = [(getattr(router, "s2_conf" if s else "conf"), st)
+                 for s, st in enumerate(self.stages)]
+        refused = Cat(rc.valid & rc.ready & st.conf_bad for rc, st in confs).any()
+        m.d.comb += router.reject.eq(refused)
+        with m.If(router.conf.valid & router.conf.ready & ~stage.conf_bad):
             m.d.sync += loaded.eq(1)
         with m.Elif(cp.cmd.valid & cp.cmd.ready & cb.first
                     & ((cb.opcode == Opcode.LOAD_WEIGHTS) | (cb.opcode == Opcode.LOAD_TABLES))):
             m.d.sync += loaded.eq(0)
+        with m.If(refused):
+            m.d.sync += bad_conf.eq(1)
+        with m.Elif(cp.cmd.valid & cp.cmd.ready & cb.first
+                    & (cb.opcode == Opcode.CONFIGURE_STAGES)):
+            m.d.sync += bad_conf.eq(0)
         for c in range(emb_cfg.channels):
             wiring.connect(m, getattr(emb, f"m{c}"), wiring.flipped(getattr(self, f"m{c}")))
 
@@ -279,7 +294,7 @@ class Accelerator(wiring.Component):
                 wiring.connect(m, getattr(guard, f"o_{name}"), getattr(stage, name))
         for s in range(len(self.stages)):
             rc = getattr(router, "s2_conf" if s else "conf")
-            with m.If(rc.valid & rc.ready):
+            with m.If(rc.valid & rc.ready & ~self.stages[s].conf_bad):
                 m.d.sync += [guard.n_pooled[s].eq(rc.payload.n_pooled),
                              guard.dense_chunks[s].eq(rc.payload.dense_chunks)]
         wiring.connect(m, router.fetch_params, fetch.params)
@@ -305,7 +320,7 @@ class Accelerator(wiring.Component):
             m.d.sync += fault.eq(1)
         with m.Elif(cp.cmd.valid & cp.cmd.ready & cb.first & (cb.opcode == Opcode.LOAD_WEIGHTS)):
             m.d.sync += fault.eq(0)
-        m.d.comb += router.loaded.eq(loaded & ~fault)
+        m.d.comb += router.loaded.eq(loaded & ~fault & ~bad_conf)
 
         # -- the query path ------------------------------------------------------------
         for u in range(_units(emb_cfg)):

@@ -182,6 +182,17 @@ async def test_queries_through_the_top_level(dut):
         acc.load(compiled)
         acc.submit(queries[5])
         out["reloaded"] = acc.wait_all()
+        # a configuration the stage cannot run (no item table): refused, and
+        # no query runs until a good one is written
+        conf = [words for op, words in frames if op == P.Opcode.CONFIGURE_STAGES][0]
+        bad_conf = RecordWriter(fmt.ports).add("conf", [{**fmt.programs[0].conf,
+                                                         "n_items": 0}]).words()
+        out["bad_conf"] = [acc.command(P.Opcode.CONFIGURE_STAGES, bad_conf, check=False).status,
+                           acc.command(P.Opcode.SUBMIT_QUERY, fmt.query(queries[0]),
+                                       check=False).status,
+                           acc.command(P.Opcode.CONFIGURE_STAGES, conf, check=False).status]
+        acc.submit(queries[0])
+        out["good_conf"] = acc.wait_all()
         return out
 
     out = await bridge(host)()
@@ -215,6 +226,11 @@ async def test_queries_through_the_top_level(dut):
     (last,) = out["reloaded"]
     assert last.status == P.Status.OK
     assert last.positions.tolist() == golden[5].positions.tolist()
+    assert out["bad_conf"] == [P.Status.BAD_CONFIG, P.Status.NOT_LOADED, P.Status.OK], \
+        out["bad_conf"]
+    (last,) = out["good_conf"]
+    assert last.status == P.Status.OK
+    assert last.positions.tolist() == golden[0].positions.tolist()
     c = out["counters"]
     n = len(queries) + 3                    # the good ones, the broken one, two after
     assert c["queries"] == n and c["macs"] == 0

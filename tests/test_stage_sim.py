@@ -219,3 +219,40 @@ def test_an_engine_error_fails_its_query_alone(faults, faulty, status_delay):
         else:
             want = model.scores(q)
             assert got == [(c, int(want[c])) for c in range(q.n_candidates)]
+
+
+def test_a_configuration_it_cannot_run_is_refused():
+    """``conf_bad``: every configuration the host compiles passes; one with a
+    count out of range (each field in turn) is refused. (Any of these would
+    leave a loop of the stage without its end.)"""
+    limits = StageLimits(DIM, 3, 2, 16, 16)
+    goods = [compile_stage(dot_stage(d, u, i, top, 5), CFG, limits, sb_rows=sb).conf
+             for d, u, i, top, sb in ((3, 2, 1, (8, 1), 4), (0, 3, 2, (16, 8, 1), 64),
+                                      (5, 1, 1, (8, 4, 1), 1))]
+    good = goods[0]
+    bad = [("n_items", 0), ("n_items", 3), ("n_pooled", 3), ("sb_rows", 0), ("sb_rows", 65),
+           ("log_side", 3), ("pen_chunks", 0), ("pen_chunks", 9), ("u_chunks", 0),
+           ("u_chunks", 3), ("n_top", 0), ("n_top", 5), ("n_bottom", 0), ("n_bottom", 5),
+           ("dense_chunks", 0), ("dense_chunks", 9)]
+    cases = [(c, 0) for c in goods] + [({**good, k: v}, 1) for k, v in bad] + \
+        [({**goods[1], "dense_chunks": 1}, 1),                 # no bottom, dense chunks
+         ({**goods[1], "n_pooled": 0, "has_bottom": 0}, 1)]    # no user feature
+    stage = StageEngine(CFG, engine=0, dim=limits.dim, max_users=limits.max_users,
+                        max_items=limits.max_items, max_hidden=limits.max_hidden,
+                        max_pen=limits.max_pen)
+    got = []
+
+    async def tb(ctx):
+        for conf, _ in cases:
+            ctx.set(stage.conf.payload, conf)
+            ctx.set(stage.conf.valid, 1)
+            got.append(ctx.get(stage.conf_bad))
+            await ctx.tick()
+        ctx.set(stage.conf.valid, 0)
+
+    sim = Simulator(stage)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run_until(1e-8 * 200)
+    assert got == [want for _, want in cases], [(c, g) for c, g in zip(cases, got)
+                                                 if g != c[1]]
