@@ -129,6 +129,11 @@ class RecordRouter(wiring.Component):
             m.d.sync += rejected.eq(1)
         with m.Elif(self.cmd.valid & self.cmd.ready & c.first):
             m.d.sync += rejected.eq(0)
+        # a SUBMIT_QUERY frame that starts while ``loaded`` is a query: it
+        # ends on ``qtag``, whatever its status
+        query = Signal()
+        with m.If(self.cmd.valid & self.cmd.ready & c.first):
+            m.d.sync += query.eq((c.opcode == Opcode.SUBMIT_QUERY) & self.loaded)
         final = Signal(Status)
         m.d.comb += final.eq(Mux((status == Status.OK) & rejected, Status.BAD_CONFIG, status))
         with m.Switch(port):
@@ -232,7 +237,7 @@ class RecordRouter(wiring.Component):
                         m.d.sync += status.eq(Status.MALFORMED_FRAME)
                     m.next = "ANSWER"
             with m.State("ANSWER"):
-                with m.If((opcode == Opcode.SUBMIT_QUERY) & (final != Status.NOT_LOADED)):
+                with m.If(query):
                     m.d.comb += [self.qtag.valid.eq(1), self.qtag.payload.tag.eq(tag),
                                  self.qtag.payload.status.eq(final)]
                     with m.If(self.qtag.ready):

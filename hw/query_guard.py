@@ -20,7 +20,7 @@ delimiters set from the counts:
   dropped;
 * a beat for a later part, or the frame's end (``i_qtag``, which the router
   sends once the frame's beats are out), first completes the parts before
-  it with stand-ins: ``q`` with ``k = 1``; zero dense chunks; empty bags (a
+  it with stand-ins: ``q`` with ``k = 1``; dense chunks of zeros; empty bags (a
   bag cut short is ended by an empty beat, which carries no row); and
   candidates at position 0 with ids 0 (every table has a row 0) counting
   ``left`` down to 0;

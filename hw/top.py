@@ -71,7 +71,7 @@ undefined; so is a load the stage cannot run (the host checks,
 
 from amaranth.hdl import Cat, Module, Mux, Shape, Signal
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .bag_arbiter import BagArbiter
@@ -179,7 +179,9 @@ def _engine_port(m, name, ld, sc, ec, resp, eresp):
     The owner of each answer due (a RUN's or SET_SPLIT's) waits in a FIFO,
     in command order. Returns a pulse: a dropped answer was an error (a
     load's bad command)."""
-    m.submodules[f"{name}_owners"] = owners = SyncFIFOBuffered(width=1, depth=4)
+    # (first-word fall-through, a cycle from write to read: the engine may
+    # answer a command it refuses in the cycle after it took it)
+    m.submodules[f"{name}_owners"] = owners = SyncFIFO(width=1, depth=4)
     with m.If(ld.valid):
         m.d.comb += [ec.valid.eq(owners.w_rdy), ec.payload.eq(ld.payload),
                      ld.ready.eq(ec.ready & owners.w_rdy)]
@@ -257,22 +259,27 @@ class Accelerator(wiring.Component):
         wiring.connect(m, wiring.flipped(self.i), cp.i)
         wiring.connect(m, cp.o, wiring.flipped(self.o))
         wiring.connect(m, cp.cmd, router.cmd)
-        # queries are taken once a configuration is written, until tables or
-        # weights are loaded again; a configuration a stage refuses
-        # (``conf_bad``) answers its frame BAD_CONFIG, and no query is taken
-        # until a CONFIGURE_STAGES whose configurations are all good
-        loaded = Signal()
+        # queries are taken once every stage that runs has a configuration,
+        # until tables or weights are loaded again; a configuration a stage
+        # refuses (``conf_bad``) answers its frame BAD_CONFIG, and no query
+        # is taken until a CONFIGURE_STAGES that refuses none
         bad_conf = Signal()
         cb = cp.cmd.payload
         confs = [(getattr(router, "s2_conf" if s else "conf"), st)
                  for s, st in enumerate(self.stages)]
         refused = Cat(rc.valid & rc.ready & st.conf_bad for rc, st in confs).any()
         m.d.comb += router.reject.eq(refused)
-        with m.If(router.conf.valid & router.conf.ready & ~stage.conf_bad):
-            m.d.sync += loaded.eq(1)
-        with m.Elif(cp.cmd.valid & cp.cmd.ready & cb.first
-                    & ((cb.opcode == Opcode.LOAD_WEIGHTS) | (cb.opcode == Opcode.LOAD_TABLES))):
-            m.d.sync += loaded.eq(0)
+        have_conf = Signal(len(confs))
+        for s, (rc, st) in enumerate(confs):
+            with m.If(rc.valid & rc.ready & ~st.conf_bad):
+                m.d.sync += have_conf[s].eq(1)
+            with m.Elif(cp.cmd.valid & cp.cmd.ready & cb.first
+                        & ((cb.opcode == Opcode.LOAD_WEIGHTS)
+                           | (cb.opcode == Opcode.LOAD_TABLES))):
+                m.d.sync += have_conf[s].eq(0)
+        # (two stages: stage 2 too, unless stage 1 runs alone, ``one``)
+        one = Signal()
+        loaded = have_conf[0] & ((one | have_conf[1]) if two else 1)
         with m.If(refused):
             m.d.sync += bad_conf.eq(1)
         with m.Elif(cp.cmd.valid & cp.cmd.ready & cb.first
@@ -356,7 +363,7 @@ class Accelerator(wiring.Component):
             busy = stage.busy
         else:
             busy = self._stage_two(m, router, guard, cluster, fetch, stage, topk, result,
-                                   qtags, q_status)
+                                   qtags, q_status, one)
 
         # -- counters (READ_COUNTERS; host.protocol.COUNTERS, in that order) ----------
         count = {n: Signal(64, name=f"count_{n}") for n in COUNTERS}
@@ -421,7 +428,7 @@ class Accelerator(wiring.Component):
         return m
 
     def _stage_two(self, m, router, guard, cluster, fetch, stage, topk, result, qtags,
-                   q_status):
+                   q_status, one):
         """Stage 2 (module documentation); returns the stages' busy."""
         cfg = self._cfg
         m.submodules.stage2 = stage2 = self.stages[1]
@@ -442,7 +449,6 @@ class Accelerator(wiring.Component):
                 (stage2.topk, topk2.i)):
             wiring.connect(m, out, into)
         # one stage (the ``stages`` record): stage 1 alone, the rest bypassed
-        one = Signal()
         m.d.comb += router.stages.ready.eq(1)
         with m.If(router.stages.valid):
             m.d.sync += one.eq(router.stages.payload.one)

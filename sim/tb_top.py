@@ -166,13 +166,15 @@ async def test_queries_through_the_top_level(dut):
                          for what, op, words in broken_queries(fmt, queries[3])]
         acc.submit(queries[4])
         out["after_broken"] = acc.wait_all()
-        # a load whose engine commands are a RUN and a write past the weights:
-        # taken, but no query runs until weights are loaded again
+        # a load whose engine commands are a RUN, a write past the weights and
+        # a split that does not exist (answered in the cycle after it is
+        # taken): taken, but no query runs until weights are loaded again
         frames, _ = fmt.compile(compiled)
         target = fmt.programs[0].target
         bad_cmds = RecordWriter(fmt.ports).add("engine", [
             target.pack(EOp.RUN, run={"layers": 1, "rows": 2}),
-            target.pack(EOp.WRITE_WEIGHTS, weights={"addr": cfg.array.weight_words})]).words()
+            target.pack(EOp.WRITE_WEIGHTS, weights={"addr": cfg.array.weight_words}),
+            target.pack(EOp.SET_SPLIT, split={"index": len(cfg.array.modes)})]).words()
         for op, words in frames:
             if op == P.Opcode.LOAD_WEIGHTS:
                 words = np.concatenate([words, bad_cmds])

@@ -160,17 +160,19 @@ def test_records_reach_their_ports(seed, query_ports):
 
 def test_queries_wait_for_a_configuration():
     """Before ``loaded``, a query's frame is dropped whole and answered
-    ``NOT_LOADED``; loads still go through; after it, queries do."""
+    ``NOT_LOADED`` (or ``MALFORMED_FRAME``) on ``err``; loads still go
+    through; after it, queries do."""
     dut = RecordRouter(PORTS)
     q = RecordWriter(PORTS).add("a", [5, 6]).words()
-    frames = [(Opcode.SUBMIT_QUERY, 1, 0), (Opcode.LOAD_WEIGHTS, 2, 0),
-              (Opcode.SUBMIT_QUERY, 3, 1)]
+    frames = [(Opcode.SUBMIT_QUERY, 1, 0, False), (Opcode.LOAD_WEIGHTS, 2, 0, False),
+              (Opcode.SUBMIT_QUERY, 3, 1, False), (Opcode.SUBMIT_QUERY, 4, 0, True)]
     got, answers = [], []
 
     async def source(ctx):
-        for op, tag, loaded in frames:
+        for op, tag, loaded, bad in frames:
             ctx.set(dut.loaded, loaded)
-            for b in frame_beats(op, tag, [int(w) for w in q]):
+            words = [int(w) for w in q][:1 if bad else None]
+            for b in frame_beats(op, tag, words, bad=bad):
                 await stream_put(ctx, dut.cmd, b)
             while len(answers) < tag:
                 await ctx.tick()
@@ -194,7 +196,10 @@ def test_queries_wait_for_a_configuration():
     sim.add_testbench(source)
     sim.add_testbench(sink)
     sim.run_until(1e-8 * 2000)
-    assert answers == [(1, Status.NOT_LOADED), (2, Status.OK), (3, Status.OK)]
+    # (a query's frame of a bad length before ``loaded``: MALFORMED_FRAME on
+    # ``err``, not a query)
+    assert answers == [(1, Status.NOT_LOADED), (2, Status.OK), (3, Status.OK),
+                       (4, Status.MALFORMED_FRAME)]
     assert got == [5, 6, 5, 6]
 
 
