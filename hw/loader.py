@@ -23,7 +23,9 @@ or an empty ``SUBMIT_QUERY`` is answered ``BAD_PAYLOAD`` on ``err`` (a bad
 frame length ``MALFORMED_FRAME``), and the rest of the frame is dropped;
 beats already sent stay sent. Nothing waits for a word that may never come.
 A frame during which ``reject`` was high (a block refused a beat it took,
-say a configuration it cannot run) is answered ``BAD_CONFIG``.
+say a configuration it cannot run) is answered ``BAD_CONFIG``. A load
+(``LOAD_*``, ``CONFIGURE_STAGES``) waits at its first word while ``hold``
+is high (the top level: while queries or engine work are under way).
 
 A ``SUBMIT_QUERY`` frame that starts while ``loaded`` ends instead with its tag
 and status on ``qtag`` (:func:`qtag_layout`), whatever went wrong with it:
@@ -92,7 +94,7 @@ class RecordRouter(wiring.Component):
         self._ports = ports
         self._counters = counters
         self._query = [n in query_ports for n in names] if query_ports else None
-        members = {"loaded": In(1), "reject": In(1),
+        members = {"loaded": In(1), "reject": In(1), "hold": In(1),
                    "counters": In(data.ArrayLayout(unsigned(64), max(counters, 1))),
                    "cmd": In(stream.Signature(command_layout())),
                    "ans": Out(stream.Signature(answer_layout())),
@@ -147,8 +149,12 @@ class RecordRouter(wiring.Component):
 
         with m.FSM():
             with m.State("HEADER"):
-                m.d.comb += self.cmd.ready.eq(1)
-                with m.If(self.cmd.valid):
+                # (a load waits at its first word while ``hold``)
+                is_load = ((c.opcode == Opcode.LOAD_WEIGHTS) | (c.opcode == Opcode.LOAD_TABLES)
+                           | (c.opcode == Opcode.LOAD_CACHE)
+                           | (c.opcode == Opcode.CONFIGURE_STAGES))
+                m.d.comb += self.cmd.ready.eq(~(self.hold & c.first & is_load))
+                with m.If(self.cmd.valid & self.cmd.ready):
                     rec = record_layout()(c.data)
                     hdr_port, hdr_count = rec.port, rec.count
                     bad_hdr = (hdr_port >= len(self._ports)) | (rec.zero != 0)

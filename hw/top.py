@@ -64,9 +64,10 @@ Two stages (``config.stage.stages == 2``: RPAccel's multi-stage pipeline)
     configuration) runs stage 1 alone instead: its list is the answer,
     stage 2 and the survivors are bypassed, and a query is stage 1's records.
 
-Writing the engine, the tables or the configuration while queries run is
-undefined; so is a load the stage cannot run (the host checks,
-:mod:`host.stage_program`).
+A load (``LOAD_*``, ``CONFIGURE_STAGES``) waits until no query is under
+way and the MLP engines are idle, so it never lands among queries. A load
+the stage cannot run but :attr:`~hw.stage.StageEngine.conf_bad` lets
+through is undefined (the host checks, :mod:`host.stage_program`).
 """
 
 from amaranth.hdl import Cat, Module, Mux, Shape, Signal
@@ -197,7 +198,7 @@ def _engine_port(m, name, ld, sc, ec, resp, eresp):
                  resp.ready.eq(Mux(stage_s, eresp.ready, 1)),
                  owners.r_en.eq(resp.valid & resp.ready & resp.payload.last)]
     return (resp.valid & resp.ready & resp.payload.last & ~stage_s
-            & (resp.payload.status != EStatus.OK))
+            & (resp.payload.status != EStatus.OK)), owners.r_rdy
 
 
 def _answer_status(st):
@@ -318,11 +319,12 @@ class Accelerator(wiring.Component):
         # a load's engine commands that failed: no query runs until the
         # next LOAD_WEIGHTS (the model is not what the host loaded)
         fault = Signal()
-        faults = [_engine_port(m, "engine0", router.engine, stage.ecmd, cluster.cmd_0,
-                               cluster.resp_0, stage.eresp)]
+        ports = [_engine_port(m, "engine0", router.engine, stage.ecmd, cluster.cmd_0,
+                              cluster.resp_0, stage.eresp)]
         if two:
-            faults.append(_engine_port(m, "engine1", router.s2_engine, self.stages[1].ecmd,
-                                       cluster.cmd_1, cluster.resp_1, self.stages[1].eresp))
+            ports.append(_engine_port(m, "engine1", router.s2_engine, self.stages[1].ecmd,
+                                      cluster.cmd_1, cluster.resp_1, self.stages[1].eresp))
+        faults, owed = zip(*ports)
         with m.If(Cat(*faults).any()):
             m.d.sync += fault.eq(1)
         with m.Elif(cp.cmd.valid & cp.cmd.ready & cb.first & (cb.opcode == Opcode.LOAD_WEIGHTS)):
@@ -364,6 +366,16 @@ class Accelerator(wiring.Component):
         else:
             busy = self._stage_two(m, router, guard, cluster, fetch, stage, topk, result,
                                    qtags, q_status, one)
+
+        # A load waits while a query is under way (from the guard's tag to its
+        # answer) or an engine has work or answers owed: a load among queries
+        # would mix old and new state, and a load's engine error shows before
+        # the next load starts.
+        in_flight = Signal(range(QUERIES + 2))
+        m.d.sync += in_flight.eq(in_flight + (guard.o_qtag.valid & guard.o_qtag.ready)
+                                 - (mt.valid & mt.ready))
+        m.d.comb += router.hold.eq((in_flight != 0) | busy | cluster.busy.any()
+                                   | Cat(*owed).any())
 
         # -- counters (READ_COUNTERS; host.protocol.COUNTERS, in that order) ----------
         count = {n: Signal(64, name=f"count_{n}") for n in COUNTERS}
@@ -416,8 +428,13 @@ class Accelerator(wiring.Component):
         with m.Else():
             m.d.comb += [cp.ans.valid.eq(ra.valid), cp.ans.payload.eq(ra.payload),
                          ra.ready.eq(cp.ans.ready)]
-        with m.If(cp.ans.valid & cp.ans.ready):
-            m.d.sync += [busy.eq(~cp.ans.payload.last), owner.eq(pick)]
+        # (held from the first beat offered, taken or not: the command
+        # processor writes an answer's header from its first beat before it
+        # takes it, and a beat offered stays until it is taken)
+        with m.If(cp.ans.valid):
+            m.d.sync += [busy.eq(1), owner.eq(pick)]
+        with m.If(cp.ans.valid & cp.ans.ready & cp.ans.payload.last):
+            m.d.sync += busy.eq(0)
         re, we = router.err, result.err
         with m.If(re.valid):
             m.d.comb += [cp.cerr.valid.eq(1), cp.cerr.payload.eq(re.payload),

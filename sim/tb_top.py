@@ -195,6 +195,16 @@ async def test_queries_through_the_top_level(dut):
                            acc.command(P.Opcode.CONFIGURE_STAGES, conf, check=False).status]
         acc.submit(queries[0])
         out["good_conf"] = acc.wait_all()
+        # a configuration (other sub-batches) while queries run: it waits for
+        # them, and they finish on the configuration they began on
+        for i, q in enumerate(queries[:3]):
+            acc.submit(q, index=i)
+        fmt.sb_rows = fmt.sb_rows + 1
+        conf = [words for op, words in fmt.compile(compiled)[0]
+                if op == P.Opcode.CONFIGURE_STAGES][0]
+        out["conf_among"] = acc.command(P.Opcode.CONFIGURE_STAGES, conf, check=False).status
+        acc.submit(queries[3], index=3)
+        out["load_among"] = acc.wait_all()
         return out
 
     out = await bridge(host)()
@@ -233,6 +243,13 @@ async def test_queries_through_the_top_level(dut):
     (last,) = out["good_conf"]
     assert last.status == P.Status.OK
     assert last.positions.tolist() == golden[0].positions.tolist()
+    assert out["conf_among"] == P.Status.OK
+    among = sorted(out["load_among"], key=lambda a: a.index)
+    assert [a.index for a in among] == [0, 1, 2, 3]
+    for a in among:
+        assert a.status == P.Status.OK, a.message
+        assert a.positions.tolist() == golden[a.index].positions.tolist(), a.index
+        assert a.scores.tolist() == golden[a.index].scores.tolist(), a.index
     c = out["counters"]
     n = len(queries) + 3                    # the good ones, the broken one, two after
     assert c["queries"] == n and c["macs"] == 0

@@ -239,3 +239,43 @@ def test_a_query_taken_is_answered_on_qtag():
     sim.add_testbench(sink)
     sim.run_until(1e-8 * 400)
     assert got == [5, 7] and tags == [(9, Status.OK)]
+
+
+def test_a_load_waits_while_hold():
+    """A load waits at its first word while ``hold``; a query's frame does not."""
+    dut = RecordRouter(PORTS)
+    words = [int(w) for w in RecordWriter(PORTS).add("a", [5]).words()]
+    log = []
+
+    async def source(ctx):
+        ctx.set(dut.loaded, 1)
+        ctx.set(dut.hold, 1)
+        for op, tag in ((Opcode.SUBMIT_QUERY, 1), (Opcode.CONFIGURE_STAGES, 2)):
+            for b in frame_beats(op, tag, words):
+                await stream_put(ctx, dut.cmd, b)
+            log.append(("sent", tag))
+
+    async def sink(ctx):
+        for st in (dut.a, dut.ans, dut.err, dut.qtag):
+            ctx.set(st.ready, 1)
+        for cycle in range(300):
+            if cycle == 150:
+                ctx.set(dut.hold, 0)
+                log.append(("released", None))
+            *_, av, qv, ansv = await ctx.tick().sample(dut.a.valid, dut.qtag.valid,
+                                                       dut.ans.valid)
+            if av:
+                log.append(("a", None))
+            if qv:
+                log.append(("qtag", None))
+            if ansv:
+                log.append(("answer", None))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(source)
+    sim.add_testbench(sink)
+    sim.run_until(1e-8 * 400)
+    events = [e for e, _ in log if e != "sent"]
+    assert events == ["a", "qtag", "released", "a", "answer"], log
+    assert log.index(("sent", 1)) < log.index(("released", None)) < log.index(("sent", 2))
