@@ -5,6 +5,12 @@ streams (``cmd_<e>``, ``resp_<e>``). The array's split is a register that
 engine 0 sets with ``SET_SPLIT`` once no other engine is busy, so that two
 stage engines can run side by side on a split array; while it waits, the
 other engines take no command (the split lock, :class:`hw.mlp_engine.MLPEngine`).
+
+Each engine's command and response streams pass through a :class:`Skid`
+(valid, payload and ready from flip-flops), so that nothing outside the
+cluster waits combinationally on an engine, nor an engine on anything
+outside: commands and answers each take a cycle longer, and an answer may
+come after commands taken later (its ``tag`` says whose it is).
 """
 
 from amaranth.hdl import Cat, Module, Signal
@@ -14,6 +20,7 @@ from amaranth.lib.wiring import In, Out, connect, flipped
 from .config import ArrayConfig
 from .mlp_engine import MLPEngine
 from .mlp_isa import command_layout, response_layout
+from .primitives import Skid
 from .systolic import SystolicArray
 
 __all__ = ["MLPCluster"]
@@ -30,13 +37,17 @@ class MLPCluster(wiring.Component):
         The current mode (an index into ``config.modes``); 0 after reset.
     busy : Out(config.engines)
         Bit ``e``: engine ``e`` is busy (:attr:`hw.mlp_engine.MLPEngine.busy`).
+    pending : Out(config.engines)
+        Bit ``e``: engine ``e`` is busy, or a command or an answer of its
+        waits in the cluster.
     """
 
     def __init__(self, config: ArrayConfig):
         if not isinstance(config, ArrayConfig):
             raise TypeError(f"config must be an ArrayConfig, not {config!r}")
         self._config = config
-        members = {"split": Out(range(len(config.modes))), "busy": Out(config.engines)}
+        members = {"split": Out(range(len(config.modes))), "busy": Out(config.engines),
+                   "pending": Out(config.engines)}
         for e in range(config.engines):
             members[f"cmd_{e}"] = In(stream.Signature(command_layout(config, e)))
             members[f"resp_{e}"] = Out(stream.Signature(response_layout(config, e)))
@@ -55,10 +66,16 @@ class MLPCluster(wiring.Component):
         for e in range(cfg.engines):
             m.submodules[f"engine{e}"] = eng = MLPEngine(cfg, engine=e)
             engines.append(eng)
-            connect(m, flipped(getattr(self, f"cmd_{e}")), eng.cmd)
-            connect(m, eng.resp, flipped(getattr(self, f"resp_{e}")))
+            m.submodules[f"cmd_skid{e}"] = cskid = Skid(command_layout(cfg, e))
+            m.submodules[f"resp_skid{e}"] = rskid = Skid(response_layout(cfg, e))
+            connect(m, flipped(getattr(self, f"cmd_{e}")), cskid.i)
+            connect(m, cskid.o, eng.cmd)
+            connect(m, eng.resp, rskid.i)
+            connect(m, rskid.o, flipped(getattr(self, f"resp_{e}")))
             connect(m, eng.array, array.port(e))
-            m.d.comb += [eng.split.eq(self.split), self.busy[e].eq(eng.busy)]
+            m.d.comb += [eng.split.eq(self.split), self.busy[e].eq(eng.busy),
+                         self.pending[e].eq(eng.busy | cskid.o.valid | ~cskid.i.ready
+                                            | rskid.o.valid | ~rskid.i.ready)]
         # the split lock (MLPEngine): registered both ways
         lock = Signal()
         m.d.sync += [lock.eq(engines[0].split_wait),

@@ -83,7 +83,8 @@ class MLPEngine(wiring.Component):
     split : In(range(len(config.modes)))
         The array's current mode (an index into ``config.modes``).
     busy : Out(1)
-        High from an accepted RUN or SET_SPLIT until its response is sent.
+        High from an accepted RUN or SET_SPLIT, or a command refused, until
+        its answer is sent.
     split_req, split_value : Out
         (engine 0) A one-cycle request to set the array's split.
     split_wait : Out(1)
@@ -225,6 +226,10 @@ class MLPEngine(wiring.Component):
         cycles = Signal(32)
         err_status = Signal(Status)
         err_info = Signal(32)
+        # the tags of the commands being answered (echoed in their answers)
+        err_tag = Signal()
+        run_tag = Signal()
+        split_tag = Signal()
         split_index = Signal.like(self.split)
 
         # Layer being checked or run, read from the table and registered:
@@ -628,13 +633,14 @@ class MLPEngine(wiring.Component):
         snd_info = Signal(32)
         snd_wait = Signal.like(tail)        # cycles until the RUN's rows are written
         snd_par = Signal()                  # the RUN's parity
+        snd_tag = Signal()
         # ``out_row == snd_rows``, kept in a register: the compare would
         # otherwise sit in front of ``resp.valid``
         done_issuing = Signal()
         with m.If(snd_wait != 0):
             m.d.sync += snd_wait.eq(snd_wait - 1)
         with m.If(snd_active):
-            m.d.comb += self.busy.eq(1)
+            m.d.comb += [self.busy.eq(1), self.resp.payload.tag.eq(snd_tag)]
             # (a row once it is written: a read presented after the write)
             written = (snd_wait == 0) | (out_row < Mux(snd_par, fin_rows[1], fin_rows[0]))
             room = (out_owed < rfifo_depth) & written
@@ -678,8 +684,8 @@ class MLPEngine(wiring.Component):
             & (1 if self._engine == 0 else ~self.hold))
 
         # -- the control FSM ------------------------------------------------
-        def fail(status, info):
-            m.d.sync += [err_status.eq(status), err_info.eq(info)]
+        def fail(status, info, tag=cmd.tag):
+            m.d.sync += [err_status.eq(status), err_info.eq(info), err_tag.eq(tag)]
             m.next = "ERROR"
 
         # The write registers load the payload in every cycle and only their
@@ -748,7 +754,7 @@ class MLPEngine(wiring.Component):
                                     with m.If(run_par != pb):
                                         m.d.sync += fin_rows[pb].eq(0)
                                 m.d.sync += [rows.eq(r.rows), base.eq(r.base),
-                                             run_par.eq(~run_par),
+                                             run_par.eq(~run_par), run_tag.eq(cmd.tag),
                                              win_hi.eq(r.base),
                                              n_layers_m1.eq(r.layers - 1),
                                              layer.eq(0), cycles.eq(0)]
@@ -761,17 +767,19 @@ class MLPEngine(wiring.Component):
                                     fail(Status.BAD_SPLIT, cmd.op)
                                 with m.Else():
                                     m.d.sync += [split_index.eq(args.split.index),
-                                                 settle.eq(0)]
+                                                 split_tag.eq(cmd.tag), settle.eq(0)]
                                     m.next = "SPLIT_WAIT"
                         with m.Default():
                             fail(Status.BAD_OPCODE, cmd.op)
 
             with m.State("ERROR"):
                 # (after the answer the sender still owes: responses keep order)
+                m.d.comb += self.busy.eq(1)
                 with m.If(~snd_active):
                     m.d.comb += [self.resp.valid.eq(1),
                                  self.resp.payload.status.eq(err_status),
                                  self.resp.payload.info.eq(err_info),
+                                 self.resp.payload.tag.eq(err_tag),
                                  self.resp.payload.last.eq(1)]
                     with m.If(self.resp.ready):
                         m.next = "IDLE"
@@ -855,7 +863,7 @@ class MLPEngine(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
                 with m.If(bounds_bad):
-                    fail(Status.BAD_LAYER, layer)
+                    fail(Status.BAD_LAYER, layer, run_tag)
                 with m.Else():
                     with m.If(layer_hi > win_hi):
                         m.d.sync += win_hi.eq(layer_hi)
@@ -937,7 +945,7 @@ class MLPEngine(wiring.Component):
                                      snd_active.eq(1), snd_wait.eq(tail),
                                      snd_lo.eq(base), snd_hi.eq(dst_hi), snd_rows.eq(rows),
                                      snd_nt_m1.eq(nt_m1), snd_info.eq(cycles + tail),
-                                     snd_par.eq(run_par),
+                                     snd_par.eq(run_par), snd_tag.eq(run_tag),
                                      win_valid.eq(0)]
                         m.next = "IDLE"
                 with m.Elif(all_free & ~loader_busy):
@@ -949,6 +957,7 @@ class MLPEngine(wiring.Component):
                 m.d.comb += [self.busy.eq(1), self.resp.valid.eq(1),
                              self.resp.payload.status.eq(Status.OK),
                              self.resp.payload.info.eq(cycles),
+                             self.resp.payload.tag.eq(split_tag),
                              self.resp.payload.last.eq(1)]
                 with m.If(self.resp.ready):
                     m.next = "IDLE"

@@ -47,6 +47,10 @@ A SET_SPLIT (engine 0 only) waits until no other engine is busy, applies
 the split and answers with an OK trailer. A bad command answers with a single
 trailer beat with an error ``status`` and ``info`` = the opcode (or the
 failing layer's index for BAD_LAYER). Writes that succeed are not answered.
+Every beat of an answer carries its command's ``tag`` (a bit the engine
+does not otherwise look at), so that a user with two senders on one engine
+knows whose command an answer answers, however many beats wait between them
+(:mod:`hw.mlp_cluster` buffers both streams).
 """
 
 from amaranth.lib import enum
@@ -122,6 +126,7 @@ def command_layout(config: ArrayConfig, engine: int) -> data.StructLayout:
                 "index": unsigned(field_bits(len(config.modes) - 1)),
             }),
         }),
+        "tag": 1,
     })
 
 
@@ -131,4 +136,5 @@ def response_layout(config: ArrayConfig, engine: int) -> data.StructLayout:
         "status": Status,
         "last": 1,
         "info": unsigned(32),
+        "tag": 1,
     })

@@ -8,10 +8,10 @@ combinational MULT18X18D and leaves the surrounding registers in the fabric).
 
 from amaranth.hdl import ClockSignal, Instance, Module, Signal, signed, unsigned
 from amaranth.lib.memory import Memory
-from amaranth.lib import wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["PipelinedMultiplier", "BlockRAM"]
+__all__ = ["PipelinedMultiplier", "BlockRAM", "Skid"]
 
 
 class PipelinedMultiplier(wiring.Component):
@@ -324,4 +324,42 @@ class BlockRAM(wiring.Component):
                     with m.Case(b):
                         m.d.comb += sel.eq(outs[b])
         m.d.comb += self.r_data.eq(sel[:self._width])
+        return m
+
+
+class Skid(wiring.Component):
+    """A two-register stream buffer: ``o.valid``, ``o.payload`` and
+    ``i.ready`` all come from flip-flops, so it cuts every combinational path
+    between the stages it joins (valid, payload and ready), at full
+    throughput and one cycle of latency.
+
+    Parameters
+    ----------
+    shape : shape-like
+        The payload's shape.
+
+    Attributes
+    ----------
+    i : In(stream.Signature(shape))
+    o : Out(stream.Signature(shape))
+    """
+
+    def __init__(self, shape):
+        super().__init__({"i": In(stream.Signature(shape)),
+                          "o": Out(stream.Signature(shape))})
+        self._shape = shape
+
+    def elaborate(self, platform):
+        m = Module()
+        spare = Signal(self._shape, reset_less=True)
+        spare_valid = Signal()
+        m.d.comb += self.i.ready.eq(~spare_valid)
+        with m.If(~self.o.valid | self.o.ready):
+            with m.If(spare_valid):
+                m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(spare),
+                             spare_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload)]
+        with m.Elif(self.i.valid & ~spare_valid):
+            m.d.sync += [spare.eq(self.i.payload), spare_valid.eq(1)]
         return m

@@ -72,7 +72,7 @@ through is undefined (the host checks, :mod:`host.stage_program`).
 
 from amaranth.hdl import Cat, Module, Mux, Shape, Signal
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .bag_arbiter import BagArbiter
@@ -172,33 +172,23 @@ def stages_layout() -> data.StructLayout:
     return data.StructLayout({"one": 1})
 
 
-def _engine_port(m, name, ld, sc, ec, resp, eresp):
+def _engine_port(m, ld, sc, ec, resp, eresp):
     """An MLP engine: its commands written by records (``ld``), else its
-    stage's (``sc``); its answers to its stage's RUNs go to the stage
-    (``eresp``), the others are dropped: a load's SET_SPLIT or RUN, and a
-    bad command's error, which the engine answers before it takes another.
-    The owner of each answer due (a RUN's or SET_SPLIT's) waits in a FIFO,
-    in command order. Returns a pulse: a dropped answer was an error (a
-    load's bad command)."""
-    # (first-word fall-through, a cycle from write to read: the engine may
-    # answer a command it refuses in the cycle after it took it)
-    m.submodules[f"{name}_owners"] = owners = SyncFIFO(width=1, depth=4)
+    stage's (``sc``), each tagged with its sender (1: the stage); the
+    answers tagged 1 go to the stage (``eresp``), the others are dropped: a
+    load's SET_SPLIT or RUN, and a bad command's error. Returns a pulse: a
+    dropped answer was an error (a load's bad command)."""
     with m.If(ld.valid):
-        m.d.comb += [ec.valid.eq(owners.w_rdy), ec.payload.eq(ld.payload),
-                     ld.ready.eq(ec.ready & owners.w_rdy)]
+        m.d.comb += [ec.valid.eq(1), ec.payload.eq(ld.payload), ec.payload.tag.eq(0),
+                     ld.ready.eq(ec.ready)]
     with m.Else():
-        m.d.comb += [ec.valid.eq(sc.valid & owners.w_rdy), ec.payload.eq(sc.payload),
-                     sc.ready.eq(ec.ready & owners.w_rdy)]
-    op = ec.payload.op
-    m.d.comb += [owners.w_en.eq(ec.valid & ec.ready
-                                & ((op == EOp.RUN) | (op == EOp.SET_SPLIT))),
-                 owners.w_data.eq(~ld.valid)]
-    stage_s = owners.r_rdy & owners.r_data
-    m.d.comb += [eresp.valid.eq(resp.valid & stage_s), eresp.payload.eq(resp.payload),
-                 resp.ready.eq(Mux(stage_s, eresp.ready, 1)),
-                 owners.r_en.eq(resp.valid & resp.ready & resp.payload.last)]
-    return (resp.valid & resp.ready & resp.payload.last & ~stage_s
-            & (resp.payload.status != EStatus.OK)), owners.r_rdy
+        m.d.comb += [ec.valid.eq(sc.valid), ec.payload.eq(sc.payload), ec.payload.tag.eq(1),
+                     sc.ready.eq(ec.ready)]
+    to_stage = resp.payload.tag
+    m.d.comb += [eresp.valid.eq(resp.valid & to_stage), eresp.payload.eq(resp.payload),
+                 resp.ready.eq(Mux(to_stage, eresp.ready, 1))]
+    return (resp.valid & resp.ready & resp.payload.last & ~to_stage
+            & (resp.payload.status != EStatus.OK))
 
 
 def _answer_status(st):
@@ -319,12 +309,11 @@ class Accelerator(wiring.Component):
         # a load's engine commands that failed: no query runs until the
         # next LOAD_WEIGHTS (the model is not what the host loaded)
         fault = Signal()
-        ports = [_engine_port(m, "engine0", router.engine, stage.ecmd, cluster.cmd_0,
-                              cluster.resp_0, stage.eresp)]
+        faults = [_engine_port(m, router.engine, stage.ecmd, cluster.cmd_0,
+                               cluster.resp_0, stage.eresp)]
         if two:
-            ports.append(_engine_port(m, "engine1", router.s2_engine, self.stages[1].ecmd,
-                                      cluster.cmd_1, cluster.resp_1, self.stages[1].eresp))
-        faults, owed = zip(*ports)
+            faults.append(_engine_port(m, router.s2_engine, self.stages[1].ecmd,
+                                       cluster.cmd_1, cluster.resp_1, self.stages[1].eresp))
         with m.If(Cat(*faults).any()):
             m.d.sync += fault.eq(1)
         with m.Elif(cp.cmd.valid & cp.cmd.ready & cb.first & (cb.opcode == Opcode.LOAD_WEIGHTS)):
@@ -374,8 +363,7 @@ class Accelerator(wiring.Component):
         in_flight = Signal(range(QUERIES + 2))
         m.d.sync += in_flight.eq(in_flight + (guard.o_qtag.valid & guard.o_qtag.ready)
                                  - (mt.valid & mt.ready))
-        m.d.comb += router.hold.eq((in_flight != 0) | busy | cluster.busy.any()
-                                   | Cat(*owed).any())
+        m.d.comb += router.hold.eq((in_flight != 0) | busy | cluster.pending.any())
 
         # -- counters (READ_COUNTERS; host.protocol.COUNTERS, in that order) ----------
         count = {n: Signal(64, name=f"count_{n}") for n in COUNTERS}

@@ -78,6 +78,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .config import TopKConfig
+from .primitives import Skid
 
 __all__ = ["Status", "score_shape", "pair_layout", "input_layout", "output_layout",
            "k_bits", "fifo_depth", "TokenFIFO", "TopKCell", "TopKChain", "TopKMerge",
@@ -299,31 +300,6 @@ def _select(values, index):
     if len(values) == 1:
         return values[0]
     return data.ArrayLayout(unsigned(len(values[0])), len(values))(Cat(*values))[index]
-
-
-class _Skid(wiring.Component):
-    """A two-register stream buffer whose ``i.ready`` is a register: it cuts
-    the combinational ready path between two stages at full throughput."""
-
-    def __init__(self, shape):
-        super().__init__({"i": In(stream.Signature(shape)),
-                          "o": Out(stream.Signature(shape))})
-        self._shape = shape
-
-    def elaborate(self, platform):
-        m = Module()
-        spare = Signal(self._shape, reset_less=True)
-        spare_valid = Signal()
-        m.d.comb += self.i.ready.eq(~spare_valid)
-        with m.If(~self.o.valid | self.o.ready):
-            with m.If(spare_valid):
-                m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(spare),
-                             spare_valid.eq(0)]
-            with m.Else():
-                m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload)]
-        with m.Elif(self.i.valid & ~spare_valid):
-            m.d.sync += [spare.eq(self.i.payload), spare_valid.eq(1)]
-        return m
 
 
 class TopKCell(wiring.Component):
@@ -756,7 +732,7 @@ class TopKFilter(wiring.Component):
                 m.d.sync += up_write.eq(chain.o.valid & (chain.o.run == r))
                 # A skid buffer between the FIFO and the merge: the merge's
                 # pop stays local, and the FIFO reads on a registered ready.
-                head = _Skid(entry)
+                head = Skid(entry)
                 m.submodules[f"head{j}_{r}"] = head
                 m.d.comb += [fifo.w_en.eq(up_write),
                              fifo.w_data.eq(up_data),
@@ -771,7 +747,7 @@ class TopKFilter(wiring.Component):
                 m.d.sync += [popped.eq(fifo.r_en & fifo.r_rdy),
                              reserve.eq(Mux(admitted[2], pend_r[j][r] + 1, 0)),
                              c.eq(c + popped - reserve)]
-            skid = _Skid(entry)
+            skid = Skid(entry)
             m.submodules[f"runs{j}_skid"] = skid
             wiring.connect(m, node.o, skid.i)
             lane_streams.append(skid.o)
@@ -784,7 +760,7 @@ class TopKFilter(wiring.Component):
                 m.submodules[f"lanes{level}_{n // 2}"] = node
                 wiring.connect(m, lane_streams[n], node.a)
                 wiring.connect(m, lane_streams[n + 1], node.b)
-                skid = _Skid(entry)
+                skid = Skid(entry)
                 m.submodules[f"lanes{level}_{n // 2}_skid"] = skid
                 wiring.connect(m, node.o, skid.i)
                 merged.append(skid.o)
@@ -810,7 +786,7 @@ class TopKFilter(wiring.Component):
         want = Signal(init=1)       # ready for a token, as a register
         # The output register, then a skid buffer to the port: the port's
         # ready reaches no further than the skid.
-        m.submodules.out_skid = out_skid = _Skid(output_layout(cfg))
+        m.submodules.out_skid = out_skid = Skid(output_layout(cfg))
         wiring.connect(m, out_skid.o, wiring.flipped(self.o))
         o = out_skid.i
         # The output register surely free this cycle, as a register: it was

@@ -129,7 +129,9 @@ def test_split_lock(offset):
     array and the split changes only after its trailer, with the right
     answer, or it is taken after the split changed and answered
     NOT_AVAILABLE (engine 3 has no sub-array in the whole array). Never a
-    split change under a running engine."""
+    split change under a running engine. (Which of the two, when they come
+    close together, the ports cannot tell: both wait a cycle in the
+    cluster's buffers; four cycles apart, the first one wins.)"""
     cfg = Config.preset("tiny").array
     rng = np.random.default_rng(7)
     layers = [QuantLayer(rng.integers(-128, 128, (5, 6)).astype(np.int8),
@@ -184,12 +186,14 @@ def test_split_lock(offset):
     sim.run()
     assert {"run_taken", "trailer", "changed"} <= seen.keys(), seen.keys()
     status = target.unpack_response(seen["beats"][-1])["status"].name
-    if seen["run_taken"] < seen["changed"]:
-        assert status == "OK" and seen["changed"] > seen["trailer"], seen
+    if abs(offset) == 4:
+        assert status == ("OK" if offset > 0 else "NOT_AVAILABLE"), seen
+    if status == "OK":
+        assert seen["run_taken"] < seen["changed"] and seen["changed"] > seen["trailer"], seen
         y, _ = prog.decode_run(seen["beats"], rows)
         assert np.array_equal(y, int8_mlp(x, layers))
     else:
-        assert status == "NOT_AVAILABLE", status
+        assert status == "NOT_AVAILABLE" and len(seen["beats"]) == 1, seen
 
 
 @pytest.mark.parametrize("n_layers,alternate", [(1, True), (2, True), (1, False), (2, False)])
