@@ -366,3 +366,40 @@ def test_inputs_written_while_rows_in_flight():
     for x, frame in zip(xs, frames):
         y, _ = prog.decode_run(frame, len(x))
         assert np.array_equal(y, int8_mlp(x, layers))
+
+
+def test_answers_carry_their_commands_tag():
+    """Every beat of an answer carries the tag of the command it answers: a
+    RUN's rows and trailer, SET_SPLIT's trailer and each kind of error (a
+    bad write, a bad RUN, a layer that cannot run, a bad split), with tags
+    0 and 1 mixed."""
+    cfg = Config.preset("tiny").array
+    rng = np.random.default_rng(5)
+    layers = [QuantLayer(rng.integers(-128, 128, (5, 6)).astype(np.int8),
+                         rng.integers(-3000, 3000, 6), rng.integers(1 << 14, 1 << 16, 6),
+                         rng.integers(12, 18, 6), True)]
+    target = EngineTarget(cfg, 0, 1)
+    prog = compile_mlp(layers, target)
+    x = rng.integers(-128, 128, (3, 5)).astype(np.int8)
+    tag = 1 << (target.cmd_layout.size - 1)
+    assert target.cmd_layout.from_bits(tag).tag == 1
+    bad_layer = target.pack(Opcode.SET_LAYER, layer={"index": 1, "in_dim": 0, "out_dim": 4})
+    # (command, its answer's status, its tag)
+    answered = [
+        (prog.run_command(len(x)) | tag, "OK", 1),
+        (target.pack(Opcode.WRITE_WEIGHTS, weights={"addr": cfg.weight_words}), "BAD_ADDRESS", 0),
+        (target.pack(Opcode.RUN, run={"layers": 1, "rows": 0}) | tag, "BAD_RUN", 1),
+        (target.pack(Opcode.RUN, run={"layers": 2, "rows": 1}) | tag, "BAD_LAYER", 1),
+        (target.pack(Opcode.SET_SPLIT, split={"index": len(cfg.modes)}) | tag, "BAD_SPLIT", 1),
+        (target.pack(Opcode.SET_SPLIT, split={"index": 0}), "OK", 0),
+        (prog.run_command(len(x)), "OK", 0),
+    ]
+    frames = _run_back_to_back(cfg, target, prog.load_commands + prog.input_commands(x)
+                               + [bad_layer], [c for c, _, _ in answered], len(answered), 9)
+    for frame, (_, status, t) in zip(frames, answered):
+        beats = [target.unpack_response(b) for b in frame]
+        assert beats[-1]["status"].name == status, beats[-1]
+        assert [b["tag"] for b in beats] == [t] * len(beats), (status, beats)
+        if len(beats) > 1:
+            y, _ = prog.decode_run(frame, len(x))
+            assert np.array_equal(y, int8_mlp(x, layers))
