@@ -85,6 +85,10 @@ class MLPEngine(wiring.Component):
     busy : Out(1)
         High from an accepted RUN or SET_SPLIT, or a command refused, until
         its answer is sent.
+    queued : Out(1)
+        A command waits in the engine's command buffer (two registers:
+        ``cmd.ready`` is a register, and the engine decides on a command
+        from registers beside it).
     split_req, split_value : Out
         (engine 0) A one-cycle request to set the array's split.
     split_wait : Out(1)
@@ -120,6 +124,7 @@ class MLPEngine(wiring.Component):
                                       psum_bits=config.psum_bits)),
             "split": In(range(len(config.modes))),
             "busy": Out(1),
+            "queued": Out(1),
         }
         if engine == 0:
             members.update({
@@ -148,7 +153,9 @@ class MLPEngine(wiring.Component):
         m = Module()
         cfg = self._config
         lanes = self._lanes
-        cmd = self.cmd.payload
+        # the command being decided on: the head of the command buffer (below)
+        cmd_l = command_layout(cfg, self._engine)
+        cmd = Signal(cmd_l, name="cmd_head", reset_less=True)
         args = cmd.args
         act_words = cfg.act_words(self._engine)
 
@@ -673,15 +680,68 @@ class MLPEngine(wiring.Component):
         win_valid = Signal()
         win_hi = Signal(range(act_words + 1))
         act = args.act
-        act_to_sender = (snd_active & (act.buf == out_buf)
-                         & (act.addr >= snd_lo) & (act.addr < snd_hi))
+
+        # -- the command buffer ---------------------------------------------
+        # Commands wait in two registers: the head (``cmd``), which the
+        # engine decides on, and a spare for the one that comes while the
+        # head waits (``cmd.ready`` is a register). The head's checks are
+        # computed a cycle ahead, from the command about to become the head,
+        # into registers (``chk``): taking a command depends on a few
+        # flip-flops, not on address compares. The checks against the
+        # sender's rows and the RUN's window use the state of the cycle
+        # before: in the cycle after that state changes (``stale``), nothing
+        # is taken.
+        head_valid = Signal()
+        spare = Signal(cmd_l, reset_less=True)
+        spare_valid = Signal()
+        take_head = Signal()
+        advance = Signal()
+        m.d.comb += [advance.eq(~head_valid | take_head),
+                     self.cmd.ready.eq(~spare_valid),
+                     self.queued.eq(head_valid | spare_valid)]
+        with m.If(~spare_valid):
+            m.d.sync += spare.eq(self.cmd.payload)      # (its enable is a register)
+        nxt = cmd_l(Mux(spare_valid, spare.as_value(), self.cmd.payload.as_value()))
+        with m.If(advance):
+            m.d.sync += [cmd.eq(nxt), head_valid.eq(spare_valid | self.cmd.valid),
+                         spare_valid.eq(0)]
+        with m.Elif(self.cmd.valid):
+            m.d.sync += spare_valid.eq(1)
+        chk_l = data.StructLayout({
+            "weights_ok": 1, "param_ok": 1, "act_ok": 1, "layer_ok": 1, "run_ok": 1,
+            "split_ok": 1, "is_act": 1, "is_param": 1,
+            "outside_run": 1,       # outside the RUN's window
+            "to_sender": 1,         # into the rows the sender has still to read
+        })
+
+        def checks(c):
+            a = c.args
+            return chk_l(Cat(
+                a.weights.addr < cfg.weight_words,
+                (a.param.addr < cfg.param_words) & (a.param.lane < lanes),
+                a.act.addr < act_words,
+                a.layer.index < cfg.max_layers,
+                (a.run.rows != 0) & (a.run.rows <= cfg.max_rows)
+                & (a.run.layers != 0) & (a.run.layers <= cfg.max_layers),
+                a.split.index < len(cfg.modes),
+                c.op == Opcode.WRITE_ACT,
+                c.op == Opcode.WRITE_PARAM,
+                (a.act.addr < base) | (a.act.addr >= win_hi),
+                snd_active & (a.act.buf == out_buf)
+                & (a.act.addr >= snd_lo) & (a.act.addr < snd_hi)))
+        chk = Signal(chk_l)
+        m.d.sync += chk.eq(Mux(advance, checks(nxt).as_value(), checks(cmd).as_value()))
+        stale = Signal()
+        m.d.sync += stale.eq(0)
+        may_take = Signal()
+        m.d.comb += may_take.eq(head_valid & ~stale
+                                & (1 if self._engine == 0 else ~self.hold))
+
         act_to_result = pre_out.valid & (act.buf == dst_buf)
         bg_take = Signal()
         m.d.comb += bg_take.eq(
-            win_valid & (cmd.op == Opcode.WRITE_ACT) & (act.addr < act_words)
-            & ((act.addr < base) | (act.addr >= win_hi))
-            & ~act_to_sender & ~act_to_result
-            & (1 if self._engine == 0 else ~self.hold))
+            may_take & win_valid & chk.is_act & chk.act_ok & chk.outside_run
+            & ~chk.to_sender & ~act_to_result)
 
         # -- the control FSM ------------------------------------------------
         def fail(status, info, tag=cmd.tag):
@@ -700,9 +760,8 @@ class MLPEngine(wiring.Component):
                          pwr.data.mult.eq(args.param.mult),
                          pwr.data.shift.eq(args.param.shift)]
         with m.If(bg_take):
-            m.d.comb += self.cmd.ready.eq(1)
-            with m.If(self.cmd.valid):
-                m.d.sync += cmd_act_we.eq(1)
+            m.d.comb += take_head.eq(1)
+            m.d.sync += cmd_act_we.eq(1)
         settle = Signal(range(SPLIT_SETTLE + 1))
         with m.FSM():
             with m.State("IDLE"):
@@ -710,32 +769,30 @@ class MLPEngine(wiring.Component):
                 # (a RUN's last rows may still be in flight: they read their
                 # parameters on the way, and each takes the activation RAM's
                 # write port in the cycle it is written)
-                m.d.comb += take.eq((1 if self._engine == 0 else ~self.hold)
-                                    & ~((cmd.op == Opcode.WRITE_ACT)
-                                        & (act_to_sender | act_to_result))
-                                    & ~((cmd.op == Opcode.WRITE_PARAM) & tail_nz))
-                m.d.comb += self.cmd.ready.eq(take)
-                with m.If(self.cmd.valid & take):
+                m.d.comb += take.eq(may_take
+                                    & ~(chk.is_act & (chk.to_sender | act_to_result))
+                                    & ~(chk.is_param & tail_nz))
+                m.d.comb += take_head.eq(take)
+                with m.If(take):
                     with m.Switch(cmd.op):
                         with m.Case(Opcode.WRITE_WEIGHTS):
-                            with m.If(args.weights.addr < cfg.weight_words):
+                            with m.If(chk.weights_ok):
                                 m.d.sync += w_wr.en.eq(1)
                             with m.Else():
                                 fail(Status.BAD_ADDRESS, cmd.op)
                         with m.Case(Opcode.WRITE_PARAM):
-                            p = args.param
-                            with m.If((p.addr < cfg.param_words) & (p.lane < lanes)):
+                            with m.If(chk.param_ok):
                                 for j, (pwr, _) in enumerate(pmems):
-                                    m.d.sync += pwr.en.eq(p.lane == j)
+                                    m.d.sync += pwr.en.eq(args.param.lane == j)
                             with m.Else():
                                 fail(Status.BAD_ADDRESS, cmd.op)
                         with m.Case(Opcode.WRITE_ACT):
-                            with m.If(args.act.addr < act_words):
+                            with m.If(chk.act_ok):
                                 m.d.sync += cmd_act_we.eq(1)
                             with m.Else():
                                 fail(Status.BAD_ADDRESS, cmd.op)
                         with m.Case(Opcode.SET_LAYER):
-                            with m.If(args.layer.index < cfg.max_layers):
+                            with m.If(chk.layer_ok):
                                 m.d.sync += l_wr.en.eq(1)
                             with m.Else():
                                 fail(Status.BAD_ADDRESS, cmd.op)
@@ -743,9 +800,7 @@ class MLPEngine(wiring.Component):
                             r = args.run
                             with m.If(~available):
                                 fail(Status.NOT_AVAILABLE, cmd.op)
-                            with m.Elif((r.rows == 0) | (r.rows > cfg.max_rows)
-                                        | (r.layers == 0)
-                                        | (r.layers > cfg.max_layers)):
+                            with m.Elif(~chk.run_ok):
                                 fail(Status.BAD_RUN, cmd.op)
                             with m.Else():
                                 # (the sender of the RUN before the last is
@@ -763,7 +818,7 @@ class MLPEngine(wiring.Component):
                             if self._engine != 0:
                                 fail(Status.NOT_AVAILABLE, cmd.op)
                             else:
-                                with m.If(args.split.index >= len(cfg.modes)):
+                                with m.If(~chk.split_ok):
                                     fail(Status.BAD_SPLIT, cmd.op)
                                 with m.Else():
                                     m.d.sync += [split_index.eq(args.split.index),
@@ -868,7 +923,7 @@ class MLPEngine(wiring.Component):
                     with m.If(layer_hi > win_hi):
                         m.d.sync += win_hi.eq(layer_hi)
                     with m.If(layer == n_layers_m1):
-                        m.d.sync += [layer.eq(0), win_valid.eq(1)]
+                        m.d.sync += [layer.eq(0), win_valid.eq(1), stale.eq(1)]
                         m.next = "LAYER_READ"
                     with m.Else():
                         m.d.sync += [layer.eq(layer + 1), prev_out.eq(desc.out_dim)]
@@ -946,7 +1001,7 @@ class MLPEngine(wiring.Component):
                                      snd_lo.eq(base), snd_hi.eq(dst_hi), snd_rows.eq(rows),
                                      snd_nt_m1.eq(nt_m1), snd_info.eq(cycles + tail),
                                      snd_par.eq(run_par), snd_tag.eq(run_tag),
-                                     win_valid.eq(0)]
+                                     win_valid.eq(0), stale.eq(1)]
                         m.next = "IDLE"
                 with m.Elif(all_free & ~loader_busy):
                     m.d.sync += layer.eq(layer + 1)
