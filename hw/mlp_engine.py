@@ -310,7 +310,7 @@ class MLPEngine(wiring.Component):
         assert INJECT_LATENCY == BlockRAM.LATENCY + 1
         drain = lambda lat: lat + REQUANT_LATENCY + INJECT_LATENCY + 3
         tail = Signal(range(drain(max_lat) + 1))
-        tail_nz = Signal()      # ``tail != 0``, from a register (it gates ``cmd.ready``)
+        tail_nz = Signal()      # ``tail != 0``, from a register (it gates taking a command)
         drain_cycles = Signal.like(tail)
         m.d.sync += drain_cycles.eq(drain(latency))
         relu = Signal()
