@@ -773,6 +773,12 @@ class MLPEngine(wiring.Component):
                                     & ~(chk.is_act & (chk.to_sender | act_to_result))
                                     & ~(chk.is_param & tail_nz))
                 m.d.comb += take_head.eq(take)
+                # A RUN's registers load the head's fields in every idle
+                # cycle (nothing reads them while idle: the sender has its
+                # own), so that taking a RUN enables only a few flip-flops.
+                r = args.run
+                m.d.sync += [rows.eq(r.rows), base.eq(r.base), win_hi.eq(r.base),
+                             n_layers_m1.eq(r.layers - 1), layer.eq(0), cycles.eq(0)]
                 with m.If(take):
                     with m.Switch(cmd.op):
                         with m.Case(Opcode.WRITE_WEIGHTS):
@@ -797,7 +803,6 @@ class MLPEngine(wiring.Component):
                             with m.Else():
                                 fail(Status.BAD_ADDRESS, cmd.op)
                         with m.Case(Opcode.RUN):
-                            r = args.run
                             with m.If(~available):
                                 fail(Status.NOT_AVAILABLE, cmd.op)
                             with m.Elif(~chk.run_ok):
@@ -808,11 +813,7 @@ class MLPEngine(wiring.Component):
                                 for pb in range(2):
                                     with m.If(run_par != pb):
                                         m.d.sync += fin_rows[pb].eq(0)
-                                m.d.sync += [rows.eq(r.rows), base.eq(r.base),
-                                             run_par.eq(~run_par), run_tag.eq(cmd.tag),
-                                             win_hi.eq(r.base),
-                                             n_layers_m1.eq(r.layers - 1),
-                                             layer.eq(0), cycles.eq(0)]
+                                m.d.sync += [run_par.eq(~run_par), run_tag.eq(cmd.tag)]
                                 m.next = "CHECK_READ"
                         with m.Case(Opcode.SET_SPLIT):
                             if self._engine != 0:
