@@ -331,7 +331,9 @@ class Skid(wiring.Component):
     """A two-register stream buffer: ``o.valid``, ``o.payload`` and
     ``i.ready`` all come from flip-flops, so it cuts every combinational path
     between the stages it joins (valid, payload and ready), at full
-    throughput and one cycle of latency.
+    throughput and one cycle of latency. The spare register loads whenever
+    it is empty, so its enable is a register too: what decides ``o.ready``
+    reaches only the output register's enables.
 
     Parameters
     ----------
@@ -354,6 +356,8 @@ class Skid(wiring.Component):
         spare = Signal(self._shape, reset_less=True)
         spare_valid = Signal()
         m.d.comb += self.i.ready.eq(~spare_valid)
+        with m.If(~spare_valid):
+            m.d.sync += spare.eq(self.i.payload)
         with m.If(~self.o.valid | self.o.ready):
             with m.If(spare_valid):
                 m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(spare),
@@ -361,5 +365,5 @@ class Skid(wiring.Component):
             with m.Else():
                 m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload)]
         with m.Elif(self.i.valid & ~spare_valid):
-            m.d.sync += [spare.eq(self.i.payload), spare_valid.eq(1)]
+            m.d.sync += spare_valid.eq(1)
         return m

@@ -83,7 +83,7 @@ from .embedding import (EmbeddingLookup, _units, bank_write_layout, cache_write_
 from .feature_fetch import FeatureFetch, param_layout as fetch_param_layout
 from .loader import RecordRouter, qtag_layout
 from .mlp_cluster import MLPCluster
-from .mlp_isa import Opcode as EOp, Status as EStatus, command_layout
+from .mlp_isa import Status as EStatus, command_layout
 from .query_guard import QueryGuard
 from .result import ResultWriter
 from .stage import StageEngine, StagePhase, StageStatus

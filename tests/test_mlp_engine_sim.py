@@ -381,8 +381,7 @@ def test_answers_carry_their_commands_tag():
     target = EngineTarget(cfg, 0, 1)
     prog = compile_mlp(layers, target)
     x = rng.integers(-128, 128, (3, 5)).astype(np.int8)
-    tag = 1 << (target.cmd_layout.size - 1)
-    assert target.cmd_layout.from_bits(tag).tag == 1
+    tag = target.cmd_layout.const({"tag": 1}).as_bits()     # the tag bit, by the layout
     bad_layer = target.pack(Opcode.SET_LAYER, layer={"index": 1, "in_dim": 0, "out_dim": 4})
     # (command, its answer's status, its tag)
     answered = [
