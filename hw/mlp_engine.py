@@ -53,8 +53,9 @@ SPLIT_SETTLE = 2
 
 #: Cycles from an accumulator result to its int8 value in the buffer.
 REQUANT_LATENCY = 9 + PipelinedMultiplier.LATENCY
-#: Cycles from a row's read request to its activations at the array port.
-INJECT_LATENCY = BlockRAM.LATENCY + 1
+#: Cycles from a row's read request to its activations at the array port:
+#: the RAM's, a register after the buffer select, one after the lane select.
+INJECT_LATENCY = BlockRAM.LATENCY + 2
 #: Shortest tile, in cycles (see the streamer): a row's accumulator is read
 #: BlockRAM.LATENCY cycles before its sums leave the array, and its write
 #: must be presented before that read.
@@ -301,13 +302,13 @@ class MLPEngine(wiring.Component):
         # weights may be shifted again once that row has passed every PE: it
         # reads its last weight INJECT_LATENCY + (K - 1) + (S - 1) cycles
         # after I (the skew to the last row, then across the columns), and a
-        # tile taken in cycle T shifts first in T + BlockRAM.LATENCY + 1, so
-        # T >= I + K + S - 2 is safe; the countdown (D, from I + 1)
+        # tile taken in cycle T shifts first in T + INJECT_LATENCY (the read,
+        # then a register, as for the rows), so T >= I + K + S - 2 is safe; the countdown (D, from I + 1)
         # allows T >= I + 1 + D. ``tail`` counts until the last row issued
         # has left the requantizer.
         countdown = [Signal(range(2 * lanes + 1), name=f"slot{b}_countdown")
                      for b in range(2)]
-        assert INJECT_LATENCY == BlockRAM.LATENCY + 1
+        assert INJECT_LATENCY == BlockRAM.LATENCY + 2
         drain = lambda lat: lat + REQUANT_LATENCY + INJECT_LATENCY + 3
         tail = Signal(range(drain(max_lat) + 1))
         tail_nz = Signal()      # ``tail != 0``, from a register (it gates taking a command)
@@ -371,7 +372,10 @@ class MLPEngine(wiring.Component):
                      ld_shift_last.eq(delayed(ld_last, ram_lat, "rd_last")[-1])]
         loader_busy = Signal()
         m.d.comb += loader_busy.eq(Cat(*rd_busy).any())
-        m.d.comb += [self.array.weights.eq(w_rd.data),
+        # The weights reach the array a cycle after the RAM, registered like
+        # the activations (whose path is a cycle longer by the same register,
+        # so the countdowns above hold as they are).
+        m.d.sync += [self.array.weights.eq(w_rd.data),
                      self.array.w_load.eq(ld_shift),
                      self.array.w_buf.eq(ld_shift_buf)]
         with m.If(ld_shift_last):
@@ -474,10 +478,14 @@ class MLPEngine(wiring.Component):
                 m.d.comb += [awr.addr.eq(dst_addr), awr.data.eq(dst_data),
                              awr.en.eq(1)]
         # Read data is registered (in the RAM); the activations are
-        # registered once more before they enter the array.
+        # registered after the buffer select (the RAMs' bank select sits in
+        # front of it) and once more after the lane select, before they
+        # enter the array.
         act_q = [acts[b][1].data for b in range(2)]
-        inj_stages = delayed(inj, ram_lat, "inj")
-        inj_d = inj_stages[-2]        # aligned with the read data
+        run_src_q = Signal(row_shape, reset_less=True)
+        m.d.sync += run_src_q.eq(run_src)
+        inj_stages = delayed(inj, ram_lat + 1, "inj")
+        inj_d = inj_stages[-2]        # aligned with run_src_q
         inj_dd = inj_stages[-1]       # aligned with act_out
         act_out = Signal(row_shape)
         sel_out = Signal()
@@ -493,12 +501,12 @@ class MLPEngine(wiring.Component):
             with m.Switch(inj_d.off):
                 for o in k_offsets:
                     with m.Case(o):
-                        m.d.sync += act_out.eq(Cat(*(run_src[i + o]
+                        m.d.sync += act_out.eq(Cat(*(run_src_q[i + o]
                                                      for i in range(lanes - o))))
         with m.Else():
             m.d.sync += act_out.eq(0)
-        # issue -> inj -> ... -> inj_d (read data) -> inj_dd / act_out
-        assert INJECT_LATENCY == 1 + ram_lat
+        # issue -> inj -> ... (read data) -> inj_d / run_src_q -> inj_dd / act_out
+        assert INJECT_LATENCY == 2 + ram_lat
 
         # -- the collector: accumulate, requantize, write ------------------
         taps = [inj_dd]
@@ -763,6 +771,8 @@ class MLPEngine(wiring.Component):
             m.d.comb += take_head.eq(1)
             m.d.sync += cmd_act_we.eq(1)
         settle = Signal(range(SPLIT_SETTLE + 1))
+        issued = Signal()       # (LAYER_DRAIN)
+        m.d.sync += issued.eq(0)
         with m.FSM():
             with m.State("IDLE"):
                 take = Signal()
@@ -984,8 +994,10 @@ class MLPEngine(wiring.Component):
             with m.State("LAYER_DRAIN"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
-                issued = ((slot_state[0] == FREE) & (slot_state[1] == FREE)
-                          & ~loader_busy)
+                # (all of the layer's rows issued: from a register, a cycle
+                # late; it stays high once set, nothing is taken in here)
+                m.d.sync += issued.eq((slot_state[0] == FREE) & (slot_state[1] == FREE)
+                                      & ~loader_busy)
                 with m.If(layer == n_layers_m1):
                     # The last layer's rows are issued: the sender takes over
                     # and waits until the rows still in flight are written
