@@ -668,7 +668,8 @@ class MLPEngine(wiring.Component):
                 with m.If(last_chunk):
                     m.d.sync += [out_row.eq(out_row + 1),
                                  done_issuing.eq(out_row + 1 == snd_rows)]
-            with m.If(done_issuing & (out_inflight == 0) & (rfifo.level == 0)):
+            # (every row read and sent: none owed, from one small register)
+            with m.If(done_issuing & (out_owed == 0)):
                 m.d.comb += [self.resp.valid.eq(1),
                              self.resp.payload.status.eq(Status.OK),
                              self.resp.payload.info.eq(snd_info),
