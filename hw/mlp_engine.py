@@ -774,6 +774,8 @@ class MLPEngine(wiring.Component):
         settle = Signal(range(SPLIT_SETTLE + 1))
         issued = Signal()       # (LAYER_DRAIN)
         m.d.sync += issued.eq(0)
+        hand = Signal()         # (the hand-over, below)
+        m.d.sync += hand.eq(0)
         with m.FSM():
             with m.State("IDLE"):
                 take = Signal()
@@ -1008,14 +1010,7 @@ class MLPEngine(wiring.Component):
                     # registers. The trailer's count is the RUN's cycles to
                     # its last row written, as if it had waited.)
                     with m.If(issued & ~snd_active):
-                        # (a RUN has rows: ``done_issuing`` starts low)
-                        m.d.sync += [out_row.eq(0), out_chunk.eq(0), done_issuing.eq(0),
-                                     out_rd_addr.eq(base), out_buf.eq(~layer[0]),
-                                     snd_active.eq(1), snd_wait.eq(tail),
-                                     snd_lo.eq(base), snd_hi.eq(dst_hi), snd_rows.eq(rows),
-                                     snd_nt_m1.eq(nt_m1), snd_info.eq(cycles + tail),
-                                     snd_par.eq(run_par), snd_tag.eq(run_tag),
-                                     win_valid.eq(0), stale.eq(1)]
+                        m.d.sync += [hand.eq(1), win_valid.eq(0), stale.eq(1)]
                         m.next = "IDLE"
                 with m.Elif(all_free & ~loader_busy):
                     m.d.sync += layer.eq(layer + 1)
@@ -1030,4 +1025,18 @@ class MLPEngine(wiring.Component):
                              self.resp.payload.last.eq(1)]
                 with m.If(self.resp.ready):
                     m.next = "IDLE"
+
+        # The hand-over, in the cycle after the last layer's rows are issued
+        # (the FSM's first cycle back in IDLE, when the RUN's registers still
+        # hold it): the sender's registers load, enabled by this flip-flop
+        # alone. Nothing is taken in this cycle or the next (``stale``).
+        with m.If(hand):
+            # (a RUN has rows: ``done_issuing`` starts low)
+            m.d.comb += self.busy.eq(1)
+            m.d.sync += [out_row.eq(0), out_chunk.eq(0), done_issuing.eq(0),
+                         out_rd_addr.eq(base), out_buf.eq(~layer[0]),
+                         snd_active.eq(1), snd_wait.eq(tail),
+                         snd_lo.eq(base), snd_hi.eq(dst_hi), snd_rows.eq(rows),
+                         snd_nt_m1.eq(nt_m1), snd_info.eq(cycles + tail),
+                         snd_par.eq(run_par), snd_tag.eq(run_tag), stale.eq(1)]
         return m
