@@ -257,7 +257,6 @@ class MLPEngine(wiring.Component):
         kt = Signal(range(cfg.max_dim + 1))
         nt = Signal(range(cfg.max_dim + 1))
         kw = Signal(range(cfg.max_dim + 1))     # words of a row of the layer's input
-        kt_m1 = Signal.like(kt)
         nt_m1 = Signal.like(nt)
         prev_out = Signal.like(desc.out_dim)
 
@@ -283,6 +282,17 @@ class MLPEngine(wiring.Component):
                               Mux(rows_left < MIN_TILE_CYCLES, MIN_TILE_CYCLES,
                                   rows_left)) - 1),
         ]
+
+        # Where the tile offered is, from registers: the last input tile, the
+        # last output tile, the last row block. (A take is never followed by
+        # another in the next cycle, so flags computed from the values of
+        # the cycle before are up to date at every take; the first take of a
+        # layer comes two cycles after kt, nt and rows_left are set.)
+        seq_last_k = Signal()
+        seq_last_n = Signal()
+        seq_last_blk = Signal()
+        m.d.sync += [seq_last_k.eq(seq_k + 1 == kt), seq_last_n.eq(seq_n + 1 == nt),
+                     seq_last_blk.eq(rows_left <= cfg.acc_rows)]
 
         # Per-parity tile slots.
         FREE, LOADING, READY, STREAMING = range(4)
@@ -336,10 +346,14 @@ class MLPEngine(wiring.Component):
         ld_shift = Signal()
         ld_shift_buf = Signal()
         ld_shift_last = Signal()
-        m.d.comb += seq_take.eq(
-            seq_valid & ~ld_busy
-            & (Mux(ld_par, slot_state[1], slot_state[0]) == FREE)
-            & (Mux(ld_par, countdown[1], countdown[0]) == 0))
+        # A parity may be loaded (its slot FREE, its countdown 0), from a
+        # register: a slot FREE with a countdown of at most 1 is so in the
+        # next cycle too, unless it is taken; a take is followed by a loader
+        # busy cycle and a take of the other parity.
+        can_load = [Signal(name=f"slot{b}_can_load") for b in range(2)]
+        m.d.sync += [can_load[b].eq((slot_state[b] == FREE) & (countdown[b] <= 1))
+                     for b in range(2)]
+        m.d.comb += seq_take.eq(seq_valid & ~ld_busy & Mux(ld_par, can_load[1], can_load[0]))
         with m.If(seq_take):
             b = ld_par
             for pb in range(2):
@@ -353,8 +367,8 @@ class MLPEngine(wiring.Component):
                         slot_p[pb].eq(seq_p),
                         slot_off[pb].eq((seq_k & parts_m1) << log_k),
                         slot_first[pb].eq(seq_k == 0),
-                        slot_last[pb].eq(seq_k == kt_m1),
-                        slot_fin[pb].eq((layer == n_layers_m1) & (seq_n == nt_m1)),
+                        slot_last[pb].eq(seq_last_k),
+                        slot_fin[pb].eq((layer == n_layers_m1) & seq_last_n),
                     ]
             m.d.sync += [ld_busy.eq(1), ld_left.eq(k_side), ld_slot.eq(b),
                          ld_addr.eq(seq_w + k_side_m1), ld_par.eq(~ld_par)]
@@ -968,16 +982,17 @@ class MLPEngine(wiring.Component):
                              nt.eq(out_plus >> log_side)]
                 m.next = "LAYER_PREPARE"
             with m.State("LAYER_PREPARE"):
-                # kt, nt and the first block's length settle into registers.
+                # the flags of the first tile and the first block's length
+                # settle into registers
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [cycles.eq(cycles + 1), kt_m1.eq(kt - 1), nt_m1.eq(nt - 1)]
+                m.d.sync += [cycles.eq(cycles + 1), nt_m1.eq(nt - 1)]
                 m.next = "LAYER_RUN"
             with m.State("LAYER_RUN"):
                 m.d.comb += [self.busy.eq(1), seq_valid.eq(1)]
                 m.d.sync += cycles.eq(cycles + 1)
                 with m.If(seq_take):
-                    last_k = seq_k == kt_m1
-                    last_n = seq_n == nt_m1
+                    last_k = seq_last_k
+                    last_n = seq_last_n
                     # (the next word once this one's input tiles are done)
                     last_part = (seq_k & parts_m1) == parts_m1
                     m.d.sync += [seq_k.eq(Mux(last_k, 0, seq_k + 1)),
@@ -992,7 +1007,7 @@ class MLPEngine(wiring.Component):
                             m.d.sync += [seq_w.eq(desc.w_base),
                                          seq_rb.eq(seq_rb + cfg.acc_rows),
                                          rows_left.eq(rows_left - blk)]
-                            with m.If(rows_left == blk):
+                            with m.If(seq_last_blk):
                                 m.next = "LAYER_DRAIN"
             with m.State("LAYER_DRAIN"):
                 m.d.comb += self.busy.eq(1)
