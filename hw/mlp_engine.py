@@ -767,8 +767,12 @@ class MLPEngine(wiring.Component):
             & ~chk.to_sender & ~act_to_result)
 
         # -- the control FSM ------------------------------------------------
-        def fail(status, info, tag=cmd.tag):
-            m.d.sync += [err_status.eq(status), err_info.eq(info), err_tag.eq(tag)]
+        def fail(status, info=None, tag=None):
+            # (in IDLE the answer's info and tag load in every cycle: the
+            # command's opcode and tag)
+            m.d.sync += err_status.eq(status)
+            if info is not None:
+                m.d.sync += [err_info.eq(info), err_tag.eq(tag)]
             m.next = "ERROR"
 
         # The write registers load the payload in every cycle and only their
@@ -800,60 +804,63 @@ class MLPEngine(wiring.Component):
                                     & ~(chk.is_act & (chk.to_sender | act_to_result))
                                     & ~(chk.is_param & tail_nz))
                 m.d.comb += take_head.eq(take)
-                # A RUN's registers load the head's fields in every idle
-                # cycle (nothing reads them while idle: the sender has its
-                # own), so that taking a RUN enables only a few flip-flops.
+                # A RUN's or SET_SPLIT's registers, and an error answer's
+                # info, load the head's fields in every idle cycle (nothing
+                # reads them while idle but the hand-over, in the first idle
+                # cycle, before they change), so that taking a command
+                # enables only a few flip-flops.
                 r = args.run
                 m.d.sync += [rows.eq(r.rows), base.eq(r.base), win_hi.eq(r.base),
-                             n_layers_m1.eq(r.layers - 1), layer.eq(0), cycles.eq(0)]
+                             n_layers_m1.eq(r.layers - 1), layer.eq(0), cycles.eq(0),
+                             run_tag.eq(cmd.tag), split_index.eq(args.split.index),
+                             split_tag.eq(cmd.tag), settle.eq(0),
+                             err_info.eq(cmd.op), err_tag.eq(cmd.tag)]
                 with m.If(take):
                     with m.Switch(cmd.op):
                         with m.Case(Opcode.WRITE_WEIGHTS):
                             with m.If(chk.weights_ok):
                                 m.d.sync += w_wr.en.eq(1)
                             with m.Else():
-                                fail(Status.BAD_ADDRESS, cmd.op)
+                                fail(Status.BAD_ADDRESS)
                         with m.Case(Opcode.WRITE_PARAM):
                             with m.If(chk.param_ok):
                                 for j, (pwr, _) in enumerate(pmems):
                                     m.d.sync += pwr.en.eq(args.param.lane == j)
                             with m.Else():
-                                fail(Status.BAD_ADDRESS, cmd.op)
+                                fail(Status.BAD_ADDRESS)
                         with m.Case(Opcode.WRITE_ACT):
                             with m.If(chk.act_ok):
                                 m.d.sync += cmd_act_we.eq(1)
                             with m.Else():
-                                fail(Status.BAD_ADDRESS, cmd.op)
+                                fail(Status.BAD_ADDRESS)
                         with m.Case(Opcode.SET_LAYER):
                             with m.If(chk.layer_ok):
                                 m.d.sync += l_wr.en.eq(1)
                             with m.Else():
-                                fail(Status.BAD_ADDRESS, cmd.op)
+                                fail(Status.BAD_ADDRESS)
                         with m.Case(Opcode.RUN):
                             with m.If(~available):
-                                fail(Status.NOT_AVAILABLE, cmd.op)
+                                fail(Status.NOT_AVAILABLE)
                             with m.Elif(~chk.run_ok):
-                                fail(Status.BAD_RUN, cmd.op)
+                                fail(Status.BAD_RUN)
                             with m.Else():
                                 # (the sender of the RUN before the last is
                                 # done: this RUN's parity is free)
                                 for pb in range(2):
                                     with m.If(run_par != pb):
                                         m.d.sync += fin_rows[pb].eq(0)
-                                m.d.sync += [run_par.eq(~run_par), run_tag.eq(cmd.tag)]
+                                m.d.sync += run_par.eq(~run_par)
                                 m.next = "CHECK_READ"
                         with m.Case(Opcode.SET_SPLIT):
                             if self._engine != 0:
-                                fail(Status.NOT_AVAILABLE, cmd.op)
+                                fail(Status.NOT_AVAILABLE)
                             else:
                                 with m.If(~chk.split_ok):
-                                    fail(Status.BAD_SPLIT, cmd.op)
+                                    fail(Status.BAD_SPLIT)
                                 with m.Else():
-                                    m.d.sync += [split_index.eq(args.split.index),
-                                                 split_tag.eq(cmd.tag), settle.eq(0)]
                                     m.next = "SPLIT_WAIT"
                         with m.Default():
-                            fail(Status.BAD_OPCODE, cmd.op)
+                            fail(Status.BAD_OPCODE)
 
             with m.State("ERROR"):
                 # (after the answer the sender still owes: responses keep order)
