@@ -313,9 +313,9 @@ class MLPEngine(wiring.Component):
         # reads its last weight INJECT_LATENCY + (K - 1) + (S - 1) cycles
         # after I (the skew to the last row, then across the columns), and a
         # tile taken in cycle T shifts first in T + INJECT_LATENCY (the read,
-        # then a register, as for the rows), so T >= I + K + S - 2 is safe; the countdown (D, from I + 1)
-        # allows T >= I + 1 + D. ``tail`` counts until the last row issued
-        # has left the requantizer.
+        # then a register, as for the rows), so T >= I + K + S - 2 is safe;
+        # the countdown (D, from I + 1) allows T >= I + 1 + D. ``tail``
+        # counts until the last row issued has left the requantizer.
         countdown = [Signal(range(2 * lanes + 1), name=f"slot{b}_countdown")
                      for b in range(2)]
         assert INJECT_LATENCY == BlockRAM.LATENCY + 2
