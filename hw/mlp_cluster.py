@@ -6,12 +6,14 @@ engine 0 sets with ``SET_SPLIT`` once no other engine is busy, so that two
 stage engines can run side by side on a split array; while it waits, the
 other engines take no command (the split lock, :class:`hw.mlp_engine.MLPEngine`).
 
-Each engine's responses pass through a :class:`Skid` (valid, payload and
-ready from flip-flops), and its commands through its own two-register
-buffer, so that nothing outside the cluster waits combinationally on an
-engine, nor an engine on anything outside: commands and answers each take
-a cycle longer, and an answer may come after commands taken later (its
-``tag`` says whose it is).
+Each engine's responses pass through two :class:`Skid` buffers in a row (valid,
+payload and ready from flip-flops; place and route can put one beside the
+engine's control and one beside the cluster's outputs, which may be far
+apart), and its commands through its own two-register buffer, so that
+nothing outside the cluster waits combinationally on an engine, nor an
+engine on anything outside: commands take a cycle longer and answers two,
+and an answer may come after commands taken later (its ``tag`` says whose
+it is).
 """
 
 from amaranth.hdl import Cat, Module, Signal
@@ -67,13 +69,16 @@ class MLPCluster(wiring.Component):
         for e in range(cfg.engines):
             m.submodules[f"engine{e}"] = eng = MLPEngine(cfg, engine=e)
             engines.append(eng)
+            m.submodules[f"resp_near{e}"] = near = Skid(response_layout(cfg, e))
             m.submodules[f"resp_skid{e}"] = rskid = Skid(response_layout(cfg, e))
             connect(m, flipped(getattr(self, f"cmd_{e}")), eng.cmd)
-            connect(m, eng.resp, rskid.i)
+            connect(m, eng.resp, near.i)
+            connect(m, near.o, rskid.i)
             connect(m, rskid.o, flipped(getattr(self, f"resp_{e}")))
             connect(m, eng.array, array.port(e))
             m.d.comb += [eng.split.eq(self.split), self.busy[e].eq(eng.busy),
                          self.pending[e].eq(eng.busy | eng.queued
+                                            | near.o.valid | ~near.i.ready
                                             | rskid.o.valid | ~rskid.i.ready)]
         # the split lock (MLPEngine): registered both ways
         lock = Signal()
