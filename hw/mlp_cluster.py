@@ -77,9 +77,9 @@ class MLPCluster(wiring.Component):
             connect(m, rskid.o, flipped(getattr(self, f"resp_{e}")))
             connect(m, eng.array, array.port(e))
             m.d.comb += [eng.split.eq(self.split), self.busy[e].eq(eng.busy),
+                         # (a Skid that holds anything has ``o.valid`` high)
                          self.pending[e].eq(eng.busy | eng.queued
-                                            | near.o.valid | ~near.i.ready
-                                            | rskid.o.valid | ~rskid.i.ready)]
+                                            | near.o.valid | rskid.o.valid)]
         # the split lock (MLPEngine): registered both ways
         lock = Signal()
         m.d.sync += [lock.eq(engines[0].split_wait),
