@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from hw.config import Config, PRESETS
+from hw.synth import PLACERS
 
 __all__ = ["main"]
 
@@ -77,9 +78,10 @@ def cmd_synth(args):
     lpf.write_text(constraint_texts(cfg)["ecp5.lpf"])
     res = synth_ecp5(verilog, TOP_NAME, workdir=work, freq_mhz=cfg.clock_mhz, lpf=lpf,
                      progress=lambda s: print(f"  {s}", flush=True), seed=args.seed,
-                     router=args.router)
+                     router=args.router, placer=args.placer, tmg_ripup=args.tmg_ripup)
     out = {k: res[k] for k in ("fmax_mhz", "lut", "ff", "dsp", "bram")}
     out.update({"target_mhz": cfg.clock_mhz, "device": "LFE5U-85F-6BG381", "router": args.router,
+                "placer": args.placer, "tmg_ripup": args.tmg_ripup, "seed": args.seed,
                 "preset": cfg.name, "wrapped_port_bits": wrapper.in_bits + wrapper.out_bits,
                 "wrapper_ff": wrapper.in_bits + wrapper.out_bits})
     print(f"Fmax {out['fmax_mhz']:.1f} MHz (target {cfg.clock_mhz:g}); "
@@ -207,6 +209,10 @@ def main(argv=None):
     p.add_argument("--router", choices=["router1", "router2"], default="router1",
                    help="nextpnr router (router2 is much faster on a congested die; "
                         "the delays it reaches may differ)")
+    p.add_argument("--placer", choices=list(PLACERS), default="heap",
+                   help="nextpnr placer (heap: analytic; static: electrostatic)")
+    p.add_argument("--tmg-ripup", action="store_true",
+                   help="nextpnr: rip up and reroute nets for timing (routing takes longer)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("bench", help="benchmarks (cycles, utilization, resources, Fmax)")

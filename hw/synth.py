@@ -24,7 +24,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-__all__ = ["ToolError", "ECP5_DEVICE", "ECP5_USER_IO", "synth_ecp5"]
+__all__ = ["ToolError", "ECP5_DEVICE", "ECP5_USER_IO", "PLACERS", "synth_ecp5"]
 
 ECP5_DEVICE = {"size": "85k", "package": "CABGA381", "speed": 6, "trellis": "LFE5U-85F"}
 
@@ -33,11 +33,15 @@ ECP5_DEVICE = {"size": "85k", "package": "CABGA381", "speed": 6, "trellis": "LFE
 #: with the configuration interface; they are assigned last.)
 ECP5_USER_IO = 205
 
+#: nextpnr-ecp5's placers.
+PLACERS = ("heap", "static", "sa")
+
 # nextpnr log lines that start each phase, with the status shown for them.
 _NEXTPNR_PHASES = (
     ("Info: Packing", "packing..."),
     ("Info: Placed ", "placement..."),
     ("Info: Creating initial analytic placement", "placement..."),
+    ("Info: Running Static placer", "placement..."),
     ("Info: Routing globals", "routing..."),
     ("Info: Routing..", "routing..."),
 )
@@ -166,7 +170,7 @@ def _pick_clock(fmax, clock):
 
 
 def synth_ecp5(verilog, top, *, workdir, freq_mhz, lpf=None, progress=None, seed=1,
-               abc9_dff=False, clock="clk", router="router1"):
+               abc9_dff=False, clock="clk", router="router1", placer="heap", tmg_ripup=False):
     """Synthesize, place and route a Verilog design for the ECP5-85F.
 
     Parameters
@@ -200,6 +204,12 @@ def synth_ecp5(verilog, top, *, workdir, freq_mhz, lpf=None, progress=None, seed
     router : str
         nextpnr router, ``"router1"`` (its default) or ``"router2"`` (much
         faster on a congested die; the delays it reaches may differ).
+    placer : str
+        nextpnr placer: ``"heap"`` (its default, analytic), ``"static"``
+        (electrostatic) or ``"sa"`` (simulated annealing).
+    tmg_ripup : bool
+        Let the router rip up and reroute nets for timing (``--tmg-ripup``);
+        routing takes longer.
 
     Returns
     -------
@@ -226,6 +236,8 @@ def synth_ecp5(verilog, top, *, workdir, freq_mhz, lpf=None, progress=None, seed
         raise ValueError(f"seed must be an integer, not {seed!r}")
     if router not in ("router1", "router2"):
         raise ValueError(f"router must be 'router1' or 'router2', not {router!r}")
+    if placer not in PLACERS:
+        raise ValueError(f"placer must be one of {PLACERS!r}, not {placer!r}")
     if progress is not None and not callable(progress):
         raise ValueError(f"progress must be callable or None, not {progress!r}")
 
@@ -287,6 +299,7 @@ def synth_ecp5(verilog, top, *, workdir, freq_mhz, lpf=None, progress=None, seed
             "--json", netlist_path.name, "--report", report_path.name,
             "--lpf", lpf.name,
             "--freq", f"{freq_mhz:g}", "--seed", str(seed), "--router", router,
+            "--placer", placer, *(["--tmg-ripup"] if tmg_ripup else []),
             # We measure Fmax: a missed target is a result, not an error.
             "--timing-allow-fail"]
 

@@ -85,3 +85,16 @@ def test_narrow_io_counts_port_bits():
 
     w = NarrowIO(Thing())
     assert (w.in_bits, w.out_bits) == (10, 5)
+
+
+@pytest.mark.parametrize("kw, field", [({"placer": "annealing"}, "placer"),
+                                       ({"router": "router3"}, "router"),
+                                       ({"seed": 1.5}, "seed"),
+                                       ({"freq_mhz": 0}, "freq_mhz")])
+def test_synth_refuses_bad_options(tmp_path, kw, field):
+    # checked before any tool runs: nothing is written
+    from hw.synth import synth_ecp5
+    args = {"workdir": tmp_path / "w", "freq_mhz": 150.0, **kw}
+    with pytest.raises(ValueError, match=f"^{field} must be"):
+        synth_ecp5("module top(); endmodule\n", "top", **args)
+    assert not (tmp_path / "w").exists()
