@@ -6,6 +6,8 @@ synthesis tool would not infer one (``synth_ecp5`` maps ``$mul`` to a
 combinational MULT18X18D and leaves the surrounding registers in the fabric).
 """
 
+from types import SimpleNamespace
+
 from amaranth.hdl import ClockSignal, Instance, Module, Signal, signed, unsigned
 from amaranth.lib.memory import Memory
 from amaranth.lib import stream, wiring
@@ -171,27 +173,32 @@ class BlockRAM(wiring.Component):
     """Simple dual-port RAM: one write port, one read port with a latency of
     :attr:`LATENCY` cycles.
 
-    Both ports are registered in the fabric before the RAM, and the read data
-    once more after it, so that every path between the block RAMs and the
-    logic around them is a register-to-register hop: on a crowded ECP5 the
-    routes to and from a row of DP16KD blocks take most of a cycle on their
-    own (measured: 4.5 ns RAM to logic, 5 ns logic to RAM). In order:
+    Both ports are registered twice in the fabric before the RAM, and the
+    read data once more after it, so that every path between the block RAMs
+    and the logic around them is a register-to-register hop: on a crowded
+    ECP5 the routes to and from a row of DP16KD blocks take most of a cycle
+    on their own (measured: 4.5 ns RAM to logic, 5 ns logic to RAM). In
+    order:
 
-    1. ``r_addr`` register (fabric), one copy per bank, loaded only when that
+    1. an input register (fabric, one copy), so that the logic driving the
+       port (an address or write multiplexer) ends at a flip-flop beside
+       it, and not at the clock enables of the bank copies far away;
+    2. ``r_addr`` register (fabric), one copy per bank, loaded only when that
        bank is addressed, so that no copy drives more than a bank's columns;
-    2. the RAM's address register;
-    3. the RAM's output register (``REGMODE_B = "OUTREG"``: without it, its
+    3. the RAM's address register;
+    4. the RAM's output register (``REGMODE_B = "OUTREG"``: without it, its
        5.8 ns clock-to-data bounds the design);
-    4. a fabric register per bank, then the bank multiplexer.
+    5. a fabric register per bank, then the bank multiplexer.
 
-    The write port has a register stage of its own (one copy per bank, with
-    the bank's write enable), so a write lands one cycle after it is
-    presented. Reads are delayed by the same stage, so the contract is that
-    of a RAM without either register: a read presented in a later cycle than
-    a write to its address returns the written word; a read and a write of
-    one address presented in the same cycle return undefined data (callers
-    never do that). ``"generic"`` is an Amaranth ``Memory`` with the same
-    registers: the same latency and contents. The contents start undefined.
+    The write port has the same two register stages (the second one copy
+    per bank, with the bank's write enable), so a write lands two cycles
+    after it is presented. Reads are delayed by the same stages, so the
+    contract is that of a RAM without these registers: a read presented in
+    a later cycle than a write to its address returns the written word; a
+    read and a write of one address presented in the same cycle return
+    undefined data (callers never do that). ``"generic"`` is an Amaranth
+    ``Memory`` with the same registers: the same latency and contents. The
+    contents start undefined.
 
     Attributes
     ----------
@@ -201,7 +208,7 @@ class BlockRAM(wiring.Component):
         The word at the ``r_addr`` of :attr:`LATENCY` cycles earlier.
     """
 
-    LATENCY = 4
+    LATENCY = 5
     TARGETS = ("generic", "ecp5")
     _BLOCK_DEPTH = 1024
     _BLOCK_WIDTH = 18
@@ -233,21 +240,33 @@ class BlockRAM(wiring.Component):
         m.submodules.mem = mem = Memory(shape=unsigned(self._width), depth=self._depth,
                                         init=[])
         wr, rd = mem.write_port(), mem.read_port()
+        i = self._input_stage(m)
         w_addr = Signal.like(self.w_addr, reset_less=True)
         w_data = Signal.like(self.w_data, reset_less=True)
         w_en = Signal()
         r_addr = Signal.like(self.r_addr, reset_less=True)
         q = [Signal(self._width, reset_less=True) for _ in range(2)]
-        m.d.sync += [w_addr.eq(self.w_addr), w_data.eq(self.w_data), w_en.eq(self.w_en),
-                     r_addr.eq(self.r_addr)]
+        m.d.sync += [w_addr.eq(i.w_addr), w_data.eq(i.w_data), w_en.eq(i.w_en),
+                     r_addr.eq(i.r_addr)]
         m.d.comb += [wr.addr.eq(w_addr), wr.data.eq(w_data), wr.en.eq(w_en),
                      rd.addr.eq(r_addr)]
         m.d.sync += [q[0].eq(rd.data), q[1].eq(q[0])]
         m.d.comb += self.r_data.eq(q[1])
         return m
 
+    def _input_stage(self, m):
+        """Stage 1 (class docstring): the ports, registered once."""
+        i = SimpleNamespace(w_addr=Signal.like(self.w_addr, name="in_waddr", reset_less=True),
+                            w_data=Signal.like(self.w_data, name="in_wdata", reset_less=True),
+                            w_en=Signal(name="in_we"),
+                            r_addr=Signal.like(self.r_addr, name="in_raddr", reset_less=True))
+        m.d.sync += [i.w_addr.eq(self.w_addr), i.w_data.eq(self.w_data), i.w_en.eq(self.w_en),
+                     i.r_addr.eq(self.r_addr)]
+        return i
+
     def _elaborate_ecp5(self):
         m = Module()
+        i = self._input_stage(m)
         bd, bw = self._BLOCK_DEPTH, self._BLOCK_WIDTH
         banks = -(-self._depth // bd)
         cols = -(-self._width // bw)
@@ -257,9 +276,9 @@ class BlockRAM(wiring.Component):
             return addr[abits:] if banks > 1 else 0
 
         # Which bank the read data comes from, delayed like the data.
-        r_bank_q = [Signal(range(banks), name=f"r_bank_{k}") for k in range(self.LATENCY)]
-        m.d.sync += r_bank_q[0].eq(bank_of(self.r_addr))
-        for k in range(1, self.LATENCY):
+        r_bank_q = [Signal(range(banks), name=f"r_bank_{k}") for k in range(self.LATENCY - 1)]
+        m.d.sync += r_bank_q[0].eq(bank_of(i.r_addr))
+        for k in range(1, self.LATENCY - 1):
             m.d.sync += r_bank_q[k].eq(r_bank_q[k - 1])
         outs = []
         for b in range(banks):
@@ -267,16 +286,16 @@ class BlockRAM(wiring.Component):
             w_addr = Signal(abits, name=f"bank{b}_waddr", reset_less=True)
             w_data = Signal(cols * bw, name=f"bank{b}_wdata", reset_less=True)
             r_addr = Signal(abits, name=f"bank{b}_raddr", reset_less=True)
-            w_bank = bank_of(self.w_addr) == b
-            m.d.sync += w_en.eq(self.w_en & w_bank)
+            w_bank = bank_of(i.w_addr) == b
+            m.d.sync += w_en.eq(i.w_en & w_bank)
             # Each copy loads whenever its bank is the one addressed, whether
             # or not a write is presented (``w_en`` reaches one flip-flop, not
             # every data bit's clock enable); the copies differ, so synthesis
             # keeps them apart.
             with m.If(w_bank):
-                m.d.sync += [w_addr.eq(self.w_addr[:abits]), w_data.eq(self.w_data)]
-            with m.If(bank_of(self.r_addr) == b):
-                m.d.sync += r_addr.eq(self.r_addr[:abits])
+                m.d.sync += [w_addr.eq(i.w_addr[:abits]), w_data.eq(i.w_data)]
+            with m.If(bank_of(i.r_addr) == b):
+                m.d.sync += r_addr.eq(i.r_addr[:abits])
             q = Signal(cols * bw, name=f"bank{b}_q")
             q_r = Signal(cols * bw, name=f"bank{b}_q_r", reset_less=True)
             m.d.sync += q_r.eq(q)
