@@ -23,7 +23,7 @@ from amaranth.lib.wiring import In, Out, connect, flipped
 from .config import ArrayConfig
 from .mlp_engine import MLPEngine
 from .mlp_isa import command_layout, response_layout
-from .primitives import Skid
+from .primitives import Replica, Skid
 from .systolic import SystolicArray
 
 __all__ = ["MLPCluster"]
@@ -84,8 +84,10 @@ class MLPCluster(wiring.Component):
         lock = Signal()
         m.d.sync += [lock.eq(engines[0].split_wait),
                      engines[0].peers_busy.eq(Cat(eng.busy for eng in engines[1:]).any())]
-        for eng in engines[1:]:
-            m.d.comb += eng.hold.eq(lock)
+        for e, eng in enumerate(engines[1:], 1):
+            # (a copy beside each engine: engine 0 and the others are far apart)
+            m.submodules[f"hold{e}"] = hold = Replica(1, target=cfg.dsp)
+            m.d.comb += [hold.i.eq(lock), eng.hold.eq(hold.o)]
         with m.If(engines[0].split_req):
             m.d.sync += self.split.eq(engines[0].split_value)
         # Sub-array ports with no engine are left idle (inputs zero).

@@ -46,10 +46,11 @@ from .systolic import SubArrayPort, SystolicArray
 
 __all__ = ["MLPEngine", "REQUANT_LATENCY", "SPLIT_SETTLE"]
 
-#: Cycles a SET_SPLIT waits before it looks at ``peers_busy``: a RUN taken
-#: by another engine in the cycle the wait began shows in its ``busy`` a
-#: cycle later and in the registered ``peers_busy`` a cycle after that.
-SPLIT_SETTLE = 2
+#: Cycles a SET_SPLIT waits before it looks at ``peers_busy``: the other
+#: engines' ``hold`` rises two cycles after the wait begins, a RUN taken by
+#: one of them in the cycle before shows in its ``busy`` a cycle later, and
+#: in the registered ``peers_busy`` a cycle after that.
+SPLIT_SETTLE = 3
 
 #: Cycles from an accumulator result to its int8 value in the buffer.
 REQUANT_LATENCY = 9 + PipelinedMultiplier.LATENCY
@@ -99,14 +100,14 @@ class MLPEngine(wiring.Component):
         by the cluster): SET_SPLIT waits for it.
     hold : In(1)
         (other engines) Take no command: engine 0 was waiting to set the
-        split in the cycle before (the cluster's *split lock*).
+        split two cycles before (the cluster's *split lock*).
 
     The split lock: a SET_SPLIT waits at least :data:`SPLIT_SETTLE` cycles,
     then until ``peers_busy`` is low. The other engines take no command
-    from the cycle after it started waiting, so a RUN one of them took
-    before that shows in ``peers_busy`` by then, and none starts while the
-    split changes; both signals are registered, so no path runs from one
-    engine's state to another's control.
+    from the second cycle after it started waiting, so a RUN one of them
+    took before that shows in ``peers_busy`` by then, and none starts while
+    the split changes; both signals are registered (``hold`` twice), so no
+    path runs from one engine's state to another's control.
     """
 
     def __init__(self, config: ArrayConfig, *, engine: int = 0):
@@ -174,9 +175,14 @@ class MLPEngine(wiring.Component):
         latency = Signal(range(2 * lanes + PipelinedMultiplier.LATENCY + 3))
         max_lat = 0
         w_reuse = Signal(range(2 * lanes + 1))  # see the countdowns below
-        side_m1 = Signal(range(lanes + 1))      # registered: side - 1
-        k_side_m1 = Signal(range(lanes + 1))    # registered: k_side - 1
-        m.d.sync += [side_m1.eq(side - 1), k_side_m1.eq(k_side - 1)]
+        side_m1 = Signal(range(lanes + 1))      # side - 1
+        k_side_m1 = Signal(range(lanes + 1))    # k_side - 1
+        # (registered: the mode changes only while every engine is idle,
+        # and an engine takes no command in the cycle after it changes; see
+        # the split lock)
+        m.d.sync += [side.eq(0), log_side.eq(0), k_side.eq(0), log_k.eq(0), parts_m1.eq(0),
+                     available.eq(0), latency.eq(0), w_reuse.eq(0), side_m1.eq(0),
+                     k_side_m1.eq(0)]
         with m.Switch(self.split):
             for idx, mode in enumerate(cfg.modes):
                 with m.Case(idx):
@@ -184,8 +190,9 @@ class MLPEngine(wiring.Component):
                         k, s = cfg.mode_sides(mode)
                         lat = SystolicArray.latency(cfg, self._engine, mode)
                         max_lat = max(max_lat, lat)
-                        m.d.comb += [side.eq(s), log_side.eq(s.bit_length() - 1),
+                        m.d.sync += [side.eq(s), log_side.eq(s.bit_length() - 1),
                                      k_side.eq(k), log_k.eq(k.bit_length() - 1),
+                                     side_m1.eq(s - 1), k_side_m1.eq(k - 1),
                                      parts_m1.eq(s // k - 1),
                                      available.eq(1), latency.eq(lat),
                                      w_reuse.eq(max(k + s - 3, 0))]
@@ -247,6 +254,10 @@ class MLPEngine(wiring.Component):
         desc = Signal(layer_shape)
         m.d.sync += desc.eq(l_rd.data)
         n_layers_m1 = Signal(range(cfg.max_layers))
+        # ``layer == n_layers_m1``, a cycle late (neither changes in the
+        # cycles before it is read)
+        last_layer = Signal()
+        m.d.sync += last_layer.eq(layer == n_layers_m1)
         # ceil(dim / side) in two registered steps: dim + side - 1, then >>.
         in_plus = Signal(range(cfg.max_dim + lanes + 1))        # input tiles
         out_plus = Signal.like(in_plus)                         # output tiles
@@ -327,9 +338,6 @@ class MLPEngine(wiring.Component):
         relu = Signal()
         src_buf = Signal()
         dst_buf = Signal()
-        all_free = Signal()
-        m.d.comb += all_free.eq(
-            (slot_state[0] == FREE) & (slot_state[1] == FREE) & ~tail_nz)
         for cd in (*countdown, tail):
             with m.If(cd != 0):
                 m.d.sync += cd.eq(cd - 1)
@@ -346,14 +354,18 @@ class MLPEngine(wiring.Component):
         ld_shift = Signal()
         ld_shift_buf = Signal()
         ld_shift_last = Signal()
-        # A parity may be loaded (its slot FREE, its countdown 0), from a
-        # register: a slot FREE with a countdown of at most 1 is so in the
-        # next cycle too, unless it is taken; a take is followed by a loader
-        # busy cycle and a take of the other parity.
-        can_load = [Signal(name=f"slot{b}_can_load") for b in range(2)]
-        m.d.sync += [can_load[b].eq((slot_state[b] == FREE) & (countdown[b] <= 1))
-                     for b in range(2)]
-        m.d.comb += seq_take.eq(seq_valid & ~ld_busy & Mux(ld_par, can_load[1], can_load[0]))
+        # A take needs the loader idle and parity ``ld_par`` loadable (its
+        # slot FREE, its countdown 0), worked out a cycle ahead into
+        # ``take_ok``, so that a take depends on two flip-flops: the loader
+        # is idle next cycle unless it takes now or is busy past this one,
+        # and a slot FREE with a countdown of at most 1 is loadable next
+        # cycle (a take is followed by a loader busy cycle and a take of the
+        # other parity).
+        can_load = [(slot_state[b] == FREE) & (countdown[b] <= 1) for b in range(2)]
+        take_ok = Signal()
+        m.d.sync += take_ok.eq(~seq_take & (~ld_busy | (ld_left == 1))
+                               & Mux(ld_par, can_load[1], can_load[0]))
+        m.d.comb += seq_take.eq(seq_valid & take_ok)
         with m.If(seq_take):
             b = ld_par
             for pb in range(2):
@@ -368,7 +380,7 @@ class MLPEngine(wiring.Component):
                         slot_off[pb].eq((seq_k & parts_m1) << log_k),
                         slot_first[pb].eq(seq_k == 0),
                         slot_last[pb].eq(seq_last_k),
-                        slot_fin[pb].eq((layer == n_layers_m1) & seq_last_n),
+                        slot_fin[pb].eq(last_layer & seq_last_n),
                     ]
             m.d.sync += [ld_busy.eq(1), ld_left.eq(k_side), ld_slot.eq(b),
                          ld_addr.eq(seq_w + k_side_m1), ld_par.eq(~ld_par)]
@@ -528,6 +540,8 @@ class MLPEngine(wiring.Component):
             t = Signal.like(inj, name=f"meta_{d + 1}")
             m.d.sync += t.eq(taps[-1])
             taps.append(t)
+        # (each chosen by the mode's latency from the tap a stage before,
+        # into a register: the choice stays off the accumulator's adder)
         exit_meta = Signal.like(inj)
         pre_meta = Signal.like(inj)      # the accumulator read, ram_lat cycles ahead
         p_meta = Signal.like(inj)        # the parameter read, its data at stage 1
@@ -535,9 +549,10 @@ class MLPEngine(wiring.Component):
             for lat in sorted({SystolicArray.latency(cfg, self._engine, f)
                                for f in modes}):
                 with m.Case(lat):
-                    assert lat >= ram_lat
-                    m.d.comb += [exit_meta.eq(taps[lat]), pre_meta.eq(taps[lat - ram_lat]),
-                                 p_meta.eq(taps[lat - ram_lat + 1])]
+                    assert lat > ram_lat
+                    m.d.sync += [exit_meta.eq(taps[lat - 1]),
+                                 pre_meta.eq(taps[lat - ram_lat - 1]),
+                                 p_meta.eq(taps[lat - ram_lat])]
         m.d.comb += acc_rd.addr.eq(pre_meta.row)
         for _, prd in pmems:
             m.d.comb += prd.addr.eq(p_meta.p)
@@ -666,24 +681,46 @@ class MLPEngine(wiring.Component):
         # ``out_row == snd_rows``, kept in a register: the compare would
         # otherwise sit in front of ``resp.valid``
         done_issuing = Signal()
+        # The sender decides from registers alone; each is kept a cycle
+        # ahead, or a cycle late where late is safe:
+        # - ``written``: row ``out_row`` is written (a read presented after
+        #   the write), from the values of the cycle before (``fin_rows``
+        #   only grows while the sender reads its parity);
+        # - ``owed_zero``: no row owed to the FIFO (late by a cycle: rows
+        #   are only owed while issuing);
+        # - ``last_chunk`` (``out_chunk == snd_nt_m1``), ``last_row``
+        #   (``out_row + 1 == snd_rows``), ``next_row_addr`` (the first word
+        #   of row ``out_row + 1``).
+        written = Signal()
+        owed_zero = Signal()
+        last_chunk = Signal()
+        last_row = Signal()
+        next_row_addr = Signal.like(out_rd_addr)
         with m.If(snd_wait != 0):
             m.d.sync += snd_wait.eq(snd_wait - 1)
+        fin_snd = Mux(snd_par, fin_rows[1], fin_rows[0])
+        row_done = out_issue & last_chunk
+        m.d.sync += [
+            written.eq((snd_wait <= 1)
+                       | Mux(row_done, out_row + 1 < fin_snd, out_row < fin_snd)),
+            owed_zero.eq((out_owed == 0) & ~out_issue),
+        ]
         with m.If(snd_active):
             m.d.comb += [self.busy.eq(1), self.resp.payload.tag.eq(snd_tag)]
-            # (a row once it is written: a read presented after the write)
-            written = (snd_wait == 0) | (out_row < Mux(snd_par, fin_rows[1], fin_rows[0]))
             room = (out_owed < rfifo_depth) & written
             m.d.comb += out_issue.eq(room & ~done_issuing)
             with m.If(out_issue):
-                last_chunk = out_chunk == snd_nt_m1
                 m.d.sync += [out_chunk.eq(Mux(last_chunk, 0, out_chunk + 1)),
-                             out_rd_addr.eq(Mux(last_chunk, snd_lo + out_row + 1,
+                             last_chunk.eq(Mux(last_chunk, snd_nt_m1 == 0,
+                                               out_chunk + 1 == snd_nt_m1)),
+                             out_rd_addr.eq(Mux(last_chunk, next_row_addr,
                                                 out_rd_addr + snd_rows))]
                 with m.If(last_chunk):
-                    m.d.sync += [out_row.eq(out_row + 1),
-                                 done_issuing.eq(out_row + 1 == snd_rows)]
-            # (every row read and sent: none owed, from one small register)
-            with m.If(done_issuing & (out_owed == 0)):
+                    m.d.sync += [out_row.eq(out_row + 1), next_row_addr.eq(next_row_addr + 1),
+                                 last_row.eq(out_row + 2 == snd_rows),
+                                 done_issuing.eq(last_row)]
+            # (every row read and sent: none owed)
+            with m.If(done_issuing & owed_zero):
                 m.d.comb += [self.resp.valid.eq(1),
                              self.resp.payload.status.eq(Status.OK),
                              self.resp.payload.info.eq(snd_info),
@@ -702,6 +739,10 @@ class MLPEngine(wiring.Component):
         # row is written into the same buffer in the cycle its write lands.
         win_valid = Signal()
         win_hi = Signal(range(act_words + 1))
+        # The RUN's window and the sender's rows do not overlap, a cycle
+        # late (and low in the cycle after the window grows).
+        win_clear = Signal()
+        m.d.sync += win_clear.eq((base >= snd_hi) | (win_hi <= snd_lo))
         act = args.act
 
         # -- the command buffer ---------------------------------------------
@@ -730,30 +771,66 @@ class MLPEngine(wiring.Component):
                          spare_valid.eq(0)]
         with m.Elif(self.cmd.valid):
             m.d.sync += spare_valid.eq(1)
+        # The head's decision, worked out a cycle ahead: which write it
+        # enables, or that it starts a RUN or a SET_SPLIT, or the status it
+        # fails with (a RUN's NOT_AVAILABLE aside: ``available`` is read
+        # when it is taken).
         chk_l = data.StructLayout({
-            "weights_ok": 1, "param_ok": 1, "act_ok": 1, "layer_ok": 1, "run_ok": 1,
-            "split_ok": 1, "is_act": 1, "is_param": 1,
+            "do_weights": 1, "do_param": 1, "do_act": 1, "do_layer": 1,
+            "is_run": 1, "is_split": 1, "fail": 1, "status": Status,
+            "is_act": 1, "is_param": 1,
+            "act_blocked": 1,       # a WRITE_ACT into the rows the sender has still to read
             "outside_run": 1,       # outside the RUN's window
-            "to_sender": 1,         # into the rows the sender has still to read
         })
 
         def checks(c):
             a = c.args
+            op = c.op
+            is_act = op == Opcode.WRITE_ACT
+            act_ok = a.act.addr < act_words
+            to_sender = (snd_active & (a.act.buf == out_buf)
+                         & (a.act.addr >= snd_lo) & (a.act.addr < snd_hi))
+            outside_run = (a.act.addr < base) | (a.act.addr >= win_hi)
+            ok = {
+                Opcode.WRITE_WEIGHTS: a.weights.addr < cfg.weight_words,
+                Opcode.WRITE_PARAM: (a.param.addr < cfg.param_words) & (a.param.lane < lanes),
+                Opcode.WRITE_ACT: act_ok,
+                Opcode.SET_LAYER: a.layer.index < cfg.max_layers,
+                Opcode.RUN: ((a.run.rows != 0) & (a.run.rows <= cfg.max_rows)
+                             & (a.run.layers != 0) & (a.run.layers <= cfg.max_layers)),
+                Opcode.SET_SPLIT: Const(int(self._engine == 0), 1) & (a.split.index < len(cfg.modes)),
+            }
+            bad = {Opcode.WRITE_WEIGHTS: Status.BAD_ADDRESS, Opcode.WRITE_PARAM: Status.BAD_ADDRESS,
+                   Opcode.WRITE_ACT: Status.BAD_ADDRESS, Opcode.SET_LAYER: Status.BAD_ADDRESS,
+                   Opcode.RUN: Status.BAD_RUN,
+                   Opcode.SET_SPLIT: (Status.BAD_SPLIT if self._engine == 0
+                                      else Status.NOT_AVAILABLE)}
+            good = Cat((op == o) & v for o, v in ok.items()).any()
+            status = Status.BAD_OPCODE
+            for o in ok:
+                status = Mux(op == o, bad[o], status)
             return chk_l(Cat(
-                a.weights.addr < cfg.weight_words,
-                (a.param.addr < cfg.param_words) & (a.param.lane < lanes),
-                a.act.addr < act_words,
-                a.layer.index < cfg.max_layers,
-                (a.run.rows != 0) & (a.run.rows <= cfg.max_rows)
-                & (a.run.layers != 0) & (a.run.layers <= cfg.max_layers),
-                a.split.index < len(cfg.modes),
-                c.op == Opcode.WRITE_ACT,
-                c.op == Opcode.WRITE_PARAM,
-                (a.act.addr < base) | (a.act.addr >= win_hi),
-                snd_active & (a.act.buf == out_buf)
-                & (a.act.addr >= snd_lo) & (a.act.addr < snd_hi)))
+                (op == Opcode.WRITE_WEIGHTS) & ok[Opcode.WRITE_WEIGHTS],
+                (op == Opcode.WRITE_PARAM) & ok[Opcode.WRITE_PARAM],
+                is_act & act_ok,
+                (op == Opcode.SET_LAYER) & ok[Opcode.SET_LAYER],
+                op == Opcode.RUN,
+                (op == Opcode.SET_SPLIT) & ok[Opcode.SET_SPLIT],
+                ~good, status,
+                is_act, op == Opcode.WRITE_PARAM,
+                is_act & to_sender, outside_run))
         chk = Signal(chk_l)
-        m.d.sync += chk.eq(Mux(advance, checks(nxt).as_value(), checks(cmd).as_value()))
+        # (only the checks against the window and the sender's rows change
+        # while a command waits at the head; the rest load with it. The next
+        # head's are worked out for the spare and for the input both, and
+        # chosen after the compares.)
+        with m.If(advance):
+            m.d.sync += chk.eq(Mux(spare_valid, checks(spare).as_value(),
+                                   checks(self.cmd.payload).as_value()))
+        with m.Else():
+            cur = checks(cmd)
+            m.d.sync += [chk.act_blocked.eq(cur.act_blocked),
+                         chk.outside_run.eq(cur.outside_run)]
         stale = Signal()
         m.d.sync += stale.eq(0)
         may_take = Signal()
@@ -762,9 +839,8 @@ class MLPEngine(wiring.Component):
 
         act_to_result = pre_out.valid & (act.buf == dst_buf)
         bg_take = Signal()
-        m.d.comb += bg_take.eq(
-            may_take & win_valid & chk.is_act & chk.act_ok & chk.outside_run
-            & ~chk.to_sender & ~act_to_result)
+        m.d.comb += bg_take.eq(may_take & win_valid & chk.do_act & chk.outside_run
+                               & ~chk.act_blocked & ~act_to_result)
 
         # -- the control FSM ------------------------------------------------
         def fail(status, info=None, tag=None):
@@ -789,19 +865,19 @@ class MLPEngine(wiring.Component):
         with m.If(bg_take):
             m.d.comb += take_head.eq(1)
             m.d.sync += cmd_act_we.eq(1)
-        settle = Signal(range(SPLIT_SETTLE + 1))
+        settle = Signal(SPLIT_SETTLE)   # (a cycle in SPLIT_WAIT a bit, from the bottom)
         issued = Signal()       # (LAYER_DRAIN)
         m.d.sync += issued.eq(0)
         hand = Signal()         # (the hand-over, below)
         m.d.sync += hand.eq(0)
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 take = Signal()
                 # (a RUN's last rows may still be in flight: they read their
                 # parameters on the way, and each takes the activation RAM's
                 # write port in the cycle it is written)
-                m.d.comb += take.eq(may_take
-                                    & ~(chk.is_act & (chk.to_sender | act_to_result))
+                m.d.comb += take.eq(may_take & ~chk.act_blocked
+                                    & ~(chk.is_act & act_to_result)
                                     & ~(chk.is_param & tail_nz))
                 m.d.comb += take_head.eq(take)
                 # A RUN's or SET_SPLIT's registers, and an error answer's
@@ -816,51 +892,20 @@ class MLPEngine(wiring.Component):
                              split_tag.eq(cmd.tag), settle.eq(0),
                              err_info.eq(cmd.op), err_tag.eq(cmd.tag)]
                 with m.If(take):
-                    with m.Switch(cmd.op):
-                        with m.Case(Opcode.WRITE_WEIGHTS):
-                            with m.If(chk.weights_ok):
-                                m.d.sync += w_wr.en.eq(1)
-                            with m.Else():
-                                fail(Status.BAD_ADDRESS)
-                        with m.Case(Opcode.WRITE_PARAM):
-                            with m.If(chk.param_ok):
-                                for j, (pwr, _) in enumerate(pmems):
-                                    m.d.sync += pwr.en.eq(args.param.lane == j)
-                            with m.Else():
-                                fail(Status.BAD_ADDRESS)
-                        with m.Case(Opcode.WRITE_ACT):
-                            with m.If(chk.act_ok):
-                                m.d.sync += cmd_act_we.eq(1)
-                            with m.Else():
-                                fail(Status.BAD_ADDRESS)
-                        with m.Case(Opcode.SET_LAYER):
-                            with m.If(chk.layer_ok):
-                                m.d.sync += l_wr.en.eq(1)
-                            with m.Else():
-                                fail(Status.BAD_ADDRESS)
-                        with m.Case(Opcode.RUN):
-                            with m.If(~available):
-                                fail(Status.NOT_AVAILABLE)
-                            with m.Elif(~chk.run_ok):
-                                fail(Status.BAD_RUN)
-                            with m.Else():
-                                # (the sender of the RUN before the last is
-                                # done: this RUN's parity is free)
-                                for pb in range(2):
-                                    with m.If(run_par != pb):
-                                        m.d.sync += fin_rows[pb].eq(0)
-                                m.d.sync += run_par.eq(~run_par)
-                                m.next = "CHECK_READ"
-                        with m.Case(Opcode.SET_SPLIT):
-                            if self._engine != 0:
-                                fail(Status.NOT_AVAILABLE)
-                            else:
-                                with m.If(~chk.split_ok):
-                                    fail(Status.BAD_SPLIT)
-                                with m.Else():
-                                    m.next = "SPLIT_WAIT"
-                        with m.Default():
-                            fail(Status.BAD_OPCODE)
+                    m.d.sync += [w_wr.en.eq(chk.do_weights), cmd_act_we.eq(chk.do_act),
+                                 l_wr.en.eq(chk.do_layer)]
+                    for j, (pwr, _) in enumerate(pmems):
+                        m.d.sync += pwr.en.eq(chk.do_param & (args.param.lane == j))
+                    with m.If(chk.is_run & ~available):
+                        fail(Status.NOT_AVAILABLE)
+                    with m.Elif(chk.fail):
+                        fail(chk.status)
+                    with m.Elif(chk.is_run):
+                        m.d.sync += run_par.eq(~run_par)
+                        m.next = "CHECK_READ"
+                    if self._engine == 0:
+                        with m.Elif(chk.is_split):
+                            m.next = "SPLIT_WAIT"
 
             with m.State("ERROR"):
                 # (after the answer the sender still owes: responses keep order)
@@ -877,8 +922,8 @@ class MLPEngine(wiring.Component):
             if self._engine == 0:
                 with m.State("SPLIT_WAIT"):
                     m.d.comb += [self.busy.eq(1), self.split_wait.eq(1)]
-                    with m.If(settle != SPLIT_SETTLE):
-                        m.d.sync += settle.eq(settle + 1)
+                    with m.If(~settle[-1]):
+                        m.d.sync += settle.eq(Cat(1, settle[:-1]))
                     with m.Elif(~self.peers_busy & ~snd_active):
                         m.d.comb += [self.split_req.eq(1),
                                      self.split_value.eq(split_index)]
@@ -904,11 +949,20 @@ class MLPEngine(wiring.Component):
             need_p = Signal(len(desc.p_base) + len(nt) + 1)
             src_hi = Signal(len(need_src) + 1)
             dst_hi = Signal.like(src_hi)
-            layer_hi = Signal.like(src_hi)
+            # (the window grows to the larger of src_hi and dst_hi, from
+            # compares registered in CHECK_LIMITS)
+            src_gt_dst = Signal()
+            src_gt_win = Signal()
+            dst_gt_win = Signal()
             bounds_bad = Signal()
             with m.State("CHECK_READ"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
+                # (the sender of the RUN before the last is done: this RUN's
+                # parity is free, and none of its rows is written yet)
+                for pb in range(2):
+                    with m.If(run_par == pb):
+                        m.d.sync += fin_rows[pb].eq(0)
                 m.next = "CHECK_DIMS"
             with m.State("CHECK_DIMS"):
                 m.d.comb += self.busy.eq(1)
@@ -947,7 +1001,8 @@ class MLPEngine(wiring.Component):
                     ~dims_ok | (need_w > cfg.weight_words)
                     | (src_hi > act_words) | (dst_hi > act_words)
                     | (need_p > cfg.param_words)),
-                    layer_hi.eq(Mux(src_hi > dst_hi, src_hi, dst_hi))]
+                    src_gt_dst.eq(src_hi > dst_hi), src_gt_win.eq(src_hi > win_hi),
+                    dst_gt_win.eq(dst_hi > win_hi)]
                 m.next = "CHECK_BOUNDS"
             with m.State("CHECK_BOUNDS"):
                 m.d.comb += self.busy.eq(1)
@@ -955,9 +1010,11 @@ class MLPEngine(wiring.Component):
                 with m.If(bounds_bad):
                     fail(Status.BAD_LAYER, layer, run_tag)
                 with m.Else():
-                    with m.If(layer_hi > win_hi):
-                        m.d.sync += win_hi.eq(layer_hi)
-                    with m.If(layer == n_layers_m1):
+                    with m.If(src_gt_dst & src_gt_win):
+                        m.d.sync += [win_hi.eq(src_hi), win_clear.eq(0)]
+                    with m.Elif(~src_gt_dst & dst_gt_win):
+                        m.d.sync += [win_hi.eq(dst_hi), win_clear.eq(0)]
+                    with m.If(last_layer):
                         m.d.sync += [layer.eq(0), win_valid.eq(1), stale.eq(1)]
                         m.next = "LAYER_READ"
                     with m.Else():
@@ -969,8 +1026,7 @@ class MLPEngine(wiring.Component):
                 # reads, and the RUN's window does not overlap the sender's.
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
-                with m.If(~snd_active | ((out_buf != layer[0])
-                                         & ((base >= snd_hi) | (win_hi <= snd_lo)))):
+                with m.If(~snd_active | ((out_buf != layer[0]) & win_clear)):
                     m.next = "LAYER_SETUP"
 
             with m.State("LAYER_SETUP"):
@@ -1023,7 +1079,7 @@ class MLPEngine(wiring.Component):
                 # late; it stays high once set, nothing is taken in here)
                 m.d.sync += issued.eq((slot_state[0] == FREE) & (slot_state[1] == FREE)
                                       & ~loader_busy)
-                with m.If(layer == n_layers_m1):
+                with m.If(last_layer):
                     # The last layer's rows are issued: the sender takes over
                     # and waits until the rows still in flight are written
                     # (``tail``), while the next RUN may start. (A write into
@@ -1034,7 +1090,7 @@ class MLPEngine(wiring.Component):
                     with m.If(issued & ~snd_active):
                         m.d.sync += [hand.eq(1), win_valid.eq(0), stale.eq(1)]
                         m.next = "IDLE"
-                with m.Elif(all_free & ~loader_busy):
+                with m.Elif(issued & ~tail_nz):
                     m.d.sync += layer.eq(layer + 1)
                     m.next = "LAYER_READ"
 
@@ -1048,6 +1104,7 @@ class MLPEngine(wiring.Component):
                 with m.If(self.resp.ready):
                     m.next = "IDLE"
 
+        fsm.state.attrs["fsm_encoding"] = "one-hot"
         # The hand-over, in the cycle after the last layer's rows are issued
         # (the FSM's first cycle back in IDLE, when the RUN's registers still
         # hold it): the sender's registers load, enabled by this flip-flop
@@ -1056,7 +1113,8 @@ class MLPEngine(wiring.Component):
             # (a RUN has rows: ``done_issuing`` starts low)
             m.d.comb += self.busy.eq(1)
             m.d.sync += [out_row.eq(0), out_chunk.eq(0), done_issuing.eq(0),
-                         out_rd_addr.eq(base), out_buf.eq(~layer[0]),
+                         written.eq(0), last_chunk.eq(nt_m1 == 0), last_row.eq(rows == 1),
+                         next_row_addr.eq(base + 1), out_rd_addr.eq(base), out_buf.eq(~layer[0]),
                          snd_active.eq(1), snd_wait.eq(tail),
                          snd_lo.eq(base), snd_hi.eq(dst_hi), snd_rows.eq(rows),
                          snd_nt_m1.eq(nt_m1), snd_info.eq(cycles + tail),

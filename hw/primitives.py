@@ -8,12 +8,12 @@ combinational MULT18X18D and leaves the surrounding registers in the fabric).
 
 from types import SimpleNamespace
 
-from amaranth.hdl import ClockSignal, Instance, Module, Signal, signed, unsigned
+from amaranth.hdl import ClockSignal, Instance, Module, Signal, Value, signed, unsigned
 from amaranth.lib.memory import Memory
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["PipelinedMultiplier", "BlockRAM", "Skid"]
+__all__ = ["PipelinedMultiplier", "BlockRAM", "Skid", "Replica"]
 
 
 class PipelinedMultiplier(wiring.Component):
@@ -275,10 +275,12 @@ class BlockRAM(wiring.Component):
         def bank_of(addr):
             return addr[abits:] if banks > 1 else 0
 
-        # Which bank the read data comes from, delayed like the data.
-        r_bank_q = [Signal(range(banks), name=f"r_bank_{k}") for k in range(self.LATENCY - 1)]
+        # Which bank the read data comes from, delayed like the data; the
+        # last stage is a replica per column, beside that column's
+        # multiplexer.
+        r_bank_q = [Signal(range(banks), name=f"r_bank_{k}") for k in range(self.LATENCY - 2)]
         m.d.sync += r_bank_q[0].eq(bank_of(i.r_addr))
-        for k in range(1, self.LATENCY - 1):
+        for k in range(1, self.LATENCY - 2):
             m.d.sync += r_bank_q[k].eq(r_bank_q[k - 1])
         outs = []
         for b in range(banks):
@@ -338,10 +340,13 @@ class BlockRAM(wiring.Component):
         sel = outs[0]
         if banks > 1:
             sel = Signal(cols * bw)
-            with m.Switch(r_bank_q[-1]):
-                for b in range(banks):
-                    with m.Case(b):
-                        m.d.comb += sel.eq(outs[b])
+            for c in range(cols):
+                m.submodules[f"r_bank_col{c}"] = rb = Replica(range(banks), target="ecp5")
+                m.d.comb += rb.i.eq(r_bank_q[-1])
+                with m.Switch(rb.o):
+                    for b in range(banks):
+                        with m.Case(b):
+                            m.d.comb += sel[c * bw:(c + 1) * bw].eq(outs[b][c * bw:(c + 1) * bw])
         m.d.comb += self.r_data.eq(sel[:self._width])
         return m
 
@@ -385,4 +390,50 @@ class Skid(wiring.Component):
                 m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload)]
         with m.Elif(self.i.valid & ~spare_valid):
             m.d.sync += spare_valid.eq(1)
+        return m
+
+
+class Replica(wiring.Component):
+    """A copy of ``i`` a cycle late, in flip-flops of its own.
+
+    Several replicas of one signal, each placed beside the logic it feeds,
+    cut the fan-out of one register across the die. Yosys merges identical
+    flip-flops (``opt_merge``), so for the ``"ecp5"`` target each bit is an
+    instance of the ECP5 flip-flop (``TRELLIS_FF``) marked ``keep``; for
+    ``"generic"`` it is a plain register. No reset: a replica follows its
+    source a cycle later.
+
+    Parameters
+    ----------
+    shape : shape-like
+    target : str
+        ``"generic"`` or ``"ecp5"``.
+
+    Attributes
+    ----------
+    i : In(shape)
+    o : Out(shape)
+    """
+
+    TARGETS = ("generic", "ecp5")
+
+    def __init__(self, shape, *, target="generic"):
+        if target not in self.TARGETS:
+            raise ValueError(f"target must be one of {self.TARGETS!r}, not {target!r}")
+        self._target = target
+        super().__init__({"i": In(shape), "o": Out(shape)})
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = Value.cast(self.i), Value.cast(self.o)
+        if self._target == "ecp5":
+            for b in range(len(i)):
+                m.submodules[f"ff{b}"] = Instance(
+                    "TRELLIS_FF", a_keep=1, p_GSR="DISABLED", p_CEMUX="1", p_CLKMUX="CLK",
+                    p_LSRMUX="LSR", p_REGSET="RESET", p_SRMODE="LSR_OVER_CE",
+                    i_CLK=ClockSignal(), i_DI=i[b], i_LSR=0, o_Q=o[b])
+        else:
+            q = Signal(len(i), reset_less=True)
+            m.d.sync += q.eq(i)
+            m.d.comb += o.eq(q)
         return m

@@ -24,8 +24,10 @@ coming from above, so column ``j`` leaves the bottom with
   into the register named by ``w_buf`` while the other register computes.
   The tile's last row is pushed first (it ends at the bottom).
 * The product is computed by :class:`~hw.primitives.PipelinedMultiplier`
-  (input, pipeline and output registers); only an adder sits between the
-  product register and the partial-sum register.
+  (input, pipeline and output registers) from operands in registers of
+  their own (the activation passed on to the right, the weight register
+  chosen by the tag); only an adder sits between the product register and
+  the partial-sum register.
 * Reconfiguration (RPAccel): the grid is built of ``block`` x ``block``
   blocks. In mode ``(r, c)`` (:attr:`~hw.config.ArrayConfig.modes`: ``(f, f)``
   for a square split ``f``, ``(f, 1)`` for a row split) it acts as ``r * c``
@@ -34,8 +36,9 @@ coming from above, so column ``j`` leaves the bottom with
   boundary that some mode uses, each PE row takes its activation either from
   its left neighbour or from a port, each column takes its partial sum from
   above or zero, and weights come from above or from a port. The mode is the
-  ``split`` input (an index into ``ArrayConfig.modes``); change it only while
-  the array is empty.
+  ``split`` input (an index into ``ArrayConfig.modes``), registered beside
+  each block: a new mode takes effect in the cycle after ``split`` changes.
+  Change it only while the array is empty.
 """
 
 from amaranth.hdl import Module, Mux, Signal, signed
@@ -43,7 +46,7 @@ from amaranth.lib import wiring, data
 from amaranth.lib.wiring import In, Out
 
 from .config import ArrayConfig
-from .primitives import PipelinedMultiplier
+from .primitives import PipelinedMultiplier, Replica
 
 __all__ = ["SubArrayPort", "SystolicArray"]
 
@@ -106,7 +109,8 @@ class SystolicArray(wiring.Component):
     Attributes
     ----------
     split : In(range(len(config.modes)))
-        Index of the active mode in ``config.modes``.
+        Index of the mode in ``config.modes``; it takes effect a cycle
+        later.
     sub_<p> : In(SubArrayPort)
         Port of sub-array ``p``, for ``p`` in ``range(config.sub_arrays)``;
         ``config.engine_lanes(p)`` lanes. In a mode with sub-arrays of ``K``
@@ -138,10 +142,11 @@ class SystolicArray(wiring.Component):
         :meth:`~hw.config.ArrayConfig.mode` takes; not an index)."""
         rows, _ = config.mode_sides(split)
         lanes = config.engine_lanes(port)
-        # rows - 1 cycles of skew to the last row, LATENCY in the multiplier,
-        # one in the product register, one in the sum register, lanes in the
-        # fixed de-skew (and output register) of the port.
-        return rows + PipelinedMultiplier.LATENCY + lanes + 1
+        # rows - 1 cycles of skew to the last row, one in the operand
+        # registers, LATENCY in the multiplier, one in the product register,
+        # one in the sum register, lanes in the fixed de-skew (and output
+        # register) of the port.
+        return rows + PipelinedMultiplier.LATENCY + lanes + 2
 
     def elaborate(self, platform):
         m = Module()
@@ -186,12 +191,23 @@ class SystolicArray(wiring.Component):
         outputs = {p: [Signal(signed(pbits), name=f"out{p}_{c}")
                        for c in range(self.port(p).signature.lanes)]
                    for p in range(cfg.sub_arrays)}
-        with m.Switch(self.split):
-            for idx, (fr, fc) in enumerate(cfg.modes):
-                rows, cols = n // fr, n // fc
-                with m.Case(idx):
-                    for i in range(n):
-                        for j in range(n):
+        # The mode, registered once per block beside it (the split register
+        # would otherwise fan out to every PE's multiplexers across the
+        # array): a new mode takes effect a cycle after ``split`` changes,
+        # long before a row can reach the array.
+        def replica(name):
+            m.submodules[name] = r = Replica(self.split.shape(), target=cfg.dsp)
+            m.d.comb += r.i.eq(self.split)
+            return r.o
+
+        nb = n // cfg.block
+        split_blk = [[replica(f"split_{bi}_{bj}") for bj in range(nb)] for bi in range(nb)]
+        for i in range(n):
+            for j in range(n):
+                with m.Switch(split_blk[i // cfg.block][j // cfg.block]):
+                    for idx, (fr, fc) in enumerate(cfg.modes):
+                        rows, cols = n // fr, n // fc
+                        with m.Case(idx):
                             p = (i // rows) * fc + j // cols
                             port = self.port(p)
                             m.d.comb += [w_load[i][j].eq(port.w_load),
@@ -203,10 +219,18 @@ class SystolicArray(wiring.Component):
                             if i % rows == 0:
                                 m.d.comb += [top[i][j].eq(1),
                                              top_w[i][j].eq(port.weights[j % cols])]
-                    for p in range(fr * fc):
-                        r0, c0 = (p // fc) * rows, (p % fc) * cols
-                        for c in range(cols):
-                            m.d.comb += outputs[p][c].eq(ps[r0 + rows - 1][c0 + c])
+        # (the outputs: each port's from the last row of its sub-array, by
+        # a copy of the mode per port)
+        for p in range(cfg.sub_arrays):
+            split_out = replica(f"split_out{p}")
+            for c in range(self.port(p).signature.lanes):
+                with m.Switch(split_out):
+                    for idx, (fr, fc) in enumerate(cfg.modes):
+                        rows, cols = n // fr, n // fc
+                        if p < fr * fc and c < cols:
+                            r0, c0 = (p // fc) * rows, (p % fc) * cols
+                            with m.Case(idx):
+                                m.d.comb += outputs[p][c].eq(ps[r0 + rows - 1][c0 + c])
 
         # The processing elements.
         for i in range(n):
@@ -225,8 +249,15 @@ class SystolicArray(wiring.Component):
                         m.d.sync += w[b][i][j].eq(above)
                 m.submodules[f"mul_{i}_{j}"] = mul = PipelinedMultiplier(
                     a_width=8, b_width=8, target=cfg.dsp)
-                m.d.comb += [mul.a.eq(a_in),
-                             mul.b.eq(Mux(s_in, w[1][i][j], w[0][i][j]))]
+                # The operands reach the multiplier from flip-flops of their
+                # own (the activation's is the one passed on to the right), so
+                # the mode's and the weight register's multiplexers stay in
+                # the fabric with their inputs, a register-to-register hop
+                # away from the DSP (measured on ECP5: the DSPs sit up to 80
+                # tiles from the logic that feeds them).
+                b_op = Signal(signed(8), name=f"b_{i}_{j}", reset_less=True)
+                m.d.sync += b_op.eq(Mux(s_in, w[1][i][j], w[0][i][j]))
+                m.d.comb += [mul.a.eq(a_reg[i][j]), mul.b.eq(b_op)]
                 # A fabric register after the DSP: the product's path to the
                 # adder then stays local (measured on ECP5: 175 -> 220 MHz).
                 prod = Signal(signed(16), name=f"prod_{i}_{j}", reset_less=True)

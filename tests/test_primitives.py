@@ -108,3 +108,33 @@ def test_block_ram_ecp5_uses_output_registers():
     text = verilog.convert(BlockRAM(width=40, depth=3000, target="ecp5"), name="ram")
     assert text.count("DP16KD") == 3 * 3          # 3 columns of 18 bits x 3 banks of 1024
     assert '.REGMODE_B("OUTREG")' in text
+
+
+def test_replica_follows_a_cycle_late():
+    from hw.primitives import Replica
+    dut = Replica(5)
+    values = [random.Random(7).randrange(32) for _ in range(20)]
+
+    async def tb(ctx):
+        prev = 0
+        for k, v in enumerate(values):
+            ctx.set(dut.i, v)
+            assert ctx.get(dut.o) == prev, k        # not before the clock edge
+            await ctx.tick()
+            assert ctx.get(dut.o) == v, k
+            prev = v
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+
+
+def test_replica_ecp5_keeps_its_flip_flops():
+    from hw.primitives import Replica
+    text = verilog.convert(Replica(3, target="ecp5"), name="rep")
+    # one kept TRELLIS_FF a bit, so that Yosys does not merge copies
+    assert text.count("TRELLIS_FF ") == 3
+    assert text.count("(* keep") >= 3
+    with pytest.raises(ValueError, match="'xilinx'"):
+        Replica(3, target="xilinx")

@@ -25,6 +25,7 @@ def simulate(mode, tiles, rows):
 
     async def tb(ctx):
         ctx.set(dut.split, CFG.mode_index(mode))
+        await ctx.tick()            # (a new mode takes effect a cycle later)
         for b in range(2):
             for i in reversed(range(k_side)):      # the last row first
                 for p in ports:
