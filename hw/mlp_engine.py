@@ -670,6 +670,9 @@ class MLPEngine(wiring.Component):
         # this one's rows leave. The sender reads buffer ``out_buf``, words
         # ``snd_lo .. snd_hi - 1``, which nothing writes until it is done.
         snd_active = Signal()
+        # ``snd_active & (out_buf == b)``, kept beside them (a command's
+        # check against the sender's rows reads them)
+        snd_on = [Signal(name=f"snd_on{b}") for b in range(2)]
         snd_lo = Signal.like(base)
         snd_hi = Signal(range(act_words + 1))
         snd_rows = Signal.like(rows)
@@ -726,7 +729,7 @@ class MLPEngine(wiring.Component):
                              self.resp.payload.info.eq(snd_info),
                              self.resp.payload.last.eq(1)]
                 with m.If(self.resp.ready):
-                    m.d.sync += snd_active.eq(0)
+                    m.d.sync += [snd_active.eq(0), snd_on[0].eq(0), snd_on[1].eq(0)]
             with m.Else():
                 m.d.comb += [self.resp.valid.eq(rfifo.r_rdy),
                              self.resp.payload.data.eq(rfifo.r_data),
@@ -779,7 +782,7 @@ class MLPEngine(wiring.Component):
             "do_weights": 1, "do_param": 1, "do_act": 1, "do_layer": 1,
             "is_run": 1, "is_split": 1, "fail": 1, "status": Status,
             "is_act": 1, "is_param": 1,
-            "act_blocked": 1,       # a WRITE_ACT into the rows the sender has still to read
+            "to_sender": 1,         # (a WRITE_ACT's address) into the rows the sender has still to read
             "outside_run": 1,       # outside the RUN's window
         })
 
@@ -788,7 +791,7 @@ class MLPEngine(wiring.Component):
             op = c.op
             is_act = op == Opcode.WRITE_ACT
             act_ok = a.act.addr < act_words
-            to_sender = (snd_active & (a.act.buf == out_buf)
+            to_sender = (Mux(a.act.buf, snd_on[1], snd_on[0])
                          & (a.act.addr >= snd_lo) & (a.act.addr < snd_hi))
             outside_run = (a.act.addr < base) | (a.act.addr >= win_hi)
             ok = {
@@ -818,7 +821,7 @@ class MLPEngine(wiring.Component):
                 (op == Opcode.SET_SPLIT) & ok[Opcode.SET_SPLIT],
                 ~good, status,
                 is_act, op == Opcode.WRITE_PARAM,
-                is_act & to_sender, outside_run))
+                to_sender, outside_run))
         chk = Signal(chk_l)
         # (only the checks against the window and the sender's rows change
         # while a command waits at the head; the rest load with it. The next
@@ -829,7 +832,7 @@ class MLPEngine(wiring.Component):
                                    checks(self.cmd.payload).as_value()))
         with m.Else():
             cur = checks(cmd)
-            m.d.sync += [chk.act_blocked.eq(cur.act_blocked),
+            m.d.sync += [chk.to_sender.eq(cur.to_sender),
                          chk.outside_run.eq(cur.outside_run)]
         stale = Signal()
         m.d.sync += stale.eq(0)
@@ -840,7 +843,7 @@ class MLPEngine(wiring.Component):
         act_to_result = pre_out.valid & (act.buf == dst_buf)
         bg_take = Signal()
         m.d.comb += bg_take.eq(may_take & win_valid & chk.do_act & chk.outside_run
-                               & ~chk.act_blocked & ~act_to_result)
+                               & ~chk.to_sender & ~act_to_result)
 
         # -- the control FSM ------------------------------------------------
         def fail(status, info=None, tag=None):
@@ -876,8 +879,8 @@ class MLPEngine(wiring.Component):
                 # (a RUN's last rows may still be in flight: they read their
                 # parameters on the way, and each takes the activation RAM's
                 # write port in the cycle it is written)
-                m.d.comb += take.eq(may_take & ~chk.act_blocked
-                                    & ~(chk.is_act & act_to_result)
+                m.d.comb += take.eq(may_take
+                                    & ~(chk.is_act & (chk.to_sender | act_to_result))
                                     & ~(chk.is_param & tail_nz))
                 m.d.comb += take_head.eq(take)
                 # A RUN's or SET_SPLIT's registers, and an error answer's
@@ -1115,7 +1118,8 @@ class MLPEngine(wiring.Component):
             m.d.sync += [out_row.eq(0), out_chunk.eq(0), done_issuing.eq(0),
                          written.eq(0), last_chunk.eq(nt_m1 == 0), last_row.eq(rows == 1),
                          next_row_addr.eq(base + 1), out_rd_addr.eq(base), out_buf.eq(~layer[0]),
-                         snd_active.eq(1), snd_wait.eq(tail),
+                         snd_active.eq(1), snd_on[0].eq(layer[0]), snd_on[1].eq(~layer[0]),
+                         snd_wait.eq(tail),
                          snd_lo.eq(base), snd_hi.eq(dst_hi), snd_rows.eq(rows),
                          snd_nt_m1.eq(nt_m1), snd_info.eq(cycles + tail),
                          snd_par.eq(run_par), snd_tag.eq(run_tag), stale.eq(1)]
