@@ -1107,6 +1107,9 @@ class MLPEngine(wiring.Component):
                 with m.If(self.resp.ready):
                     m.next = "IDLE"
 
+        # One-hot: each state's decode is a flip-flop, not a compare of the
+        # state register (Yosys re-encodes the state only when asked, since
+        # it has an initial value).
         fsm.state.attrs["fsm_encoding"] = "one-hot"
         # The hand-over, in the cycle after the last layer's rows are issued
         # (the FSM's first cycle back in IDLE, when the RUN's registers still

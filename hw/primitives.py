@@ -188,7 +188,9 @@ class BlockRAM(wiring.Component):
     3. the RAM's address register;
     4. the RAM's output register (``REGMODE_B = "OUTREG"``: without it, its
        5.8 ns clock-to-data bounds the design);
-    5. a fabric register per bank, then the bank multiplexer.
+    5. a fabric register per bank, then the bank multiplexer (its select
+       delayed like the data, the last stage a :class:`Replica` per
+       18-bit column beside that column's multiplexer).
 
     The write port has the same two register stages (the second one copy
     per bank, with the bank's write enable), so a write lands two cycles
