@@ -790,6 +790,7 @@ class MLPEngine(wiring.Component):
             "do_weights": 1, "do_param": 1, "do_act": 1, "do_layer": 1,
             "is_run": 1, "is_split": 1, "fail": 1, "status": Status,
             "is_act": 1, "is_param": 1,
+            "ctl": 1,               # a RUN, a SET_SPLIT or a failing command: the FSM moves
             "to_sender": 1,         # (a WRITE_ACT's address) into the rows the sender has still to read
             "outside_run": 1,       # outside the RUN's window
         })
@@ -833,6 +834,7 @@ class MLPEngine(wiring.Component):
                 (op == Opcode.SET_SPLIT) & ok[Opcode.SET_SPLIT],
                 ~good, status,
                 is_act, op == Opcode.WRITE_PARAM,
+                (op == Opcode.RUN) | ((op == Opcode.SET_SPLIT) & ok[Opcode.SET_SPLIT]) | ~good,
                 to_sender, outside_run))
         chk = Signal(chk_l)
         # (only the checks against the window and the sender's rows change
@@ -901,9 +903,15 @@ class MLPEngine(wiring.Component):
                 # parameters on the way, and each takes the activation RAM's
                 # write port in the cycle it is written)
                 m.d.comb += take.eq(may_take
-                                    & ~(chk.is_act & (chk.to_sender | act_to_result))
+                                    & ~(chk.do_act & (chk.to_sender | act_to_result))
                                     & ~(chk.is_param & tail_nz))
                 m.d.comb += take_head.eq(take)
+                # The FSM moves only for the commands whose take does not
+                # wait for the sender's rows or a result row (``ctl``: no
+                # write of activations), so its transitions read this
+                # shorter condition, equal to ``take`` for them.
+                take_ctl = Signal()
+                m.d.comb += take_ctl.eq(may_take & chk.ctl & ~(chk.is_param & tail_nz))
                 # A RUN's or SET_SPLIT's registers, and an error answer's
                 # info, load the head's fields in every idle cycle (nothing
                 # reads them while idle but the hand-over, in the first idle
@@ -920,6 +928,7 @@ class MLPEngine(wiring.Component):
                                  l_wr.en.eq(chk.do_layer)]
                     for j, (pwr, _) in enumerate(pmems):
                         m.d.sync += pwr.en.eq(chk.do_param & (args.param.lane == j))
+                with m.If(take_ctl):
                     with m.If(chk.is_run & ~available):
                         fail(Status.NOT_AVAILABLE)
                     with m.Elif(chk.fail):
