@@ -22,7 +22,10 @@ coming from above, so column ``j`` leaves the bottom with
   at the first row that belongs to it, with no bubble: tiles double-buffer.
 * Weights are shifted in from the top of a sub-array, one tile row a cycle,
   into the register named by ``w_buf`` while the other register computes.
-  The tile's last row is pushed first (it ends at the bottom).
+  The tile's last row is pushed first (it ends at the bottom). A load is
+  registered beside each block: a row's shift happens a cycle after its
+  ``w_load``, so the weights a row of activations uses must be loaded the
+  cycle before it is presented, or earlier.
 * The product is computed by :class:`~hw.primitives.PipelinedMultiplier`
   (input, pipeline and output registers) from operands in registers of
   their own (the activation passed on to the right, the weight register
@@ -200,8 +203,35 @@ class SystolicArray(wiring.Component):
             m.d.comb += r.i.eq(self.split)
             return r.o
 
-        nb = n // cfg.block
+        nb, bk = n // cfg.block, cfg.block
         split_blk = [[replica(f"split_{bi}_{bj}") for bj in range(nb)] for bi in range(nb)]
+        # A weight load, registered once per block beside it (a port's load
+        # enable would otherwise reach the clock enables of every weight
+        # register of its sub-array across the array): the port's
+        # ``w_load``, ``w_buf`` and, for a block at the top of its
+        # sub-array, its columns' ``weights``, taking effect a cycle later.
+        load_l = data.StructLayout({"load": 1, "buf": 1,
+                                    "w": data.ArrayLayout(signed(8), bk)})
+        for bi in range(nb):
+            for bj in range(nb):
+                m.submodules[f"load_{bi}_{bj}"] = rep = Replica(load_l, target=cfg.dsp)
+                pre = rep.i
+                blk = rep.o
+                with m.Switch(split_blk[bi][bj]):
+                    for idx, (fr, fc) in enumerate(cfg.modes):
+                        rows, cols = n // fr, n // fc
+                        assert rows % bk == 0 and cols % bk == 0
+                        i0, j0 = bi * bk, bj * bk
+                        port = self.port((i0 // rows) * fc + j0 // cols)
+                        with m.Case(idx):
+                            m.d.comb += [pre.load.eq(port.w_load), pre.buf.eq(port.w_buf)]
+                            if i0 % rows == 0:
+                                m.d.comb += [pre.w[c].eq(port.weights[(j0 + c) % cols])
+                                             for c in range(bk)]
+                for i in range(bi * bk, (bi + 1) * bk):
+                    for j in range(bj * bk, (bj + 1) * bk):
+                        m.d.comb += [w_load[i][j].eq(blk.load), w_buf[i][j].eq(blk.buf),
+                                     top_w[i][j].eq(blk.w[j - bj * bk])]
         for i in range(n):
             for j in range(n):
                 with m.Switch(split_blk[i // cfg.block][j // cfg.block]):
@@ -209,16 +239,12 @@ class SystolicArray(wiring.Component):
                         rows, cols = n // fr, n // fc
                         with m.Case(idx):
                             p = (i // rows) * fc + j // cols
-                            port = self.port(p)
-                            m.d.comb += [w_load[i][j].eq(port.w_load),
-                                         w_buf[i][j].eq(port.w_buf)]
                             if j % cols == 0:
                                 m.d.comb += [left[i][j].eq(1),
                                              left_a[i][j].eq(skewed_act[p][i % rows]),
                                              left_s[i][j].eq(skewed_sel[p][i % rows])]
                             if i % rows == 0:
-                                m.d.comb += [top[i][j].eq(1),
-                                             top_w[i][j].eq(port.weights[j % cols])]
+                                m.d.comb += top[i][j].eq(1)
         # (the outputs: each port's from the last row of its sub-array, by
         # a copy of the mode per port)
         for p in range(cfg.sub_arrays):

@@ -37,6 +37,7 @@ def simulate(mode, tiles, rows):
                 await ctx.tick()
         for p in ports:
             ctx.set(dut.port(p).w_load, 0)
+        await ctx.tick()            # (a load takes effect a cycle later)
         cycle = 0
         n = max(len(r) for r in rows.values())
         for t in range(n + 3 * CFG.dim + 10):
