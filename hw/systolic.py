@@ -210,9 +210,11 @@ class SystolicArray(wiring.Component):
         # register of its sub-array across the array): the port's
         # ``w_load``, ``w_buf`` and, for a block at the top of its
         # sub-array, its columns' ``weights``, taking effect a cycle later.
-        load_l = data.StructLayout({"load": 1, "buf": 1,
-                                    "w": data.ArrayLayout(signed(8), bk)})
         for bi in range(nb):
+            # (weights only for a block at the top of a sub-array in some mode)
+            on_top = any(bi * bk % (n // fr) == 0 for fr, _ in cfg.modes)
+            load_l = data.StructLayout({"load": 1, "buf": 1,
+                                        **({"w": data.ArrayLayout(signed(8), bk)} if on_top else {})})
             for bj in range(nb):
                 m.submodules[f"load_{bi}_{bj}"] = rep = Replica(load_l, target=cfg.dsp)
                 pre = rep.i
@@ -230,8 +232,9 @@ class SystolicArray(wiring.Component):
                                              for c in range(bk)]
                 for i in range(bi * bk, (bi + 1) * bk):
                     for j in range(bj * bk, (bj + 1) * bk):
-                        m.d.comb += [w_load[i][j].eq(blk.load), w_buf[i][j].eq(blk.buf),
-                                     top_w[i][j].eq(blk.w[j - bj * bk])]
+                        m.d.comb += [w_load[i][j].eq(blk.load), w_buf[i][j].eq(blk.buf)]
+                        if on_top and i == bi * bk:
+                            m.d.comb += top_w[i][j].eq(blk.w[j - bj * bk])
         for i in range(n):
             for j in range(n):
                 with m.Switch(split_blk[i // cfg.block][j // cfg.block]):

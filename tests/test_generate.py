@@ -98,3 +98,15 @@ def test_synth_refuses_bad_options(tmp_path, kw, field):
     with pytest.raises(ValueError, match=f"^{field} must be"):
         synth_ecp5("module top(); endmodule\n", "top", **args)
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("preset", ["default", "tiny"])
+def test_array_lints_clean(tmp_path, preset):
+    # every mode of the preset's array: blocks that are never at the top of
+    # a sub-array, or never on a port's row, leave no constant processes
+    from hw.systolic import SystolicArray
+    from hw.verilog import to_verilog
+    from sim.runner import lint
+    path = tmp_path / "systolic_array.v"
+    path.write_text(to_verilog(SystolicArray(Config.preset(preset).array), "systolic_array"))
+    lint(path, "systolic_array")
