@@ -682,6 +682,7 @@ class MLPEngine(wiring.Component):
         # ``snd_active & (out_buf == b)``, kept beside them (a command's
         # check against the sender's rows reads them)
         snd_on = [Signal(name=f"snd_on{b}") for b in range(2)]
+        snd_end = Signal()                  # the trailer leaves: the sender is done
         snd_lo = Signal.like(base)
         snd_hi = Signal(range(act_words + 1))
         snd_rows = Signal.like(rows)
@@ -737,6 +738,7 @@ class MLPEngine(wiring.Component):
                              self.resp.payload.info.eq(snd_info),
                              self.resp.payload.last.eq(1)]
                 with m.If(self.resp.ready):
+                    m.d.comb += snd_end.eq(1)
                     m.d.sync += [snd_active.eq(0), snd_on[0].eq(0), snd_on[1].eq(0)]
             with m.Else():
                 m.d.comb += [self.resp.valid.eq(rfifo.r_rdy),
@@ -840,23 +842,26 @@ class MLPEngine(wiring.Component):
         # (only the checks against the window and the sender's rows change
         # while a command waits at the head; the rest load with it. The next
         # head's are worked out for the spare and for the input both, and
-        # chosen after the compares. The check against the sender's rows is
-        # worked out again in every cycle; the one against the RUN's window
-        # once, when the window is set (``win_new``): it is worked out from
-        # the head into ``out_head`` in that cycle and loaded in the next
-        # (``refresh``), and nothing is taken in either.)
-        win_new = Signal()
+        # chosen after the compares. The head's checks against the RUN's
+        # window and the sender's rows are worked out again only when those
+        # are set (``chk_new``: the window at the RUN's last check, the
+        # sender's rows at the hand-over): from the head into ``out_head``
+        # and ``snd_head`` in that cycle, loaded in the next (``refresh``);
+        # nothing is taken in either. When the sender is done, no command
+        # is into its rows: ``chk.to_sender`` clears, below.)
+        chk_new = Signal()
         refresh = Signal()
         out_head = Signal()
-        m.d.sync += [win_new.eq(0), refresh.eq(win_new & ~advance),
-                     out_head.eq(outside(cmd))]
+        snd_head = Signal()
+        m.d.sync += [chk_new.eq(0), refresh.eq(chk_new & ~advance),
+                     out_head.eq(outside(cmd)), snd_head.eq(checks(cmd).to_sender)]
         with m.If(advance):
             m.d.sync += chk.eq(Mux(spare_valid, checks(spare).as_value(),
                                    checks(self.cmd.payload).as_value()))
-        with m.Else():
-            m.d.sync += chk.to_sender.eq(checks(cmd).to_sender)
-            with m.If(refresh):
-                m.d.sync += chk.outside_run.eq(out_head)
+        with m.Elif(refresh):
+            m.d.sync += [chk.outside_run.eq(out_head), chk.to_sender.eq(snd_head)]
+        with m.If(snd_end):
+            m.d.sync += chk.to_sender.eq(0)
         stale = Signal()
         m.d.sync += stale.eq(0)
         may_take = Signal()
@@ -1043,7 +1048,7 @@ class MLPEngine(wiring.Component):
                         m.d.sync += [win_hi.eq(dst_hi), win_clear.eq(0)]
                     with m.If(last_layer):
                         m.d.sync += [layer.eq(0), win_valid.eq(1), stale.eq(1),
-                                     win_new.eq(1)]
+                                     chk_new.eq(1)]
                         m.next = "LAYER_READ"
                     with m.Else():
                         m.d.sync += [layer.eq(layer + 1), prev_out.eq(desc.out_dim)]
@@ -1159,5 +1164,6 @@ class MLPEngine(wiring.Component):
                          snd_wait.eq(tail),
                          snd_lo.eq(base), snd_hi.eq(dst_hi), snd_rows.eq(rows),
                          snd_nt_m1.eq(nt_m1), snd_info.eq(cycles + tail),
-                         snd_par.eq(run_par), snd_tag.eq(run_tag), stale.eq(1)]
+                         snd_par.eq(run_par), snd_tag.eq(run_tag), stale.eq(1),
+                         chk_new.eq(1)]
         return m
