@@ -64,7 +64,8 @@ class SubArrayPort(wiring.Signature):
     sel : Out(1)
         Which weight register the row of ``act`` uses.
     weights : Out(ArrayLayout(signed(8), lanes))
-        One row of a weight tile, shifted in at the top when ``w_load``.
+        One row of a weight tile, shifted in at the top when ``w_load``
+        (in the next cycle: the load is registered beside each block).
     w_load : Out(1)
     w_buf : Out(1)
         Which weight register the shift loads.
