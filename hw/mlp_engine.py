@@ -801,18 +801,17 @@ class MLPEngine(wiring.Component):
             a = c.args.act.addr
             return (a < base) | (a >= win_hi)
 
+        def into_sender(c):
+            a = c.args.act
+            return Mux(a.buf, snd_on[1], snd_on[0]) & (a.addr >= snd_lo) & (a.addr < snd_hi)
+
         def checks(c):
             a = c.args
             op = c.op
-            is_act = op == Opcode.WRITE_ACT
-            act_ok = a.act.addr < act_words
-            to_sender = (Mux(a.act.buf, snd_on[1], snd_on[0])
-                         & (a.act.addr >= snd_lo) & (a.act.addr < snd_hi))
-            outside_run = outside(c)
             ok = {
                 Opcode.WRITE_WEIGHTS: a.weights.addr < cfg.weight_words,
                 Opcode.WRITE_PARAM: (a.param.addr < cfg.param_words) & (a.param.lane < lanes),
-                Opcode.WRITE_ACT: act_ok,
+                Opcode.WRITE_ACT: a.act.addr < act_words,
                 Opcode.SET_LAYER: a.layer.index < cfg.max_layers,
                 Opcode.RUN: ((a.run.rows != 0) & (a.run.rows <= cfg.max_rows)
                              & (a.run.layers != 0) & (a.run.layers <= cfg.max_layers)),
@@ -823,21 +822,19 @@ class MLPEngine(wiring.Component):
                    Opcode.RUN: Status.BAD_RUN,
                    Opcode.SET_SPLIT: (Status.BAD_SPLIT if self._engine == 0
                                       else Status.NOT_AVAILABLE)}
-            good = Cat((op == o) & v for o, v in ok.items()).any()
+            # (the opcode and its checks passed)
+            do = {o: (op == o) & v for o, v in ok.items()}
+            good = Cat(do.values()).any()
             status = Status.BAD_OPCODE
             for o in ok:
                 status = Mux(op == o, bad[o], status)
             return chk_l(Cat(
-                (op == Opcode.WRITE_WEIGHTS) & ok[Opcode.WRITE_WEIGHTS],
-                (op == Opcode.WRITE_PARAM) & ok[Opcode.WRITE_PARAM],
-                is_act & act_ok,
-                (op == Opcode.SET_LAYER) & ok[Opcode.SET_LAYER],
-                op == Opcode.RUN,
-                (op == Opcode.SET_SPLIT) & ok[Opcode.SET_SPLIT],
+                do[Opcode.WRITE_WEIGHTS], do[Opcode.WRITE_PARAM], do[Opcode.WRITE_ACT],
+                do[Opcode.SET_LAYER], op == Opcode.RUN, do[Opcode.SET_SPLIT],
                 ~good, status,
-                is_act, op == Opcode.WRITE_PARAM,
-                (op == Opcode.RUN) | ((op == Opcode.SET_SPLIT) & ok[Opcode.SET_SPLIT]) | ~good,
-                to_sender, outside_run))
+                op == Opcode.WRITE_ACT, op == Opcode.WRITE_PARAM,
+                (op == Opcode.RUN) | do[Opcode.SET_SPLIT] | ~good,
+                into_sender(c), outside(c)))
         chk = Signal(chk_l)
         # (only the checks against the window and the sender's rows change
         # while a command waits at the head; the rest load with it. The next
@@ -854,7 +851,7 @@ class MLPEngine(wiring.Component):
         out_head = Signal()
         snd_head = Signal()
         m.d.sync += [chk_new.eq(0), refresh.eq(chk_new & ~advance),
-                     out_head.eq(outside(cmd)), snd_head.eq(checks(cmd).to_sender)]
+                     out_head.eq(outside(cmd)), snd_head.eq(into_sender(cmd))]
         with m.If(advance):
             m.d.sync += chk.eq(Mux(spare_valid, checks(spare).as_value(),
                                    checks(self.cmd.payload).as_value()))
@@ -988,7 +985,7 @@ class MLPEngine(wiring.Component):
             src_hi = Signal(len(need_src) + 1)
             dst_hi = Signal.like(src_hi)
             # (the window grows to the larger of src_hi and dst_hi, from
-            # compares registered in CHECK_LIMITS)
+            # compares of the CHECK_LIMITS cycle, below the FSM)
             src_gt_dst = Signal()
             src_gt_win = Signal()
             dst_gt_win = Signal()

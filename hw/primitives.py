@@ -365,9 +365,7 @@ class BlockRAM(wiring.Component):
         if banks > 1:
             sel = Signal(cols * bw)
             for c in range(cols):
-                m.submodules[f"r_bank_col{c}"] = rb = Replica(range(banks), target="ecp5")
-                m.d.comb += rb.i.eq(r_bank_q[-1])
-                with m.Switch(rb.o):
+                with m.Switch(replica(r_bank_q[-1], f"r_bank_col{c}")):
                     for b in range(banks):
                         with m.Case(b):
                             m.d.comb += sel[c * bw:(c + 1) * bw].eq(outs[b][c * bw:(c + 1) * bw])
