@@ -662,9 +662,14 @@ class MLPEngine(wiring.Component):
         m.d.comb += [rfifo.w_data.eq(out_data_q.as_value()),
                      rfifo.w_en.eq(out_inflight[-1])]
         # Rows owed to the FIFO (in flight or in it), counted in a register
-        # instead of adding up the level and the reads in flight.
+        # instead of adding up the level and the reads in flight; a row read
+        # from the FIFO counts a cycle late (``popped``: the answer's ready
+        # comes from the far side), which only delays an issue or the
+        # trailer by a cycle.
         out_owed = Signal(range(rfifo_depth + 1))
-        m.d.sync += out_owed.eq(out_owed + out_issue - (rfifo.r_en & rfifo.r_rdy))
+        popped = Signal()
+        m.d.sync += [popped.eq(rfifo.r_en & rfifo.r_rdy),
+                     out_owed.eq(out_owed + out_issue - popped)]
         out_row = Signal(range(cfg.max_rows + 1))
         chunk_left = Signal.like(nt)      # the row's chunks after this one
         snd_nt0 = Signal()                  # one chunk a row (``snd_nt_m1 == 0``)
@@ -702,12 +707,14 @@ class MLPEngine(wiring.Component):
         # - ``owed_zero``: no row owed to the FIFO (late by a cycle: rows
         #   are only owed while issuing);
         # - ``last_chunk`` (``chunk_left == 0``), ``last_row``
-        #   (``out_row + 1 == snd_rows``), ``next_row_addr`` (the first word
-        #   of row ``out_row + 1``).
+        #   (``out_row + 1 == snd_rows``, from ``rows_after``: the rows after
+        #   ``out_row``), ``next_row_addr`` (the first word of row
+        #   ``out_row + 1``).
         written = Signal()
         owed_zero = Signal()
         last_chunk = Signal()
         last_row = Signal()
+        rows_after = Signal.like(rows)
         next_row_addr = Signal.like(out_rd_addr)
         with m.If(snd_wait != 0):
             m.d.sync += snd_wait.eq(snd_wait - 1)
@@ -729,7 +736,7 @@ class MLPEngine(wiring.Component):
                                                 out_rd_addr + snd_rows))]
                 with m.If(last_chunk):
                     m.d.sync += [out_row.eq(out_row + 1), next_row_addr.eq(next_row_addr + 1),
-                                 last_row.eq(out_row + 2 == snd_rows),
+                                 rows_after.eq(rows_after - 1), last_row.eq(rows_after == 1),
                                  done_issuing.eq(last_row)]
             # (every row read and sent: none owed)
             with m.If(done_issuing & owed_zero):
@@ -742,8 +749,10 @@ class MLPEngine(wiring.Component):
                     m.d.sync += [snd_active.eq(0), snd_on[0].eq(0), snd_on[1].eq(0)]
             with m.Else():
                 m.d.comb += [self.resp.valid.eq(rfifo.r_rdy),
-                             self.resp.payload.data.eq(rfifo.r_data),
-                             rfifo.r_en.eq(self.resp.ready)]
+                             self.resp.payload.data.eq(rfifo.r_data)]
+        # (the FIFO holds rows only while they are owed: it is empty when
+        # anything else answers, so its read enable needs no condition)
+        m.d.comb += rfifo.r_en.eq(self.resp.ready)
 
         # -- writes into the activation buffers while a RUN is under way --------
         # ``win_valid``: a RUN passed its checks; its window is ``base ..
@@ -759,42 +768,28 @@ class MLPEngine(wiring.Component):
         act = args.act
 
         # -- the command buffer ---------------------------------------------
-        # Commands wait in two registers: the head (``cmd``), which the
-        # engine decides on, and a spare for the one that comes while the
-        # head waits (``cmd.ready`` is a register). The head's checks are
-        # computed a cycle ahead, from the command about to become the head,
-        # into registers (``chk``): taking a command depends on a few
-        # flip-flops, not on address compares. The checks against the
-        # sender's rows and the RUN's window use the state of the cycle
-        # before: in the cycle after that state changes (``stale``), nothing
-        # is taken.
-        head_valid = Signal()
-        spare = Signal(cmd_l, reset_less=True)
-        spare_valid = Signal()
-        take_head = Signal()
-        advance = Signal()
-        m.d.comb += [advance.eq(~head_valid | take_head),
-                     self.cmd.ready.eq(~spare_valid),
-                     self.queued.eq(head_valid | spare_valid)]
-        with m.If(~spare_valid):
-            m.d.sync += spare.eq(self.cmd.payload)      # (its enable is a register)
-        nxt = cmd_l(Mux(spare_valid, spare.as_value(), self.cmd.payload.as_value()))
-        with m.If(advance):
-            m.d.sync += [cmd.eq(nxt), head_valid.eq(spare_valid | self.cmd.valid),
-                         spare_valid.eq(0)]
-        with m.Elif(self.cmd.valid):
-            m.d.sync += spare_valid.eq(1)
-        # The head's decision, worked out a cycle ahead: which write it
-        # enables, or that it starts a RUN or a SET_SPLIT, or the status it
-        # fails with (a RUN's NOT_AVAILABLE aside: ``available`` is read
-        # when it is taken).
-        chk_l = data.StructLayout({
+        # The head's decision, worked out ahead: which write it enables, or
+        # that it starts a RUN or a SET_SPLIT, or the status it fails with
+        # (a RUN's NOT_AVAILABLE from ``available`` when the decision loads:
+        # it loads again when the split changes, below).
+        decision = {
             "do_weights": 1, "do_param": 1, "do_act": 1, "do_layer": 1,
             "is_run": 1, "is_split": 1, "fail": 1, "status": Status,
-            "is_act": 1, "is_param": 1,
+            "is_param": 1,
             "ctl": 1,               # a RUN, a SET_SPLIT or a failing command: the FSM moves
-            "to_sender": 1,         # (a WRITE_ACT's address) into the rows the sender has still to read
+            "act": 2,               # a write of activations, one-hot by buffer
+        }
+        # a slot's: the compares of a write of activations' address
+        ck_l = data.StructLayout({
+            **decision,
+            "to_sender": 1,         # into the rows the sender has still to read
             "outside_run": 1,       # outside the RUN's window
+        })
+        # the head's: what its take waits for
+        chk_l = data.StructLayout({
+            **decision,
+            "act_wait": 1,          # a write of activations waits for the sender's rows
+            "bg_ok": 1,             # it may be taken while a RUN computes
         })
 
         def outside(c):
@@ -804,6 +799,9 @@ class MLPEngine(wiring.Component):
         def into_sender(c):
             a = c.args.act
             return Mux(a.buf, snd_on[1], snd_on[0]) & (a.addr >= snd_lo) & (a.addr < snd_hi)
+
+        def cmp(c):
+            return into_sender(c), outside(c)
 
         def checks(c):
             a = c.args
@@ -828,47 +826,106 @@ class MLPEngine(wiring.Component):
             status = Status.BAD_OPCODE
             for o in ok:
                 status = Mux(op == o, bad[o], status)
-            return chk_l(Cat(
-                do[Opcode.WRITE_WEIGHTS], do[Opcode.WRITE_PARAM], do[Opcode.WRITE_ACT],
+            do_act = do[Opcode.WRITE_ACT]
+            return ck_l(Cat(
+                do[Opcode.WRITE_WEIGHTS], do[Opcode.WRITE_PARAM], do_act,
                 do[Opcode.SET_LAYER], op == Opcode.RUN, do[Opcode.SET_SPLIT],
                 ~good, status,
-                op == Opcode.WRITE_ACT, op == Opcode.WRITE_PARAM,
+                op == Opcode.WRITE_PARAM,
                 (op == Opcode.RUN) | do[Opcode.SET_SPLIT] | ~good,
-                into_sender(c), outside(c)))
+                do_act & ~a.act.buf, do_act & a.act.buf,
+                *cmp(c)))
+
+        # Commands wait in a ring of three slots, the head at ``rd``. A free
+        # slot loads the input, and the input's checks (``ck``), in every
+        # cycle: taking a command enables a few flip-flops, no command bits,
+        # and the head's decision (``chk``) loads from registers, a cycle
+        # after the head's slot is written or, when the head is taken, from
+        # the next slot. So a command waits at least a cycle, and three
+        # slots (one written, one waiting, the head) pass one a cycle.
+        # ``cmd.ready`` is a register.
+        n_slots = 3
+
+        def pick(values, i):
+            # values[i]
+            return Mux(i == 0, values[0], Mux(i == 1, values[1], values[2]))
+
+        slots = [Signal(cmd_l, name=f"cmd_slot{i}", reset_less=True) for i in range(n_slots)]
+        ck = [Signal(ck_l, name=f"cmd_ck{i}") for i in range(n_slots)]
+        full = Signal(n_slots)
+        rd = Signal(range(n_slots))
+        wr = Signal(range(n_slots))
+        head_valid = Signal()   # ``chk`` holds the decision on slot ``rd``
         chk = Signal(chk_l)
-        # (only the checks against the window and the sender's rows change
-        # while a command waits at the head; the rest load with it. The next
-        # head's are worked out for the spare and for the input both, and
-        # chosen after the compares. The head's checks against the RUN's
-        # window and the sender's rows are worked out again only when those
-        # are set (``chk_new``: the window at the RUN's last check, the
-        # sender's rows at the hand-over): from the head into ``out_head``
-        # and ``snd_head`` in that cycle, loaded in the next (``refresh``);
-        # nothing is taken in either. When the sender is done, no command
-        # is into its rows: ``chk.to_sender`` clears, below.)
+        take_head = Signal()
+        advance = Signal()      # ``chk`` loads
+        quiet = Signal()        # (below)
+        m.d.comb += [advance.eq(take_head | (~head_valid & ~quiet)),
+                     cmd.eq(pick([c.as_value() for c in slots], rd)),
+                     self.queued.eq(full.any())]
+        put = Signal()
+        m.d.comb += put.eq(self.cmd.valid & self.cmd.ready)
+        put_at = Cat(put & (wr == i) for i in range(n_slots))
+        # (a take leaves a slot free: ``take_head`` enters ``cmd.ready`` last)
+        m.d.sync += [full.eq((full & ~Mux(take_head, Cat(rd == i for i in range(n_slots)), 0))
+                             | put_at),
+                     self.cmd.ready.eq(take_head | ~(full | put_at).all())]
+        for i in range(n_slots):
+            with m.If(~full[i]):
+                m.d.sync += [slots[i].eq(self.cmd.payload), ck[i].eq(checks(self.cmd.payload))]
+        with m.If(put):
+            m.d.sync += wr.eq(Mux(wr == n_slots - 1, 0, wr + 1))
+        with m.If(take_head):
+            m.d.sync += rd.eq(Mux(rd == n_slots - 1, 0, rd + 1))
+        with m.If(advance):
+            # (the next slot's when the head is taken)
+            rot = lambda v: v[1:] + v[:1]
+            cks = [c.as_value() for c in ck]
+            src = ck_l(Mux(head_valid, pick(rot(cks), rd), pick(cks, rd)))
+            unavailable = src.is_run & ~available
+            m.d.sync += [*(chk[name].eq(src[name]) for name in decision),
+                         chk.fail.eq(src.fail | unavailable),
+                         chk.status.eq(Mux(unavailable, Status.NOT_AVAILABLE, src.status)),
+                         chk.act_wait.eq(src.do_act & src.to_sender),
+                         chk.bg_ok.eq(src.do_act & src.outside_run & ~src.to_sender & win_valid),
+                         head_valid.eq(Mux(head_valid, pick(rot(list(full)), rd),
+                                           pick(list(full), rd)))]
+        # The compares (and the window's flag) are those of the cycle the
+        # checks load. When the window or the sender's rows change
+        # (``chk_new``: the window at the RUN's last check, the sender's rows
+        # at the hand-over and when the sender is done), the slots'
+        # compares are worked out again into ``fl``, loaded in the next cycle
+        # (``refresh``) into those that were full, and the head's decision
+        # loads again after that. Nothing is taken, and ``chk`` does not
+        # load, in the cycle of the change and the two after: ``quiet``.
         chk_new = Signal()
         refresh = Signal()
-        out_head = Signal()
-        snd_head = Signal()
-        m.d.sync += [chk_new.eq(0), refresh.eq(chk_new & ~advance),
-                     out_head.eq(outside(cmd)), snd_head.eq(into_sender(cmd))]
-        with m.If(advance):
-            m.d.sync += chk.eq(Mux(spare_valid, checks(spare).as_value(),
-                                   checks(self.cmd.payload).as_value()))
-        with m.Elif(refresh):
-            m.d.sync += [chk.outside_run.eq(out_head), chk.to_sender.eq(snd_head)]
-        with m.If(snd_end):
-            m.d.sync += chk.to_sender.eq(0)
-        stale = Signal()
-        m.d.sync += stale.eq(0)
+        fl = [Signal(2, name=f"cmd_fl{i}") for i in range(n_slots)]
+        full_d = Signal(n_slots)
+        m.d.sync += [chk_new.eq(0), refresh.eq(chk_new), quiet.eq(chk_new), full_d.eq(full),
+                     *(fl[i].eq(Cat(cmp(c))) for i, c in enumerate(slots))]
+        with m.If(refresh):
+            m.d.sync += head_valid.eq(0)
+            for i in range(n_slots):
+                with m.If(full_d[i]):
+                    m.d.sync += Cat(ck[i].to_sender, ck[i].outside_run).eq(fl[i])
+        split_d = Signal.like(self.split)
+        m.d.sync += split_d.eq(self.split)
+        # (``available`` follows the split a cycle later)
+        with m.If(snd_end | (self.split != split_d)):
+            m.d.sync += [chk_new.eq(1), quiet.eq(1)]
         may_take = Signal()
-        m.d.comb += may_take.eq(head_valid & ~stale & ~refresh
+        m.d.comb += may_take.eq(head_valid & ~quiet
                                 & (1 if self._engine == 0 else ~self.hold))
-
-        act_to_result = pre_out.valid & (act.buf == dst_buf)
+        # A write of activations waits while a result row is written into
+        # its buffer in the cycle its write lands: ``res[b]``, a row in
+        # ``pre_out`` for buffer b, kept a cycle ahead (``dst_buf`` never
+        # changes while rows are in flight).
+        res = Signal(2)
+        m.d.sync += res.eq(Mux(metas[-3].valid, Mux(dst_buf, 0b10, 0b01), 0))
+        act_to_result = (chk.act & res).any()
         bg_take = Signal()
-        m.d.comb += bg_take.eq(may_take & win_valid & chk.do_act & chk.outside_run
-                               & ~chk.to_sender & ~act_to_result)
+        m.d.comb += bg_take.eq(may_take & chk.bg_ok & ~act_to_result)
 
         # -- the control FSM ------------------------------------------------
         def fail(status, info=None, tag=None):
@@ -904,8 +961,7 @@ class MLPEngine(wiring.Component):
                 # (a RUN's last rows may still be in flight: they read their
                 # parameters on the way, and each takes the activation RAM's
                 # write port in the cycle it is written)
-                m.d.comb += take.eq(may_take
-                                    & ~(chk.do_act & (chk.to_sender | act_to_result))
+                m.d.comb += take.eq(may_take & ~chk.act_wait & ~act_to_result
                                     & ~(chk.is_param & tail_nz))
                 m.d.comb += take_head.eq(take)
                 # The FSM moves only for the commands whose take does not
@@ -931,9 +987,7 @@ class MLPEngine(wiring.Component):
                     for j, (pwr, _) in enumerate(pmems):
                         m.d.sync += pwr.en.eq(chk.do_param & (args.param.lane == j))
                 with m.If(take_ctl):
-                    with m.If(chk.is_run & ~available):
-                        fail(Status.NOT_AVAILABLE)
-                    with m.Elif(chk.fail):
+                    with m.If(chk.fail):
                         fail(chk.status)
                     with m.Elif(chk.is_run):
                         m.d.sync += run_par.eq(~run_par)
@@ -1044,7 +1098,7 @@ class MLPEngine(wiring.Component):
                     with m.Elif(~src_gt_dst & dst_gt_win):
                         m.d.sync += [win_hi.eq(dst_hi), win_clear.eq(0)]
                     with m.If(last_layer):
-                        m.d.sync += [layer.eq(0), win_valid.eq(1), stale.eq(1),
+                        m.d.sync += [layer.eq(0), win_valid.eq(1), quiet.eq(1),
                                      chk_new.eq(1)]
                         m.next = "LAYER_READ"
                     with m.Else():
@@ -1118,7 +1172,7 @@ class MLPEngine(wiring.Component):
                     # registers. The trailer's count is the RUN's cycles to
                     # its last row written, as if it had waited.)
                     with m.If(issued & ~snd_active):
-                        m.d.sync += [hand.eq(1), win_valid.eq(0), stale.eq(1)]
+                        m.d.sync += [hand.eq(1), win_valid.eq(0), quiet.eq(1)]
                         m.next = "IDLE"
                 with m.Elif(issued & ~tail_nz):
                     m.d.sync += layer.eq(layer + 1)
@@ -1149,18 +1203,19 @@ class MLPEngine(wiring.Component):
         # The hand-over, in the cycle after the last layer's rows are issued
         # (the FSM's first cycle back in IDLE, when the RUN's registers still
         # hold it): the sender's registers load, enabled by this flip-flop
-        # alone. Nothing is taken in this cycle or the next (``stale``).
+        # alone. Nothing is taken in this cycle or the two after (``quiet``).
         with m.If(hand):
             # (a RUN has rows: ``done_issuing`` starts low)
             m.d.comb += self.busy.eq(1)
             m.d.sync += [out_row.eq(0), chunk_left.eq(nt_m1), snd_nt0.eq(nt_m1 == 0),
                          done_issuing.eq(0),
                          written.eq(0), last_chunk.eq(nt_m1 == 0), last_row.eq(rows == 1),
+                         rows_after.eq(rows - 1),
                          next_row_addr.eq(base + 1), out_rd_addr.eq(base), out_buf.eq(~layer[0]),
                          snd_active.eq(1), snd_on[0].eq(layer[0]), snd_on[1].eq(~layer[0]),
                          snd_wait.eq(tail),
                          snd_lo.eq(base), snd_hi.eq(dst_hi), snd_rows.eq(rows),
                          snd_nt_m1.eq(nt_m1), snd_info.eq(cycles + tail),
-                         snd_par.eq(run_par), snd_tag.eq(run_tag), stale.eq(1),
+                         snd_par.eq(run_par), snd_tag.eq(run_tag), quiet.eq(1),
                          chk_new.eq(1)]
         return m
