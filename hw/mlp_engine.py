@@ -272,7 +272,6 @@ class MLPEngine(wiring.Component):
         prev_out = Signal.like(desc.out_dim)
 
         # -- the tile sequencer (offers one tile descriptor at a time) -----
-        seq_valid = Signal()
         seq_take = Signal()
         seq_k = Signal.like(kt)
         seq_n = Signal.like(nt)
@@ -354,18 +353,21 @@ class MLPEngine(wiring.Component):
         ld_shift = Signal()
         ld_shift_buf = Signal()
         ld_shift_last = Signal()
-        # A take needs the loader idle and parity ``ld_par`` loadable (its
-        # slot FREE, its countdown 0), worked out a cycle ahead into
-        # ``take_ok``, so that a take depends on two flip-flops: the loader
-        # is idle next cycle unless it takes now or is busy past this one,
-        # and a slot FREE with a countdown of at most 1 is loadable next
-        # cycle (a take is followed by a loader busy cycle and a take of the
-        # other parity).
+        # A take needs the FSM in LAYER_RUN, the loader idle and parity
+        # ``ld_par`` loadable (its slot FREE, its countdown 0), worked out a
+        # cycle ahead into ``take_ok``, so that a take is a flip-flop: the
+        # FSM is in LAYER_RUN next cycle if it is in LAYER_PREPARE or in
+        # LAYER_RUN and takes nothing now (``run_next``), the loader is
+        # idle next cycle unless it takes now or is busy past this one, and
+        # a slot FREE with a countdown of at most 1 is loadable next cycle
+        # (a take is followed by a loader busy cycle and a take of the other
+        # parity).
         can_load = [(slot_state[b] == FREE) & (countdown[b] <= 1) for b in range(2)]
         take_ok = Signal()
-        m.d.sync += take_ok.eq(~seq_take & (~ld_busy | (ld_left == 1))
+        run_next = Signal()     # (below the FSM)
+        m.d.sync += take_ok.eq(~seq_take & run_next & (~ld_busy | (ld_left == 1))
                                & Mux(ld_par, can_load[1], can_load[0]))
-        m.d.comb += seq_take.eq(seq_valid & take_ok)
+        m.d.comb += seq_take.eq(take_ok)
         with m.If(seq_take):
             b = ld_par
             for pb in range(2):
@@ -762,9 +764,8 @@ class MLPEngine(wiring.Component):
         win_valid = Signal()
         win_hi = Signal(range(act_words + 1))
         # The RUN's window and the sender's rows do not overlap, a cycle
-        # late (and low in the cycle after the window grows).
+        # late (set below the FSM).
         win_clear = Signal()
-        m.d.sync += win_clear.eq((base >= snd_hi) | (win_hi <= snd_lo))
         act = args.act
 
         # -- the command buffer ---------------------------------------------
@@ -1094,9 +1095,9 @@ class MLPEngine(wiring.Component):
                     fail(Status.BAD_LAYER, layer, run_tag)
                 with m.Else():
                     with m.If(src_gt_dst & src_gt_win):
-                        m.d.sync += [win_hi.eq(src_hi), win_clear.eq(0)]
+                        m.d.sync += win_hi.eq(src_hi)
                     with m.Elif(~src_gt_dst & dst_gt_win):
-                        m.d.sync += [win_hi.eq(dst_hi), win_clear.eq(0)]
+                        m.d.sync += win_hi.eq(dst_hi)
                     with m.If(last_layer):
                         m.d.sync += [layer.eq(0), win_valid.eq(1), quiet.eq(1),
                                      chk_new.eq(1)]
@@ -1135,27 +1136,12 @@ class MLPEngine(wiring.Component):
                 m.d.sync += [cycles.eq(cycles + 1), nt_m1.eq(nt - 1)]
                 m.next = "LAYER_RUN"
             with m.State("LAYER_RUN"):
-                m.d.comb += [self.busy.eq(1), seq_valid.eq(1)]
+                # (the sequencer's counters step below the FSM: a take
+                # happens only in here)
+                m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
-                with m.If(seq_take):
-                    last_k = seq_last_k
-                    last_n = seq_last_n
-                    # (the next word once this one's input tiles are done)
-                    last_part = (seq_k & parts_m1) == parts_m1
-                    m.d.sync += [seq_k.eq(Mux(last_k, 0, seq_k + 1)),
-                                 seq_src.eq(Mux(last_k, base,
-                                                Mux(last_part, seq_src + rows, seq_src))),
-                                 seq_w.eq(seq_w + k_side)]
-                    with m.If(last_k):
-                        m.d.sync += [seq_n.eq(Mux(last_n, 0, seq_n + 1)),
-                                     seq_dst.eq(Mux(last_n, base, seq_dst + rows)),
-                                     seq_p.eq(Mux(last_n, desc.p_base, seq_p + 1))]
-                        with m.If(last_n):
-                            m.d.sync += [seq_w.eq(desc.w_base),
-                                         seq_rb.eq(seq_rb + cfg.acc_rows),
-                                         rows_left.eq(rows_left - blk)]
-                            with m.If(seq_last_blk):
-                                m.next = "LAYER_DRAIN"
+                with m.If(seq_take & seq_last_k & seq_last_n & seq_last_blk):
+                    m.next = "LAYER_DRAIN"
             with m.State("LAYER_DRAIN"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
@@ -1188,6 +1174,28 @@ class MLPEngine(wiring.Component):
                 with m.If(self.resp.ready):
                     m.next = "IDLE"
 
+        m.d.comb += run_next.eq(fsm.ongoing("LAYER_PREPARE") | fsm.ongoing("LAYER_RUN"))
+        # (``win_clear``, low in the cycle after every CHECK_BOUNDS, where the
+        # window may grow)
+        m.d.sync += win_clear.eq(((base >= snd_hi) | (win_hi <= snd_lo))
+                                 & ~fsm.ongoing("CHECK_BOUNDS"))
+        with m.If(seq_take):
+            last_k = seq_last_k
+            last_n = seq_last_n
+            # (the next word once this one's input tiles are done)
+            last_part = (seq_k & parts_m1) == parts_m1
+            m.d.sync += [seq_k.eq(Mux(last_k, 0, seq_k + 1)),
+                         seq_src.eq(Mux(last_k, base,
+                                        Mux(last_part, seq_src + rows, seq_src))),
+                         seq_w.eq(seq_w + k_side)]
+            with m.If(last_k):
+                m.d.sync += [seq_n.eq(Mux(last_n, 0, seq_n + 1)),
+                             seq_dst.eq(Mux(last_n, base, seq_dst + rows)),
+                             seq_p.eq(Mux(last_n, desc.p_base, seq_p + 1))]
+                with m.If(last_n):
+                    m.d.sync += [seq_w.eq(desc.w_base),
+                                 seq_rb.eq(seq_rb + cfg.acc_rows),
+                                 rows_left.eq(rows_left - blk)]
         # One-hot: each state's decode is a flip-flop, not a compare of the
         # state register (Yosys re-encodes the state only when asked, since
         # it has an initial value).
