@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -62,6 +63,34 @@ def cmd_generate(args):
         print("Verilator lint: clean")
 
 
+def _seed_list(text):
+    """``"1-4"``, ``"1,3,5"`` or both (``"1-3,7"``): distinct seeds, in order."""
+    seeds = []
+    try:
+        for part in text.split(","):
+            lo, sep, hi = part.strip().partition("-")
+            first, last = int(lo), int(hi) if sep else int(lo)
+            if last < first:
+                raise ValueError
+            seeds.extend(range(first, last + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of seeds (like 1-4 or 1,3,5)") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r} names a seed twice")
+    return seeds
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 def cmd_synth(args):
     from hw.generate import TOP_NAME, constraint_texts, top_component
     from hw.narrow_io import NarrowIO
@@ -76,16 +105,24 @@ def cmd_synth(args):
     verilog = to_verilog(wrapper, TOP_NAME)
     lpf = work / "clock.lpf"
     lpf.write_text(constraint_texts(cfg)["ecp5.lpf"])
+    seeds = args.seeds or [args.seed]
     res = synth_ecp5(verilog, TOP_NAME, workdir=work, freq_mhz=cfg.clock_mhz, lpf=lpf,
-                     progress=lambda s: print(f"  {s}", flush=True), seed=args.seed,
-                     router=args.router, placer=args.placer, tmg_ripup=args.tmg_ripup)
-    out = {k: res[k] for k in ("fmax_mhz", "lut", "ff", "dsp", "bram")}
+                     progress=lambda s: print(f"  {s}", flush=True), seed=seeds,
+                     router=args.router, placer=args.placer, tmg_ripup=args.tmg_ripup,
+                     jobs=args.jobs or min(len(seeds), os.cpu_count() or 1))
+    out = {k: res[k] for k in ("fmax_mhz", "lut", "ff", "dsp", "bram", "seed")}
     out.update({"target_mhz": cfg.clock_mhz, "device": "LFE5U-85F-6BG381", "router": args.router,
-                "placer": args.placer, "tmg_ripup": args.tmg_ripup, "seed": args.seed,
+                "placer": args.placer, "tmg_ripup": args.tmg_ripup,
                 "preset": cfg.name, "wrapped_port_bits": wrapper.in_bits + wrapper.out_bits,
                 "wrapper_ff": wrapper.in_bits + wrapper.out_bits})
-    print(f"Fmax {out['fmax_mhz']:.1f} MHz (target {cfg.clock_mhz:g}); "
-          f"LUT4 {out['lut']}, FF {out['ff']}, MULT18X18D {out['dsp']}, DP16KD {out['bram']}")
+    if len(seeds) > 1:
+        out["seeds"] = [{"seed": r["seed"], "fmax_mhz": r["fmax_mhz"]} for r in res["runs"]]
+        print("seed sweep: " + ", ".join(f"seed {r['seed']} {r['fmax_mhz']:.1f} MHz"
+                                          for r in res["runs"]))
+    print(f"Fmax {out['fmax_mhz']:.1f} MHz (target {cfg.clock_mhz:g}"
+          + (f"; seed {out['seed']}, the best of {len(seeds)}" if len(seeds) > 1 else "")
+          + f"); LUT4 {out['lut']}, FF {out['ff']}, MULT18X18D {out['dsp']}, "
+          f"DP16KD {out['bram']}")
     print(f"(includes the narrow-I/O wrapper: {out['wrapper_ff']} FF for "
           f"{out['wrapped_port_bits']} port bits)")
     _write_json(args.json, out)
@@ -205,7 +242,14 @@ def main(argv=None):
     _add_config_args(p, default="ecp5")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--workdir")
-    p.add_argument("--seed", type=int, default=1, help="placement seed")
+    seed = p.add_mutually_exclusive_group()
+    seed.add_argument("--seed", type=int, default=1, help="placement seed")
+    seed.add_argument("--seeds", type=_seed_list, metavar="LIST",
+                      help="a seed sweep: place and route once per seed (\"1-4\", "
+                           "\"1,3,5\"), report every seed's Fmax and keep the best")
+    p.add_argument("--jobs", type=_positive_int, metavar="N",
+                   help="seed sweep: runs at a time (default: the seeds or the cores, "
+                        "whichever is fewer; each run uses a core)")
     p.add_argument("--router", choices=["router1", "router2"], default="router1",
                    help="nextpnr router (router2 is much faster on a congested die; "
                         "the delays it reaches may differ)")

