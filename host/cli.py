@@ -110,13 +110,14 @@ def cmd_synth(args):
                      progress=lambda s: print(f"  {s}", flush=True), seed=seeds,
                      router=args.router, placer=args.placer, tmg_ripup=args.tmg_ripup,
                      jobs=args.jobs or min(len(seeds), os.cpu_count() or 1))
-    out = {k: res[k] for k in ("fmax_mhz", "lut", "ff", "dsp", "bram", "seed")}
+    out = {k: res[k] for k in ("fmax_mhz", "lut", "ff", "dsp", "bram", "seed", "synth_s",
+                               "pnr_s")}
     out.update({"target_mhz": cfg.clock_mhz, "device": "LFE5U-85F-6BG381", "router": args.router,
                 "placer": args.placer, "tmg_ripup": args.tmg_ripup,
                 "preset": cfg.name, "wrapped_port_bits": wrapper.in_bits + wrapper.out_bits,
                 "wrapper_ff": wrapper.in_bits + wrapper.out_bits})
     if len(seeds) > 1:
-        out["seeds"] = [{"seed": r["seed"], "fmax_mhz": r["fmax_mhz"]} for r in res["runs"]]
+        out["seeds"] = [{k: r[k] for k in ("seed", "fmax_mhz", "pnr_s")} for r in res["runs"]]
         print("seed sweep: " + ", ".join(f"seed {r['seed']} {r['fmax_mhz']:.1f} MHz"
                                           for r in res["runs"]))
     print(f"Fmax {out['fmax_mhz']:.1f} MHz (target {cfg.clock_mhz:g}"

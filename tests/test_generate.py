@@ -136,9 +136,9 @@ def test_synth_cli_seed_sweep(tmp_path, capsys, monkeypatch):
 
     def fake(verilog, top, *, seed, jobs, **kw):
         calls.append((list(seed), jobs))
-        runs = [{"seed": s, "fmax_mhz": 100.0 + s % 3} for s in seed]
+        runs = [{"seed": s, "fmax_mhz": 100.0 + s % 3, "pnr_s": 5.0} for s in seed]
         return {"fmax_mhz": 102.0, "seed": 2, "lut": 10, "ff": 20, "dsp": 1, "bram": 2,
-                "runs": runs}
+                "synth_s": 1.0, "pnr_s": 5.0, "runs": runs}
 
     monkeypatch.setattr(hw.synth, "synth_ecp5", fake)
     out = tmp_path / "s.json"
