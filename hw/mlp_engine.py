@@ -88,9 +88,9 @@ class MLPEngine(wiring.Component):
         High from an accepted RUN or SET_SPLIT, or a command refused, until
         its answer is sent.
     queued : Out(1)
-        A command waits in the engine's command buffer (two registers:
-        ``cmd.ready`` is a register, and the engine decides on a command
-        from registers beside it).
+        A command waits in the engine's command buffer (a ring of three
+        slots: ``cmd.ready`` is a register, and the engine decides on a
+        command from registers beside it).
     split_req, split_value : Out
         (engine 0) A one-cycle request to set the array's split.
     split_wait : Out(1)
