@@ -6,6 +6,7 @@ import random
 
 import numpy as np
 import pytest
+from amaranth.hdl import Value
 from amaranth.sim import Simulator
 
 from host.mlp_program import EngineTarget, compile_mlp
@@ -14,6 +15,10 @@ from hw.config import Config
 from hw.mlp_cluster import MLPCluster
 from hw.mlp_isa import Opcode
 from tests.amaranth_streams import run_bounded, stream_get, stream_put
+
+#: Delays between a RUN and the next one's inputs, 0 to N_DELAYS - 1 cycles
+#: (``test_writes_put_as_the_sender_takes_over``).
+N_DELAYS = 100
 
 
 def test_two_layers_on_split_array():
@@ -402,3 +407,59 @@ def test_answers_carry_their_commands_tag():
         if len(beats) > 1:
             y, _ = prog.decode_run(frame, len(x))
             assert np.array_equal(y, int8_mlp(x, layers))
+
+
+def test_writes_put_as_the_sender_takes_over():
+    """A command put in the cycle the sender's rows and the RUN's window
+    change gets its checks from the new state, and the refresh of the slots
+    that were full before leaves it alone. RUNs of two layers, all from word
+    0, each followed, after a delay one cycle longer than the RUN before's,
+    by the next RUN's inputs, which go into the rows the answer before is
+    sent from: one of the delays puts the first write in the cycle of the
+    hand-over. While idle the command input carries other bits (a stream's
+    payload is anything while ``valid`` is low), so a slot's checks refreshed
+    from what it held before the put would let that write in early."""
+    cfg = Config.preset("tiny").array
+    rng = np.random.default_rng(31)
+    layers = [QuantLayer(rng.integers(-128, 128, (i, o)).astype(np.int8),
+                         rng.integers(-3000, 3000, o), rng.integers(1 << 14, 1 << 16, o),
+                         rng.integers(12, 18, o), l == 0)
+              for l, (i, o) in enumerate([(5, 6), (6, 3)])]
+    target = EngineTarget(cfg, 0, 1)
+    prog = compile_mlp(layers, target)
+    batches = [rng.integers(-128, 128, (int(rng.integers(1, 4)), 5)).astype(np.int8)
+               for _ in range(N_DELAYS)]
+    dut = MLPCluster(cfg)
+    bits = Value.cast(dut.cmd_0.payload)
+    frames = []
+
+    async def producer(ctx):
+        noise = random.Random(8)
+        for c in prog.load_commands:
+            await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c))
+        for delay, x in enumerate(batches):
+            for _ in range(delay):
+                ctx.set(bits, noise.getrandbits(len(bits)))
+                await ctx.tick()
+            for c in prog.input_commands(x, 0) + [prog.run_command(len(x), 0)]:
+                await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c))
+
+    async def consumer(ctx):
+        r = random.Random(9)
+        for _ in batches:
+            frame = []
+            while True:
+                frame.append((await stream_get(ctx, dut.resp_0, rng=r, stall=0.5)).as_bits())
+                if target.unpack_response(frame[-1])["last"]:
+                    break
+            frames.append(frame)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    run_bounded(sim, 1e-3)
+    assert len(frames) == len(batches)
+    for x, frame in zip(batches, frames):
+        y, _ = prog.decode_run(frame, len(x))
+        assert np.array_equal(y, int8_mlp(x, layers))
