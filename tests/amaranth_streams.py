@@ -6,15 +6,29 @@ import random
 import sys
 import traceback
 
+from amaranth.hdl import Value
+
+
+#: Other bits for a payload while ``valid`` is low (its own generator, so
+#: that the idle cycles a test's ``rng`` draws stay the same).
+_NOISE = random.Random(0)
+
 
 async def stream_put(ctx, stream, payload, *, rng: random.Random | None = None,
                      idle: float = 0.0):
+    """Offer ``payload`` until it is taken, after random idle cycles (with
+    ``rng``). While ``valid`` is low the payload is anything: with ``rng``,
+    other bits in the idle cycles and after the item is taken."""
+    bits = Value.cast(stream.payload)
     while rng is not None and rng.random() < idle:
+        ctx.set(bits, _NOISE.getrandbits(len(bits)))
         await ctx.tick()
     ctx.set(stream.valid, 1)
     ctx.set(stream.payload, payload)
     await ctx.tick().until(stream.ready)
     ctx.set(stream.valid, 0)
+    if rng is not None:
+        ctx.set(bits, _NOISE.getrandbits(len(bits)))
 
 
 async def stream_get(ctx, stream, *, rng: random.Random | None = None,
