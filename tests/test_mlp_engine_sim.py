@@ -21,6 +21,15 @@ from tests.amaranth_streams import run_bounded, stream_get, stream_put
 N_DELAYS = 100
 
 
+def _random_layers(rng, dims, shifts=(12, 18)):
+    """Random int8 layers ``dims[0]`` -> ``dims[1]`` -> ..., ReLU on the
+    first only, shifts drawn from ``range(*shifts)``."""
+    return [QuantLayer(rng.integers(-128, 128, (i, o)).astype(np.int8),
+                       rng.integers(-3000, 3000, o), rng.integers(1 << 14, 1 << 16, o),
+                       rng.integers(*shifts, o), l == 0)
+            for l, (i, o) in enumerate(zip(dims, dims[1:]))]
+
+
 def test_two_layers_on_split_array():
     cfg = Config.preset("tiny").array
     rng = np.random.default_rng(5)
@@ -83,10 +92,7 @@ def test_row_split_engines_side_by_side(cfg, mode, seed):
     jobs = {}
     for e in engines:
         dims = [int(d) for d in rng.integers(1, 14 if mode[0] == 2 else 20, 3)]
-        layers = [QuantLayer(rng.integers(-128, 128, (i, o)).astype(np.int8),
-                             rng.integers(-3000, 3000, o), rng.integers(1 << 14, 1 << 16, o),
-                             rng.integers(12, 18, o), l == 0)
-                  for l, (i, o) in enumerate(zip(dims, dims[1:]))]
+        layers = _random_layers(rng, dims)
         target = EngineTarget(cfg, e, mode)
         prog = compile_mlp(layers, target)
         rows = int(rng.integers(1, min(prog.max_rows_per_run(), 40) + 1))
@@ -214,10 +220,7 @@ def test_overlapped_runs(n_layers, alternate):
     cfg = Config.preset("tiny").array
     rng = np.random.default_rng(11 + n_layers)
     dims = [5, 6, 3][:n_layers + 1]
-    layers = [QuantLayer(rng.integers(-128, 128, (i, o)).astype(np.int8),
-                         rng.integers(-3000, 3000, o), rng.integers(1 << 14, 1 << 16, o),
-                         rng.integers(12, 18, o), l == 0)
-              for l, (i, o) in enumerate(zip(dims, dims[1:]))]
+    layers = _random_layers(rng, dims)
     target = EngineTarget(cfg, 0, 1)
     prog = compile_mlp(layers, target)
     half = cfg.act_words(0) // 2
@@ -266,6 +269,18 @@ def test_overlapped_runs(n_layers, alternate):
         assert seen["early_runs"] > 0, seen
 
 
+async def _read_answers(ctx, dut, target, n, r, frames):
+    """Reads ``n`` answers of engine 0 of an ``MLPCluster`` into ``frames``
+    (each a list of its beats' bits), stalling half of the cycles."""
+    for _ in range(n):
+        frame = []
+        while True:
+            frame.append((await stream_get(ctx, dut.resp_0, rng=r, stall=0.5)).as_bits())
+            if target.unpack_response(frame[-1])["last"]:
+                break
+        frames.append(frame)
+
+
 def _run_back_to_back(cfg, target, before, after, n_answers, seed):
     """Sends ``before`` with random idle cycles, then ``after`` back to back
     (so that its commands land while the last RUN's rows are in flight), to
@@ -281,14 +296,7 @@ def _run_back_to_back(cfg, target, before, after, n_answers, seed):
             await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c))
 
     async def consumer(ctx):
-        r = random.Random(seed + 1)
-        for _ in range(n_answers):
-            frame = []
-            while True:
-                frame.append((await stream_get(ctx, dut.resp_0, rng=r, stall=0.5)).as_bits())
-                if target.unpack_response(frame[-1])["last"]:
-                    break
-            frames.append(frame)
+        await _read_answers(ctx, dut, target, n_answers, random.Random(seed + 1), frames)
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -352,10 +360,7 @@ def test_inputs_written_while_rows_in_flight():
     handed over, so the writes after them meet its rows in flight.)"""
     cfg = dataclasses.replace(Config.preset("ecp5").array, dsp="generic")
     rng = np.random.default_rng(22)
-    layers = [QuantLayer(rng.integers(-128, 128, (i, o)).astype(np.int8),
-                         rng.integers(-3000, 3000, o), rng.integers(1 << 14, 1 << 16, o),
-                         rng.integers(16, 20, o), l == 0)
-              for l, (i, o) in enumerate([(5, 8), (8, 8)])]
+    layers = _random_layers(rng, [5, 8, 8], shifts=(16, 20))
     target = EngineTarget(cfg, 0, 1)
     prog = compile_mlp(layers, target)
     half = cfg.act_words(0) // 2
@@ -421,10 +426,7 @@ def test_writes_put_as_the_sender_takes_over():
     from what it held before the put would let that write in early."""
     cfg = Config.preset("tiny").array
     rng = np.random.default_rng(31)
-    layers = [QuantLayer(rng.integers(-128, 128, (i, o)).astype(np.int8),
-                         rng.integers(-3000, 3000, o), rng.integers(1 << 14, 1 << 16, o),
-                         rng.integers(12, 18, o), l == 0)
-              for l, (i, o) in enumerate([(5, 6), (6, 3)])]
+    layers = _random_layers(rng, [5, 6, 3])
     target = EngineTarget(cfg, 0, 1)
     prog = compile_mlp(layers, target)
     batches = [rng.integers(-128, 128, (int(rng.integers(1, 4)), 5)).astype(np.int8)
@@ -445,14 +447,7 @@ def test_writes_put_as_the_sender_takes_over():
                 await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c))
 
     async def consumer(ctx):
-        r = random.Random(9)
-        for _ in batches:
-            frame = []
-            while True:
-                frame.append((await stream_get(ctx, dut.resp_0, rng=r, stall=0.5)).as_bits())
-                if target.unpack_response(frame[-1])["last"]:
-                    break
-            frames.append(frame)
+        await _read_answers(ctx, dut, target, len(batches), random.Random(9), frames)
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
