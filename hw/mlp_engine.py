@@ -849,7 +849,10 @@ class MLPEngine(wiring.Component):
 
         def pick(values, i):
             # values[i]
-            return Mux(i == 0, values[0], Mux(i == 1, values[1], values[2]))
+            out = values[-1]
+            for k in reversed(range(len(values) - 1)):
+                out = Mux(i == k, values[k], out)
+            return out
 
         slots = [Signal(cmd_l, name=f"cmd_slot{i}", reset_less=True) for i in range(n_slots)]
         ck = [Signal(ck_l, name=f"cmd_ck{i}") for i in range(n_slots)]

@@ -349,9 +349,7 @@ def synth_ecp5(verilog, top, *, workdir, freq_mhz, lpf=None, progress=None, seed
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(jobs, len(seeds))) as pool:
         runs = list(pool.map(place_and_route, seeds))
     best = max(runs, key=lambda r: -1.0 if r["fmax_mhz"] is None else r["fmax_mhz"])
-    utilization = best.pop("utilization")
-    for run in runs:
-        run.pop("utilization", None)
+    utilization = best["utilization"]
     fmax = best["fmax_mhz"]
     result = {
         "fmax_mhz": fmax,
