@@ -147,13 +147,41 @@ class RecordRouter(wiring.Component):
             m.d.sync += [opcode.eq(c.opcode), tag.eq(c.tag), status.eq(st)]
             m.next = "ANSWER"
 
+        # A finished beat goes out from a register (``ob``, ``oport``, ``ov``)
+        # while the next one's words come in: words are taken one a cycle
+        # while the ports take their beats. A beat finished while the
+        # register is full waits in ``beat`` (``full``), and no word is taken
+        # until it has moved on, so ``cmd.ready`` comes from registers.
+        ob = Signal(max(Shape.cast(l).width for _, l in self._ports))
+        oport = Signal.like(port)
+        ov = Signal()
+        full = Signal()
+        taken = Signal()
+        for p, (pname, layout) in enumerate(self._ports):
+            out = getattr(self, pname)
+            m.d.comb += out.payload.eq(ob[:Shape.cast(layout).width])
+            with m.If(oport == p):
+                m.d.comb += [out.valid.eq(ov), taken.eq(ov & out.ready)]
+        free = ~ov | taken                      # the register may load now
+        with m.If(taken):
+            m.d.sync += ov.eq(0)
+        with m.If(full & free):
+            m.d.sync += [ob.eq(beat), oport.eq(port), ov.eq(1), full.eq(0)]
+        # the beat with the word coming in, at ``at``
+        with_word = Signal.like(beat)
+        m.d.comb += with_word.eq(beat)
+        for w in range(max_words):
+            with m.If(at == w):
+                m.d.comb += with_word[64 * w:64 * (w + 1)].eq(c.data)
+
         with m.FSM():
             with m.State("HEADER"):
-                # (a load waits at its first word while ``hold``)
+                # (a load waits at its first word while ``hold``; a header
+                # waits while a finished beat of the record before does)
                 is_load = ((c.opcode == Opcode.LOAD_WEIGHTS) | (c.opcode == Opcode.LOAD_TABLES)
                            | (c.opcode == Opcode.LOAD_CACHE)
                            | (c.opcode == Opcode.CONFIGURE_STAGES))
-                m.d.comb += self.cmd.ready.eq(~(self.hold & c.first & is_load))
+                m.d.comb += self.cmd.ready.eq(~full & ~(self.hold & c.first & is_load))
                 with m.If(self.cmd.valid & self.cmd.ready):
                     rec = record_layout()(c.data)
                     hdr_port, hdr_count = rec.port, rec.count
@@ -195,46 +223,30 @@ class RecordRouter(wiring.Component):
                         end_of_frame(Mux(c.bad, Status.MALFORMED_FRAME,
                                          Mux(hdr_count == 0, Status.OK, Status.BAD_PAYLOAD)))
                     with m.Elif(hdr_count != 0):
-                        m.d.sync += [port.eq(hdr_port), count.eq(hdr_count), at.eq(0),
-                                     beat.eq(0)]
+                        m.d.sync += [port.eq(hdr_port), count.eq(hdr_count), at.eq(0)]
                         m.next = "WORDS"
             with m.State("WORDS"):
-                m.d.comb += self.cmd.ready.eq(1)
-                with m.If(self.cmd.valid):
-                    for w in range(max_words):
-                        with m.If(at == w):
-                            m.d.sync += beat[64 * w:64 * (w + 1)].eq(c.data)
-                    m.d.sync += at.eq(at + 1)
-                    done_beat = at == need - 1
-                    with m.If(done_beat):
+                m.d.comb += self.cmd.ready.eq(~full)
+                with m.If(self.cmd.valid & ~full):
+                    m.d.sync += [beat.eq(with_word), at.eq(at + 1)]
+                    with m.If(at == need - 1):
                         # the frame's last word may end the record: answered
-                        # after the beat is sent
+                        # once the beat has gone
                         m.d.sync += [opcode.eq(c.opcode), tag.eq(c.tag),
                                      status.eq(Mux(c.bad, Status.MALFORMED_FRAME,
                                                    Mux(count == 1, Status.OK,
-                                                       Status.BAD_PAYLOAD)))]
-                        with m.If(c.last):
-                            m.next = "EMIT_LAST"
+                                                       Status.BAD_PAYLOAD))),
+                                     count.eq(count - 1), at.eq(0)]
+                        with m.If(free):
+                            m.d.sync += [ob.eq(with_word), oport.eq(port), ov.eq(1)]
                         with m.Else():
-                            m.next = "EMIT"
+                            m.d.sync += full.eq(1)
+                        with m.If(c.last):
+                            m.next = "ANSWER"
+                        with m.Elif(count == 1):
+                            m.next = "HEADER"
                     with m.Elif(c.last):
                         end_of_frame(Mux(c.bad, Status.MALFORMED_FRAME, Status.BAD_PAYLOAD))
-            for name in ("EMIT", "EMIT_LAST"):
-                with m.State(name):
-                    for p, (pname, layout) in enumerate(self._ports):
-                        out = getattr(self, pname)
-                        with m.If(port == p):
-                            m.d.comb += [out.valid.eq(1),
-                                         out.payload.eq(beat[:Shape.cast(layout).width])]
-                            with m.If(out.ready):
-                                m.d.sync += [count.eq(count - 1), at.eq(0), beat.eq(0)]
-                                if name == "EMIT_LAST":
-                                    m.next = "ANSWER"
-                                else:
-                                    with m.If(count == 1):
-                                        m.next = "HEADER"
-                                    with m.Else():
-                                        m.next = "WORDS"
             with m.State("DROP"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid & c.last):
@@ -243,7 +255,10 @@ class RecordRouter(wiring.Component):
                         m.d.sync += status.eq(Status.MALFORMED_FRAME)
                     m.next = "ANSWER"
             with m.State("ANSWER"):
-                with m.If(query):
+                # (after the frame's beats have gone)
+                with m.If(ov | full):
+                    pass
+                with m.Elif(query):
                     m.d.comb += [self.qtag.valid.eq(1), self.qtag.payload.tag.eq(tag),
                                  self.qtag.payload.status.eq(final)]
                     with m.If(self.qtag.ready):

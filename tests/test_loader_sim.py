@@ -48,14 +48,15 @@ def frame_beats(opcode, tag, words, bad=False):
 def test_records_reach_their_ports(seed, query_ports):
     """Random frames of records, good and broken; with ``query_ports``, a
     query's frame may write only those and the other frames only the others.
-    Every beat before a frame breaks still arrives; a query's frame always
-    ends on ``qtag``, with its status."""
+    Every beat before a frame breaks still arrives, before the frame's
+    answer; a query's frame always ends on ``qtag``, with its status."""
     r = random.Random(seed)
     dut = RecordRouter(PORTS, query_ports=query_ports)
     widths = {"a": 10, "b": 70, "c": 120}
     names = [p for p, _ in PORTS]
     frames, want = [], {p: [] for p in names}
     answers = []
+    sent = []           # per frame: the beats each port has had by its end
     for n in range(24):
         kind = r.choice(["good", "good", "good", "query", "query", "short", "port", "bad",
                          "empty", "mixed"])
@@ -99,9 +100,11 @@ def test_records_reach_their_ports(seed, query_ports):
         if kind == "bad":           # the decoder says the frame's length was wrong
             status = Status.MALFORMED_FRAME
         answers.append((op, tag, status))
+        sent.append({p: len(want[p]) for p in names})
 
     got = {p: [] for p, _ in PORTS}
     got_answers = []
+    early = []          # answers that came before some of their frame's beats
     done = []
 
     async def source(ctx):
@@ -142,6 +145,10 @@ def test_records_reach_their_ports(seed, query_ports):
                 got_answers.append((Opcode.SUBMIT_QUERY, t.tag, t.status))
             else:
                 await ctx.tick()
+                continue
+            # a frame is answered once its beats have gone
+            early.extend((got_answers[-1], p, len(got[p]), n)
+                         for p, n in sent[len(got_answers) - 1].items() if len(got[p]) < n)
         done.append("answers")
 
     sim = Simulator(dut)
@@ -156,6 +163,7 @@ def test_records_reach_their_ports(seed, query_ports):
     assert sorted(done) == sorted(["source", "answers"] + [p for p, _ in PORTS]), done
     assert got == want
     assert got_answers == answers
+    assert not early, early
 
 
 def test_queries_wait_for_a_configuration():
@@ -279,3 +287,41 @@ def test_a_load_waits_while_hold():
     events = [e for e, _ in log if e != "sent"]
     assert events == ["a", "qtag", "released", "a", "answer"], log
     assert log.index(("sent", 1)) < log.index(("released", None)) < log.index(("sent", 2))
+
+
+@pytest.mark.parametrize("port,n", [("a", 1), ("c", 2)])
+def test_one_word_a_cycle(port, n):
+    """With every port ready, the router takes a word in every cycle (a
+    beat of ``n`` words every ``n`` cycles), and each beat leaves the cycle
+    after its last word."""
+    dut = RecordRouter(PORTS)
+    beats = [random.Random(n).getrandbits(120 if n == 2 else 10) for _ in range(20)]
+    words = [int(w) for w in RecordWriter(PORTS).add(port, beats).words()]
+    took, out = [], []
+
+    async def source(ctx):
+        ctx.set(dut.loaded, 1)
+        for b in frame_beats(Opcode.LOAD_WEIGHTS, 1, words):
+            await stream_put(ctx, dut.cmd, b)
+
+    async def sink(ctx):
+        for st in (dut.a, dut.b, dut.c, dut.ans, dut.err, dut.qtag):
+            ctx.set(st.ready, 1)
+        for cycle in range(200):
+            *_, cv, cr, ov, o = await ctx.tick().sample(
+                dut.cmd.valid, dut.cmd.ready, getattr(dut, port).valid,
+                getattr(dut, port).payload)
+            if cv and cr:
+                took.append(cycle)
+            if ov:
+                out.append((cycle, o.as_value().value if hasattr(o, "as_value") else int(o)))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(source)
+    sim.add_testbench(sink)
+    sim.run_until(1e-8 * 300)
+    assert [v for _, v in out] == beats
+    assert took == list(range(took[0], took[0] + len(words)))
+    # beat j's last word is word 1 + n * (j + 1) - 1 of the frame (after the header)
+    assert [c for c, _ in out] == [took[n * (j + 1)] + 1 for j in range(len(beats))]
