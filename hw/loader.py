@@ -16,7 +16,10 @@ hold any number of records, for any ports.
 The router takes the command beats of those opcodes (:class:`hw.command.CommandProcessor`'s
 ``cmd``), sends each record's beats on its port (waiting while the port is
 not ready), and at the frame's end answers it: an empty ``OK`` answer on
-``ans``. A frame that ends inside a record, a record for a port that does
+``ans``. It takes a word in every cycle while the ports take their beats:
+a beat leaves from a register in the cycle after its last word, while the
+next one's words come in; a frame's answer waits until its beats have
+gone. A frame that ends inside a record, a record for a port that does
 not exist (or, with ``query_ports``, a query's port in another frame or
 another port in a query's frame), a header word with bits above the count,
 or an empty ``SUBMIT_QUERY`` is answered ``BAD_PAYLOAD`` on ``err`` (a bad
