@@ -20,9 +20,12 @@ the engine takes. Every row carries what its result needs past the array
 (its parameter word, read at the accumulator's read, and its destination
 word), so a tile's requantization does not hold its weight register: a
 one-row tile is bound by the array's skew, not by its whole latency and the
-requantizer's. A RUN hands its answer to the sender once its last rows are
-in the array; the sender reads each row once it is written (its last
-output chunk, counted per RUN), while the rows after it still come.
+requantizer's. A RUN hands its answer to the sender once its last tiles
+are loaded; the sender reads each row once it is written (its last output
+chunk, counted per RUN), while the rows after it still come. Meanwhile the
+next RUN is checked and loads its first tile into the other weight
+register, so that its rows follow the last rows of the RUN before without
+a gap; writes into the input rows those still read wait for them.
 
 In a row split (``K < S``) an activation word holds ``S / K`` input tiles:
 input tile ``k`` is lanes ``(k % (S/K)) * K ..`` of word ``k // (S/K)``,
@@ -318,6 +321,10 @@ class MLPEngine(wiring.Component):
         slot_last = [Signal(name=f"slot{b}_last") for b in range(2)]
         # (the RUN's last layer's last output tile: its rows complete theirs)
         slot_fin = [Signal(name=f"slot{b}_fin") for b in range(2)]
+        # (the layer's ReLU and the RUN's parity: the next RUN may set up its
+        # first layer while this tile's rows are still issued)
+        slot_relu = [Signal(name=f"slot{b}_relu") for b in range(2)]
+        slot_rp = [Signal(name=f"slot{b}_rp") for b in range(2)]
         # Set when a tile's last row is issued (cycle I). The parity's
         # weights may be shifted again once that row has passed every PE: it
         # reads its last weight INJECT_LATENCY + (K - 1) + (S - 1) cycles
@@ -383,6 +390,8 @@ class MLPEngine(wiring.Component):
                         slot_first[pb].eq(seq_k == 0),
                         slot_last[pb].eq(seq_last_k),
                         slot_fin[pb].eq(last_layer & seq_last_n),
+                        slot_relu[pb].eq(relu),
+                        slot_rp[pb].eq(run_par),
                     ]
             m.d.sync += [ld_busy.eq(1), ld_left.eq(k_side), ld_slot.eq(b),
                          ld_addr.eq(seq_w + k_side_m1), ld_par.eq(~ld_par)]
@@ -429,6 +438,8 @@ class MLPEngine(wiring.Component):
         cur_first = Signal()
         cur_last = Signal()
         cur_fin = Signal()
+        cur_relu = Signal()
+        cur_rp = Signal()
         cur_p = Signal.like(slot_p[0])
         cur_dst = Signal.like(slot_dst[0])
         def load_cur(par):
@@ -438,15 +449,18 @@ class MLPEngine(wiring.Component):
                     cur_first.eq(Mux(par, slot_first[1], slot_first[0])),
                     cur_last.eq(Mux(par, slot_last[1], slot_last[0])),
                     cur_fin.eq(Mux(par, slot_fin[1], slot_fin[0])),
+                    cur_relu.eq(Mux(par, slot_relu[1], slot_relu[0])),
+                    cur_rp.eq(Mux(par, slot_rp[1], slot_rp[0])),
                     cur_p.eq(Mux(par, slot_p[1], slot_p[0])),
                     cur_dst.eq(Mux(par, slot_dst[1], slot_dst[0])),
                     st_addr.eq(Mux(par, slot_src[1], slot_src[0]))]
         m.d.comb += st_issue.eq((cur_state == READY) | (cur_state == STREAMING))
-        # per row: its parameter word, (last tiles) destination word and
-        # ReLU, so that a RUN's last rows may still be in flight when the
-        # next RUN starts. (Their buffer is the next RUN's first layer's
-        # output buffer too, unless that layer reads it and so waits for
-        # them: ``dst_buf`` needs no copy.)
+        # per row: its parameter word, (last tiles) destination word, ReLU
+        # and RUN parity, so that a RUN's last rows may still be issued and
+        # in flight while the next RUN sets up and loads its first tile.
+        # (Their buffers are the next RUN's first layer's too, unless that
+        # layer reads the RUN's output buffer and so waits for its sender:
+        # ``src_buf`` and ``dst_buf`` need no copy.)
         inj = Signal(data.StructLayout({"valid": 1, "par": 1, "row": range(cfg.acc_rows),
                                         "off": range(lanes), "first": 1, "last": 1,
                                         "fin": 1, "rp": 1,
@@ -482,10 +496,10 @@ class MLPEngine(wiring.Component):
             inj.first.eq(cur_first),
             inj.last.eq(cur_last),
             inj.fin.eq(cur_fin),
-            inj.rp.eq(run_par),
+            inj.rp.eq(cur_rp),
             inj.p.eq(cur_p),
             inj.dst.eq(cur_dst + st_row),
-            inj.relu.eq(relu),
+            inj.relu.eq(cur_relu),
         ]
 
         # Activation buffers: one reader and one writer each at a time.
@@ -695,7 +709,17 @@ class MLPEngine(wiring.Component):
         snd_rows = Signal.like(rows)
         snd_nt_m1 = Signal.like(nt)
         snd_info = Signal(32)
-        snd_wait = Signal.like(tail)        # cycles until the RUN's rows are written
+        # the RUN's input rows that its last tile has still to read: buffer
+        # ``in_buf``, words ``snd_lo .. in_hi - 1``, until the tile's slot
+        # (``in_slot``) is free
+        in_live = Signal()
+        in_buf = Signal()
+        in_hi = Signal(range(act_words + 1))
+        in_slot = Signal()
+        in_done = Signal()
+        # the RUN's rows are not all written yet (a cycle late): its answer's
+        # cycle count goes on
+        snd_counting = Signal()
         snd_par = Signal()                  # the RUN's parity
         snd_tag = Signal()
         # ``out_row == snd_rows``, kept in a register: the compare would
@@ -718,15 +742,15 @@ class MLPEngine(wiring.Component):
         last_row = Signal()
         rows_after = Signal.like(rows)
         next_row_addr = Signal.like(out_rd_addr)
-        with m.If(snd_wait != 0):
-            m.d.sync += snd_wait.eq(snd_wait - 1)
         fin_snd = Mux(snd_par, fin_rows[1], fin_rows[0])
         row_done = out_issue & last_chunk
         m.d.sync += [
-            written.eq((snd_wait <= 1)
-                       | Mux(row_done, out_row + 1 < fin_snd, out_row < fin_snd)),
+            written.eq(Mux(row_done, out_row + 1 < fin_snd, out_row < fin_snd)),
             owed_zero.eq((out_owed == 0) & ~out_issue),
+            snd_counting.eq(fin_snd != snd_rows),
         ]
+        with m.If(snd_active & snd_counting):
+            m.d.sync += snd_info.eq(snd_info + 1)
         with m.If(snd_active):
             m.d.comb += [self.busy.eq(1), self.resp.payload.tag.eq(snd_tag)]
             room = (out_owed < rfifo_depth) & written
@@ -759,8 +783,9 @@ class MLPEngine(wiring.Component):
         # -- writes into the activation buffers while a RUN is under way --------
         # ``win_valid``: a RUN passed its checks; its window is ``base ..
         # win_hi - 1`` (in both buffers). A WRITE_ACT outside it (and outside
-        # the rows the sender has still to read) is taken, unless a result
-        # row is written into the same buffer in the cycle its write lands.
+        # the rows the sender has still to read, and the input rows the RUN
+        # before still reads) is taken, unless a result row is written into
+        # the same buffer in the cycle its write lands.
         win_valid = Signal()
         win_hi = Signal(range(act_words + 1))
         # The RUN's window and the sender's rows do not overlap, a cycle
@@ -783,7 +808,7 @@ class MLPEngine(wiring.Component):
         # a slot's: the compares of a write of activations' address
         ck_l = data.StructLayout({
             **decision,
-            "to_sender": 1,         # into the rows the sender has still to read
+            "to_sender": 1,         # into the rows the sender (or the RUN's last tile) has still to read
             "outside_run": 1,       # outside the RUN's window
         })
         # the head's: what its take waits for
@@ -799,7 +824,8 @@ class MLPEngine(wiring.Component):
 
         def into_sender(c):
             a = c.args.act
-            return Mux(a.buf, snd_on[1], snd_on[0]) & (a.addr >= snd_lo) & (a.addr < snd_hi)
+            return ((Mux(a.buf, snd_on[1], snd_on[0]) & (a.addr < snd_hi))
+                    | (in_live & (a.buf == in_buf) & (a.addr < in_hi))) & (a.addr >= snd_lo)
 
         def cmp(c):
             return into_sender(c), outside(c)
@@ -956,7 +982,8 @@ class MLPEngine(wiring.Component):
             m.d.sync += cmd_act_we.eq(1)
         settle = Signal(SPLIT_SETTLE)   # (a cycle in SPLIT_WAIT a bit, from the bottom)
         issued = Signal()       # (LAYER_DRAIN)
-        m.d.sync += issued.eq(0)
+        loaded = Signal()       # (LAYER_DRAIN)
+        m.d.sync += [issued.eq(0), loaded.eq(0)]
         hand = Signal()         # (the hand-over, below)
         m.d.sync += hand.eq(0)
         with m.FSM() as fsm:
@@ -966,14 +993,15 @@ class MLPEngine(wiring.Component):
                 # parameters on the way, and each takes the activation RAM's
                 # write port in the cycle it is written)
                 m.d.comb += take.eq(may_take & ~chk.act_wait & ~act_to_result
-                                    & ~(chk.is_param & tail_nz))
+                                    & ~(chk.is_param & (tail_nz | in_live)))
                 m.d.comb += take_head.eq(take)
                 # The FSM moves only for the commands whose take does not
                 # wait for the sender's rows or a result row (``ctl``: no
                 # write of activations), so its transitions read this
                 # shorter condition, equal to ``take`` for them.
                 take_ctl = Signal()
-                m.d.comb += take_ctl.eq(may_take & chk.ctl & ~(chk.is_param & tail_nz))
+                m.d.comb += take_ctl.eq(may_take & chk.ctl
+                                        & ~(chk.is_param & (tail_nz | in_live)))
                 # A RUN's or SET_SPLIT's registers, and an error answer's
                 # info, load the head's fields in every idle cycle (nothing
                 # reads them while idle but the hand-over, in the first idle
@@ -1150,17 +1178,20 @@ class MLPEngine(wiring.Component):
                 m.d.sync += cycles.eq(cycles + 1)
                 # (all of the layer's rows issued: from a register, a cycle
                 # late; it stays high once set, nothing is taken in here)
-                m.d.sync += issued.eq((slot_state[0] == FREE) & (slot_state[1] == FREE)
-                                      & ~loader_busy)
+                m.d.sync += [issued.eq((slot_state[0] == FREE) & (slot_state[1] == FREE)
+                                       & ~loader_busy),
+                             loaded.eq(~ld_busy & ~loader_busy)]
                 with m.If(last_layer):
-                    # The last layer's rows are issued: the sender takes over
-                    # and waits until the rows still in flight are written
-                    # (``tail``), while the next RUN may start. (A write into
-                    # the words those rows read lands after their reads: it
-                    # is taken in IDLE and goes through the RAM's write
-                    # registers. The trailer's count is the RUN's cycles to
-                    # its last row written, as if it had waited.)
-                    with m.If(issued & ~snd_active):
+                    # The last layer's tiles are all loaded: the sender takes
+                    # over and reads each row once it is written, while the
+                    # next RUN is checked, sets up and loads its first tile
+                    # into the other weight register, so that its rows
+                    # follow this RUN's last rows. Until the last tile's rows
+                    # are all issued (``in_live``), a write into the input
+                    # rows it still reads waits, and so does a WRITE_PARAM.
+                    # The trailer's count is the RUN's cycles to its last
+                    # row written, as if it had waited.
+                    with m.If(loaded & ~snd_active):
                         m.d.sync += [hand.eq(1), win_valid.eq(0), quiet.eq(1)]
                         m.next = "IDLE"
                 with m.Elif(issued & ~tail_nz):
@@ -1211,7 +1242,14 @@ class MLPEngine(wiring.Component):
                                    | (need_p > cfg.param_words)),
                      src_gt_dst.eq(src_hi > dst_hi), src_gt_win.eq(src_hi > win_hi),
                      dst_gt_win.eq(dst_hi > win_hi)]
-        # The hand-over, in the cycle after the last layer's rows are issued
+        # The RUN's last tile's rows are all issued (its slot free): its
+        # input rows may be written (the flag falls two cycles later, after
+        # the last row's read; the slots' checks are worked out again).
+        m.d.sync += in_done.eq(in_live & Mux(in_slot, slot_state[1] == FREE,
+                                             slot_state[0] == FREE))
+        with m.If(in_done):
+            m.d.sync += [in_live.eq(0), chk_new.eq(1), quiet.eq(1)]
+        # The hand-over, in the cycle after the last layer's tiles are loaded
         # (the FSM's first cycle back in IDLE, when the RUN's registers still
         # hold it): the sender's registers load, enabled by this flip-flop
         # alone. Nothing is taken in this cycle or the two after (``quiet``).
@@ -1224,9 +1262,10 @@ class MLPEngine(wiring.Component):
                          rows_after.eq(rows - 1),
                          next_row_addr.eq(base + 1), out_rd_addr.eq(base), out_buf.eq(~layer[0]),
                          snd_active.eq(1), snd_on[0].eq(layer[0]), snd_on[1].eq(~layer[0]),
-                         snd_wait.eq(tail),
+                         in_live.eq(1), in_buf.eq(src_buf), in_hi.eq(src_hi),
+                         in_slot.eq(~ld_par),
                          snd_lo.eq(base), snd_hi.eq(dst_hi), snd_rows.eq(rows),
-                         snd_nt_m1.eq(nt_m1), snd_info.eq(cycles + tail),
+                         snd_nt_m1.eq(nt_m1), snd_info.eq(cycles),
                          snd_par.eq(run_par), snd_tag.eq(run_tag), quiet.eq(1),
                          chk_new.eq(1)]
         return m

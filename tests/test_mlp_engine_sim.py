@@ -6,14 +6,17 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import Value
+from amaranth.hdl import Elaboratable, Module, Value
+from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from host.mlp_program import EngineTarget, compile_mlp
 from host.numerics import QuantLayer, int8_mlp
 from hw.config import Config
 from hw.mlp_cluster import MLPCluster
+from hw.mlp_engine import MLPEngine
 from hw.mlp_isa import Opcode
+from hw.systolic import SystolicArray
 from tests.amaranth_streams import run_bounded, stream_get, stream_put
 
 #: Delays between a RUN and the next one's inputs, 0 to N_DELAYS - 1 cycles
@@ -458,3 +461,80 @@ def test_writes_put_as_the_sender_takes_over():
     for x, frame in zip(batches, frames):
         y, _ = prog.decode_run(frame, len(x))
         assert np.array_equal(y, int8_mlp(x, layers))
+
+
+class _EngineOnArray(Elaboratable):
+    """Engine 0 alone on the whole array (mode 0), its array port in reach."""
+
+    def __init__(self, cfg):
+        self.engine = MLPEngine(cfg, engine=0)
+        self.array = SystolicArray(cfg)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.engine = self.engine
+        m.submodules.array = self.array
+        wiring.connect(m, self.engine.array, self.array.port(0))
+        return m
+
+
+def test_consecutive_runs_rows_back_to_back():
+    """While a RUN's last rows go into the array, the next RUN is checked and
+    loads its first tile into the other weight register: with the inputs of
+    each in a region of their own, three RUNs of two row blocks and two
+    output tiles each put every row into the array in consecutive cycles,
+    with no gap between one RUN's last row and the next one's first (they
+    used to be ~36 cycles apart: the next RUN started once the last row was
+    issued). Every answer is right, read with stalls (a tenth of the cycles:
+    the sender of one RUN must be done before the next RUN hands over, so
+    it has to keep up)."""
+    cfg = dataclasses.replace(Config.preset("ecp5").array, dsp="generic")
+    rng = np.random.default_rng(41)
+    target = EngineTarget(cfg, 0, 1)
+    layers = _random_layers(rng, [5, 2 * target.side])
+    prog = compile_mlp(layers, target)
+    region = cfg.act_words(0) // 3
+    # (no zero input: a row goes in exactly when the array's input is not 0)
+    xs = [rng.integers(1, 128, (cfg.max_rows, 5)).astype(np.int8) for _ in range(3)]
+    dut = _EngineOnArray(cfg)
+    eng = dut.engine
+    injected, frames = [], []
+
+    async def producer(ctx):
+        for c in prog.load_commands:
+            await stream_put(ctx, eng.cmd, target.cmd_layout.from_bits(c))
+        for i, x in enumerate(xs):
+            for c in prog.input_commands(x, i * region) + [prog.run_command(len(x), i * region)]:
+                await stream_put(ctx, eng.cmd, target.cmd_layout.from_bits(c))
+
+    async def consumer(ctx):
+        r = random.Random(42)
+        for _ in xs:
+            frame = []
+            while True:
+                frame.append((await stream_get(ctx, eng.resp, rng=r, stall=0.1)).as_bits())
+                if target.unpack_response(frame[-1])["last"]:
+                    break
+            frames.append(frame)
+
+    async def monitor(ctx):
+        cycle = 0
+        while True:
+            await ctx.tick()
+            if ctx.get(Value.cast(eng.array.act)):
+                injected.append(cycle)
+            cycle += 1
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.add_testbench(monitor)
+    run_bounded(sim, 1e-4)
+    assert len(frames) == len(xs)
+    for x, frame in zip(xs, frames):
+        y, _ = prog.decode_run(frame, len(x))
+        assert np.array_equal(y, int8_mlp(x, layers))
+    assert len(injected) == 2 * sum(map(len, xs)), len(injected)
+    gaps = [b - a - 1 for a, b in zip(injected, injected[1:]) if b - a > 1]
+    assert not gaps, gaps
