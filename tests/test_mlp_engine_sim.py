@@ -261,10 +261,7 @@ def test_overlapped_runs(n_layers, alternate):
     sim.add_testbench(producer)
     sim.add_testbench(consumer)
     run_bounded(sim, 2e-4)
-    assert len(seen["frames"]) == len(batches)
-    for x, frame in zip(batches, seen["frames"]):
-        y, _ = prog.decode_run(frame, len(x))
-        assert np.array_equal(y, int8_mlp(x, layers))
+    _assert_answers(prog, layers, batches, seen["frames"])
     if alternate:
         assert seen["early_writes"] > 0 and seen["early_runs"] > 0, seen
     elif n_layers == 1:
@@ -272,13 +269,22 @@ def test_overlapped_runs(n_layers, alternate):
         assert seen["early_runs"] > 0, seen
 
 
-async def _read_answers(ctx, dut, target, n, r, frames):
-    """Reads ``n`` answers of engine 0 of an ``MLPCluster`` into ``frames``
-    (each a list of its beats' bits), stalling half of the cycles."""
+def _assert_answers(prog, layers, xs, frames):
+    """Each answer frame is the golden MLP of its batch."""
+    assert len(frames) == len(xs)
+    for x, frame in zip(xs, frames):
+        y, _ = prog.decode_run(frame, len(x))
+        assert np.array_equal(y, int8_mlp(x, layers))
+
+
+async def _read_answers(ctx, resp, target, n, r, frames, stall=0.5):
+    """Reads ``n`` answers from the stream ``resp`` (an engine's) into
+    ``frames`` (each a list of its beats' bits), stalling a ``stall``
+    share of the cycles."""
     for _ in range(n):
         frame = []
         while True:
-            frame.append((await stream_get(ctx, dut.resp_0, rng=r, stall=0.5)).as_bits())
+            frame.append((await stream_get(ctx, resp, rng=r, stall=stall)).as_bits())
             if target.unpack_response(frame[-1])["last"]:
                 break
         frames.append(frame)
@@ -299,7 +305,8 @@ def _run_back_to_back(cfg, target, before, after, n_answers, seed):
             await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c))
 
     async def consumer(ctx):
-        await _read_answers(ctx, dut, target, n_answers, random.Random(seed + 1), frames)
+        await _read_answers(ctx, dut.resp_0, target, n_answers, random.Random(seed + 1),
+                            frames)
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -376,9 +383,7 @@ def test_inputs_written_while_rows_in_flight():
         cfg, target, prog.load_commands + prog.input_commands(xs[0], 0),
         [prog.run_command(len(xs[0]), 0)] + set_layers + prog.input_commands(xs[1], half)
         + [prog.run_command(len(xs[1]), half)], 2, seed=7)
-    for x, frame in zip(xs, frames):
-        y, _ = prog.decode_run(frame, len(x))
-        assert np.array_equal(y, int8_mlp(x, layers))
+    _assert_answers(prog, layers, xs, frames)
 
 
 def test_answers_carry_their_commands_tag():
@@ -450,17 +455,14 @@ def test_writes_put_as_the_sender_takes_over():
                 await stream_put(ctx, dut.cmd_0, target.cmd_layout.from_bits(c))
 
     async def consumer(ctx):
-        await _read_answers(ctx, dut, target, len(batches), random.Random(9), frames)
+        await _read_answers(ctx, dut.resp_0, target, len(batches), random.Random(9), frames)
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(producer)
     sim.add_testbench(consumer)
     run_bounded(sim, 1e-3)
-    assert len(frames) == len(batches)
-    for x, frame in zip(batches, frames):
-        y, _ = prog.decode_run(frame, len(x))
-        assert np.array_equal(y, int8_mlp(x, layers))
+    _assert_answers(prog, layers, batches, frames)
 
 
 class _EngineOnArray(Elaboratable):
@@ -508,14 +510,8 @@ def test_consecutive_runs_rows_back_to_back():
                 await stream_put(ctx, eng.cmd, target.cmd_layout.from_bits(c))
 
     async def consumer(ctx):
-        r = random.Random(42)
-        for _ in xs:
-            frame = []
-            while True:
-                frame.append((await stream_get(ctx, eng.resp, rng=r, stall=0.1)).as_bits())
-                if target.unpack_response(frame[-1])["last"]:
-                    break
-            frames.append(frame)
+        await _read_answers(ctx, eng.resp, target, len(xs), random.Random(42), frames,
+                            stall=0.1)
 
     async def monitor(ctx):
         cycle = 0
@@ -531,10 +527,7 @@ def test_consecutive_runs_rows_back_to_back():
     sim.add_testbench(consumer)
     sim.add_testbench(monitor)
     run_bounded(sim, 1e-4)
-    assert len(frames) == len(xs)
-    for x, frame in zip(xs, frames):
-        y, _ = prog.decode_run(frame, len(x))
-        assert np.array_equal(y, int8_mlp(x, layers))
+    _assert_answers(prog, layers, xs, frames)
     assert len(injected) == 2 * sum(map(len, xs)), len(injected)
     gaps = [b - a - 1 for a, b in zip(injected, injected[1:]) if b - a > 1]
     assert not gaps, gaps
