@@ -700,21 +700,22 @@ class MLPEngine(wiring.Component):
         # this one's rows leave. The sender reads buffer ``out_buf``, words
         # ``snd_lo .. snd_hi - 1``, which nothing writes until it is done.
         snd_active = Signal()
-        # ``snd_active & (out_buf == b)``, kept beside them (a command's
-        # check against the sender's rows reads them)
+        # per buffer, words ``snd_lo .. snd_to[b] - 1`` that nothing may
+        # write: in ``out_buf`` the sender's rows (``snd_hi``), in the other
+        # the input rows the RUN's last tile still reads (``in_live``), kept
+        # per buffer so that a command's check is one compare a buffer
         snd_on = [Signal(name=f"snd_on{b}") for b in range(2)]
+        snd_to = [Signal(range(act_words + 1), name=f"snd_to{b}") for b in range(2)]
         snd_end = Signal()                  # the trailer leaves: the sender is done
         snd_lo = Signal.like(base)
         snd_hi = Signal(range(act_words + 1))
         snd_rows = Signal.like(rows)
         snd_nt_m1 = Signal.like(nt)
         snd_info = Signal(32)
-        # the RUN's input rows that its last tile has still to read: buffer
-        # ``in_buf``, words ``snd_lo .. in_hi - 1``, until the tile's slot
-        # (``in_slot``) is free
+        # the RUN's input rows (in buffer ``in_buf``) that its last tile has
+        # still to read, until the tile's slot (``in_slot``) is free
         in_live = Signal()
         in_buf = Signal()
-        in_hi = Signal(range(act_words + 1))
         in_slot = Signal()
         in_done = Signal()
         # the RUN's rows are not all written yet (a cycle late): its answer's
@@ -824,8 +825,8 @@ class MLPEngine(wiring.Component):
 
         def into_sender(c):
             a = c.args.act
-            return ((Mux(a.buf, snd_on[1], snd_on[0]) & (a.addr < snd_hi))
-                    | (in_live & (a.buf == in_buf) & (a.addr < in_hi))) & (a.addr >= snd_lo)
+            return Mux(a.buf, snd_on[1] & (a.addr < snd_to[1]),
+                       snd_on[0] & (a.addr < snd_to[0])) & (a.addr >= snd_lo)
 
         def cmp(c):
             return into_sender(c), outside(c)
@@ -1249,6 +1250,9 @@ class MLPEngine(wiring.Component):
                                              slot_state[0] == FREE))
         with m.If(in_done):
             m.d.sync += [in_live.eq(0), chk_new.eq(1), quiet.eq(1)]
+            for b in range(2):
+                with m.If(in_buf == b):
+                    m.d.sync += snd_on[b].eq(0)
         # The hand-over, in the cycle after the last layer's tiles are loaded
         # (the FSM's first cycle back in IDLE, when the RUN's registers still
         # hold it): the sender's registers load, enabled by this flip-flop
@@ -1261,8 +1265,10 @@ class MLPEngine(wiring.Component):
                          written.eq(0), last_chunk.eq(nt_m1 == 0), last_row.eq(rows == 1),
                          rows_after.eq(rows - 1),
                          next_row_addr.eq(base + 1), out_rd_addr.eq(base), out_buf.eq(~layer[0]),
-                         snd_active.eq(1), snd_on[0].eq(layer[0]), snd_on[1].eq(~layer[0]),
-                         in_live.eq(1), in_buf.eq(src_buf), in_hi.eq(src_hi),
+                         snd_active.eq(1), snd_on[0].eq(1), snd_on[1].eq(1),
+                         snd_to[0].eq(Mux(src_buf, dst_hi, src_hi)),
+                         snd_to[1].eq(Mux(src_buf, src_hi, dst_hi)),
+                         in_live.eq(1), in_buf.eq(src_buf),
                          in_slot.eq(~ld_par),
                          snd_lo.eq(base), snd_hi.eq(dst_hi), snd_rows.eq(rows),
                          snd_nt_m1.eq(nt_m1), snd_info.eq(cycles),
