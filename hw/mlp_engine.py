@@ -809,7 +809,7 @@ class MLPEngine(wiring.Component):
         # a slot's: the compares of a write of activations' address
         ck_l = data.StructLayout({
             **decision,
-            "to_sender": 1,         # into the rows the sender (or the RUN's last tile) has still to read
+            "to_sender": 1,         # into rows the sender or a last tile has still to read
             "outside_run": 1,       # outside the RUN's window
         })
         # the head's: what its take waits for

@@ -489,7 +489,8 @@ def test_consecutive_runs_rows_back_to_back():
     used to be ~36 cycles apart: the next RUN started once the last row was
     issued). Every answer is right, read with stalls (a tenth of the cycles:
     the sender of one RUN must be done before the next RUN hands over, so
-    it has to keep up)."""
+    it has to keep up). The commands come back to back: idle cycles in them
+    would leave gaps that are not the engine's."""
     cfg = dataclasses.replace(Config.preset("ecp5").array, dsp="generic")
     rng = np.random.default_rng(41)
     target = EngineTarget(cfg, 0, 1)
