@@ -7,7 +7,7 @@ broken frame answered with its error, the router going on with the next."""
 import random
 
 import pytest
-from amaranth.hdl import unsigned
+from amaranth.hdl import Shape, unsigned
 from amaranth.lib import data
 from amaranth.sim import Simulator
 
@@ -19,7 +19,7 @@ from tests.amaranth_streams import stream_get, stream_put
 PORTS = [("a", unsigned(10)),
          ("b", data.StructLayout({"x": 64, "y": 6})),
          ("c", data.ArrayLayout(unsigned(40), 3))]
-WIDTHS = {"a": 10, "b": 70, "c": 120}
+WIDTHS = {p: Shape.cast(layout).width for p, layout in PORTS}
 
 
 def bits(beat) -> int:
