@@ -16,16 +16,19 @@ A query goes through these phases (the numbers are the golden model's steps,
     The user bags (``ubags``) go to the feature fetch (``bags``;
     :class:`hw.feature_fetch.FeatureFetch`), whose int8 vectors (``feat``)
     are the other user features.
-``UPAIRS``, ``UPASS`` (4, 6)
-    The user-user dot products (a :class:`~hw.interaction.DotInteraction`
-    fed the user features as its items), then the user pass of the first top
-    layer (a 32-bit :class:`~hw.wide.WideMatVec`) over ``[bottom output,
-    user pairs]``; each output is written into the engine as its channel's
-    bias (``WRITE_PARAM``, with the channel's ``mult`` and ``shift`` kept
-    here, ``p0``).
+``MAINU``, ``UPAIRS``, ``UPASS``, ``TOP_DESC`` (4, 6)
+    The user features load the item interaction (``MAINU``); then the
+    user-user dot products (a :class:`~hw.interaction.DotInteraction` fed
+    the user features as its items), the user pass of the first top layer
+    (a 32-bit :class:`~hw.wide.WideMatVec`) over ``[bottom output, user
+    pairs]``, each output written into the engine as its channel's bias
+    (``WRITE_PARAM``, with the channel's ``mult`` and ``shift`` kept here,
+    ``p0``), and the top layers' descriptors. From ``MAINU`` on, the item
+    features go through the item interaction (below), and the first
+    sub-batch's commands go into the engine whenever these phases leave its
+    command port free; its ``RUN`` waits for them.
 ``ITEMS`` (2-7)
-    The user features load the item interaction and the top layers'
-    descriptors are set. Every candidate (``cand``: its position and item
+    Every candidate (``cand``: its position and item
     ids) is sent as one-row bags on ``bags`` as soon as it comes - while the
     phases above still run - and its features go through the interaction
     and the activation packer (:class:`~hw.act_packer.ActPacker`) into a
@@ -409,7 +412,7 @@ class StageEngine(wiring.Component):
         m.submodules.runq = runq = SyncFIFOBuffered(width=len(run_rows) + 1, depth=4)
 
         m.d.comb += self.busy.eq(1)         # (but in IDLE with no query handed over)
-        with m.FSM(name="query"):
+        with m.FSM(name="query") as query_fsm:
             with m.State("IDLE"):
                 m.d.comb += [qfifo.r_en.eq(1), self.busy.eq(pend | st_valid)]
                 with m.If(pend | st_valid):
@@ -468,14 +471,7 @@ class StageEngine(wiring.Component):
                 f = self.feat.payload
                 with m.If(at == conf.n_pooled):
                     m.d.sync += at.eq(0)
-                    # (with one user feature, or a unit built for one, no pairs)
-                    pairs = (n_users >= 2) if upair is not None else Const(0)
-                    with m.If(conf.user_pass & pairs):
-                        m.next = "UPAIRS"
-                    with m.Elif(conf.user_pass):
-                        m.next = "UPASS"
-                    with m.Else():
-                        m.next = "MAINU"
+                    m.next = "MAINU"
                 with m.Else():
                     # the query's user features (its item features come after them)
                     m.d.comb += self.feat.ready.eq(~f.item)
@@ -534,13 +530,20 @@ class StageEngine(wiring.Component):
                         fail(StageStatus.BAD_SCORE)
                     with m.If(uo.last):
                         m.d.sync += at.eq(0)
-                        m.next = "MAINU"
+                        m.next = "TOP_DESC"
             with m.State("MAINU"):
                 m.d.comb += self.phase.eq(StagePhase.USER)
                 di = dot.i.payload
                 with m.If(at == n_users):
                     m.d.sync += at.eq(0)
-                    m.next = "TOP_DESC"
+                    # (with one user feature, or a unit built for one, no pairs)
+                    pairs = (n_users >= 2) if upair is not None else Const(0)
+                    with m.If(conf.user_pass & pairs):
+                        m.next = "UPAIRS"
+                    with m.Elif(conf.user_pass):
+                        m.next = "UPASS"
+                    with m.Else():
+                        m.next = "TOP_DESC"
                 with m.Else():
                     m.d.comb += [dot.i.valid.eq(1), di.item.eq(0)]
                     for u in range(U):
@@ -561,19 +564,34 @@ class StageEngine(wiring.Component):
             with m.State("ITEMS"):
                 m.d.comb += self.phase.eq(StagePhase.ITEMS)
                 m.d.comb += scoring.eq(1)
-                # the item features into the interaction
-                f = self.feat.payload
-                di = dot.i.payload
-                m.d.comb += [dot.i.valid.eq(self.feat.valid & f.item), di.item.eq(1),
-                             di.last.eq(f.last), di.vec.eq(f.vec),
-                             self.feat.ready.eq(dot.i.ready & f.item)]
-                with m.If(self.feat.valid & f.item & dot.i.ready
-                          & (f.status != LookupStatus.OK)):
-                    fail(StageStatus.BAD_LOOKUP)
                 # (every item feature of the query is in once its last RUN is sent)
                 with m.If(sent_last & ~pend):
                     m.d.sync += [pend.eq(1), sent_last.eq(0), k_p.eq(k), err_p.eq(err)]
                     m.next = "IDLE"
+
+        # Once the item interaction holds the query's user features (after
+        # MAINU), its item features go in, and the engine driver (below)
+        # sends their commands whenever the user side leaves the engine's
+        # command port free (``drain_ok``): the first sub-batch goes in
+        # while the user pass still runs. The RUNs wait for ``scoring``
+        # (the user pass's biases and the top layers are set by then).
+        feeding = Signal()
+        drain_ok = Signal()
+        m.d.comb += [
+            feeding.eq(query_fsm.ongoing("UPAIRS") | query_fsm.ongoing("UPASS")
+                       | query_fsm.ongoing("TOP_DESC") | scoring),
+            drain_ok.eq(feeding & ~query_fsm.ongoing("TOP_DESC")
+                        & ~(query_fsm.ongoing("UPASS") & upass.o.valid)),
+        ]
+        with m.If(feeding):
+            f = self.feat.payload
+            di = dot.i.payload
+            m.d.comb += [dot.i.valid.eq(self.feat.valid & f.item), di.item.eq(1),
+                         di.last.eq(f.last), di.vec.eq(f.vec),
+                         self.feat.ready.eq(dot.i.ready & f.item)]
+            with m.If(self.feat.valid & f.item & dot.i.ready
+                      & (f.status != LookupStatus.OK)):
+                fail(StageStatus.BAD_LOOKUP)
 
         # -- the issuer: the bags of the queries, back to back -------------------------
         a = Signal(range(max(I, 2)))                # the candidate's item table
@@ -649,7 +667,7 @@ class StageEngine(wiring.Component):
         region = Signal()
         with m.FSM(name="engine"):
             with m.State("DRAIN"):
-                with m.If(scoring):
+                with m.If(drain_ok):
                     m.d.comb += packer.done.ready.eq(~have_done)
                     with m.If(packer.done.valid & ~have_done):
                         m.d.sync += [have_done.eq(1), target.eq(written + staged),
@@ -667,18 +685,19 @@ class StageEngine(wiring.Component):
                     with m.If(have_done & (drained == target)):
                         m.next = "RUN"
             with m.State("RUN"):
-                ready = runq.w_rdy & lastq.r_rdy
-                m.d.comb += [self.ecmd.valid.eq(ready), ecmd.op.eq(EOp.RUN),
-                             ecmd.args.run.layers.eq(conf.n_top),
-                             ecmd.args.run.rows.eq(run_rows),
-                             ecmd.args.run.base.eq(region * half),
-                             runq.w_data.eq(Cat(run_rows, lastq.r_data))]
-                with m.If(self.ecmd.ready & ready):
-                    m.d.comb += [runq.w_en.eq(1), lastq.r_en.eq(1)]
-                    m.d.sync += [have_done.eq(0), region.eq(~region)]
-                    with m.If(lastq.r_data):
-                        m.d.sync += sent_last.eq(1)
-                    m.next = "DRAIN"
+                with m.If(scoring):
+                    ready = runq.w_rdy & lastq.r_rdy
+                    m.d.comb += [self.ecmd.valid.eq(ready), ecmd.op.eq(EOp.RUN),
+                                 ecmd.args.run.layers.eq(conf.n_top),
+                                 ecmd.args.run.rows.eq(run_rows),
+                                 ecmd.args.run.base.eq(region * half),
+                                 runq.w_data.eq(Cat(run_rows, lastq.r_data))]
+                    with m.If(self.ecmd.ready & ready):
+                        m.d.comb += [runq.w_en.eq(1), lastq.r_en.eq(1)]
+                        m.d.sync += [have_done.eq(0), region.eq(~region)]
+                        with m.If(lastq.r_data):
+                            m.d.sync += sent_last.eq(1)
+                        m.next = "DRAIN"
 
         # -- the scores: result rows through the score head, to the top-k filter ---
         chunk = Signal.like(conf.pen_chunks)
