@@ -213,6 +213,10 @@ def hardware_e2e(config, *, n_queries: int = 16, n_candidates: int | None = None
     * ``cycles_per_query``: all queries submitted at once, sub-batches of
       ``sb_rows``: simulated cycles from the first submission to the last
       answer, per query (throughput);
+    * ``cycles_between_answers``: the same run's mean interval between
+      consecutive answers (the first answer's latency, the pipeline's
+      fill, left out: the steady state ``cycles_per_query`` tends to with
+      more queries);
     * ``cycles_per_query_no_pipelining``: the same queries one at a time
       (no query overlaps another, so no stage 2 overlaps the next query's
       stage 1) in one sub-batch each (no lookup overlaps the MLP): mean
@@ -256,6 +260,8 @@ def hardware_e2e(config, *, n_queries: int = 16, n_candidates: int | None = None
         "sb_rows": sb_rows,
         "memory_latency_cycles": list(latency),
         "cycles_per_query": cpq,
+        "cycles_between_answers": (float(np.ptp(piped["done_cycles"])) / (n_queries - 1)
+                                   if n_queries > 1 else None),
         "cycles_per_query_no_pipelining": float(np.mean(plain["latency_cycles"])),
         "roofline_cycles_per_query": float(np.mean(roof)),
         "answers_checked": piped["answers_checked"] + plain["answers_checked"],
@@ -294,7 +300,9 @@ def format_hardware_e2e(r: dict) -> str:
              f"{r['sb_rows']} "
              f"(cycles measured in Verilator)",
              f"  cycles per query: {r['cycles_per_query']:.0f} (roofline "
-             f"{r['roofline_cycles_per_query']:.0f}: {r['roofline_ratio']:.2f}x)",
+             f"{r['roofline_cycles_per_query']:.0f}: {r['roofline_ratio']:.2f}x)"
+             + (f"; between answers {r['cycles_between_answers']:.0f}"
+                if r.get("cycles_between_answers") else ""),
              f"  without sub-batching or query overlap: "
              f"{r['cycles_per_query_no_pipelining']:.0f} ({r['pipelining_gain']:.2f}x slower)",
              *(f"  {s}, cycles per query (device counters): bottom MLP {p['bottom']:.0f}, "

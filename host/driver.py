@@ -563,6 +563,7 @@ class RunReport:
                 "answers_wrong": self.answers_wrong,
                 "quality": self.quality, "counters": self.counters,
                 "latency_cycles": [int(a.latency) for a in self.answers],
+                "done_cycles": [int(a.done) for a in self.answers],
                 "latency_us": [a.latency * us for a in self.answers],
                 "status": [a.status.name for a in self.answers],
                 "plots": self.plots, "notes": self.notes}

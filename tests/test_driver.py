@@ -260,5 +260,8 @@ def test_report_json(setup, tmp_path):
     assert d["clock_mhz"] == 200.0 and d["offered_qps"] == 1e5
     assert d["latency_us"] == pytest.approx([c / 200.0 for c in d["latency_cycles"]])
     assert d["p99_cycles"] == pytest.approx(np.percentile(d["latency_cycles"], 99))
+    # (each answered a latency after its arrival; they arrive in order)
+    arrival = np.array(d["done_cycles"]) - np.array(d["latency_cycles"])
+    assert arrival[0] >= 0 and np.all(np.diff(arrival) >= 0)
     assert {"ndcg10", "hr10", "ndcg10_float", "hr10_float"} <= set(d["quality"])
     assert plots == [str(tmp_path / "latency_cdf.png")] and (tmp_path / "latency_cdf.png").exists()

@@ -29,6 +29,8 @@ def test_hardware_e2e_on_tiny():
     assert r["answers_checked"] == 6 and r["answers_wrong"] == 0
     assert 0 < r["roofline_cycles_per_query"] <= r["cycles_per_query"]
     assert r["modelled_qps"] == cfg.clock_mhz * 1e6 / r["cycles_per_query"]
+    # (the run's cycles hold the first answer's latency and two intervals)
+    assert 0 < 2 * r["cycles_between_answers"] < 3 * r["cycles_per_query"]
     assert "cycles per query" in format_hardware_e2e(r)
     # one stage: its phases per query, none of them empty
     (p,) = r["phases_per_query"].values()
