@@ -49,7 +49,8 @@ its bottom MLP and user side run on the engine while the last rows of the
 query before come back through the score head. When a query's final score
 has gone to ``topk``, its status leaves on ``status`` (``OK``, or an error:
 the first of its bags the lookup unit refused, its rows the packer dropped
-and the errors of its bottom MLP and user pass, if any; else the first of
+and the errors of its bottom MLP and user pass (a user-pass bias past the
+engine's parameter words is not written: ``BAD_PARAM``), if any; else the first of
 the engine's answers to its candidates and the score head; the top-k list
 is still completed, so nothing waits).
 ``busy`` is high while a query is under way, and ``phase`` says where it
@@ -114,6 +115,8 @@ class StageStatus(enum.Enum, shape=3):
     BAD_ROW = 2         #: the activation packer dropped a row
     ENGINE = 3          #: the MLP engine answered an error
     BAD_SCORE = 4       #: the score head answered an error
+    BAD_PARAM = 5       #: a user-pass bias for a parameter word past the engine's
+                        #: (``p0_base`` out of range): not written
 
 
 def _max_chunks(config: Config, engine: int, n: int) -> int:
@@ -516,18 +519,28 @@ class StageEngine(wiring.Component):
                             m.d.comb += ui.x.eq(xu[c * dim * 8:(c + 1) * dim * 8])
                     with m.If(upass.i.ready):
                         m.d.sync += at.eq(at + 1)
-                # each output is its channel's bias, written into the engine
+                # each output is its channel's bias, written into the engine;
+                # one past the engine's parameter words is not written (the
+                # engine would answer the write with an error, which nothing
+                # here waits for) and fails the query
                 uo = upass.o.payload
-                m.d.comb += [pr.addr.eq(uo.j), self.ecmd.valid.eq(upass.o.valid),
-                             upass.o.ready.eq(self.ecmd.ready), ecmd.op.eq(EOp.WRITE_PARAM),
-                             ecmd.args.param.addr.eq(conf.p0_base + (uo.j >> conf.log_side)),
+                p_addr = Signal(range(arr.param_words + self._max_hidden + 1))
+                p_past = Signal()
+                m.d.comb += [p_addr.eq(conf.p0_base + (uo.j >> conf.log_side)),
+                             p_past.eq(p_addr >= arr.param_words)]
+                m.d.comb += [pr.addr.eq(uo.j), self.ecmd.valid.eq(upass.o.valid & ~p_past),
+                             upass.o.ready.eq(self.ecmd.ready | p_past),
+                             ecmd.op.eq(EOp.WRITE_PARAM),
+                             ecmd.args.param.addr.eq(p_addr),
                              ecmd.args.param.lane.eq(uo.j & side_m1),
                              ecmd.args.param.bias.eq(uo.value),
                              ecmd.args.param.mult.eq(pr.data.mult),
                              ecmd.args.param.shift.eq(pr.data.shift)]
-                with m.If(upass.o.valid & self.ecmd.ready):
+                with m.If(upass.o.valid & (self.ecmd.ready | p_past)):
                     with m.If(uo.status != WStatus.OK):
                         fail(StageStatus.BAD_SCORE)
+                    with m.If(p_past):
+                        fail(StageStatus.BAD_PARAM)
                     with m.If(uo.last):
                         m.d.sync += at.eq(0)
                         m.next = "TOP_DESC"

@@ -82,9 +82,11 @@ class _Harness(Elaboratable):
         return m
 
 
-def run_stage(model, queries, *, sb_rows, staging, ks, seed, status_delay=0, faults=()):
+def run_stage(model, queries, *, sb_rows, staging, ks, seed, status_delay=0, faults=(),
+              conf=None):
     limits = StageLimits(DIM, 3, 2, 16, 16)
     prog = compile_stage(model, CFG, limits, sb_rows=sb_rows, table_base=1)
+    prog.conf.update(conf or {})        # (a configuration the host would not send)
     dut = _Harness(limits, staging, faults)
     st, fe = dut.stage, dut.fetch
     r = random.Random(seed)
@@ -219,6 +221,23 @@ def test_an_engine_error_fails_its_query_alone(faults, faulty, status_delay):
         else:
             want = model.scores(q)
             assert got == [(c, int(want[c])) for c in range(q.n_candidates)]
+
+
+def test_a_bias_past_the_parameters_fails_its_query():
+    """A configuration whose user-pass biases land past the engine's
+    parameter words (``p0_base`` too large; the host never compiles one):
+    those biases are not written, every query's status is BAD_PARAM and its
+    list is still complete, and nothing waits. (The engine would answer
+    each such write with an error that nothing waits for, and the scores
+    would take it for a RUN's answer.)"""
+    model = dot_stage(3, 2, 1, (8, 1), 0)
+    assert model.user_layer is not None
+    queries = synthetic_queries(model.config, 2, 6, user_bag=3, seed=51)
+    lists, statuses = run_stage(model, queries, sb_rows=4, staging=64, ks=[6, 6], seed=4,
+                                conf={"p0_base": CFG.array.param_words - 1})
+    assert statuses == [StageStatus.BAD_PARAM] * len(queries)
+    for q, got in zip(queries, lists):
+        assert sorted(c for c, _ in got) == list(range(q.n_candidates))
 
 
 def test_a_configuration_it_cannot_run_is_refused():
