@@ -524,7 +524,7 @@ class StageEngine(wiring.Component):
                 # engine would answer the write with an error, which nothing
                 # here waits for) and fails the query
                 uo = upass.o.payload
-                p_addr = Signal(range(arr.param_words + self._max_hidden + 1))
+                p_addr = Signal(range((1 << len(conf.p0_base)) + self._max_hidden))
                 p_past = Signal()
                 m.d.comb += [p_addr.eq(conf.p0_base + (uo.j >> conf.log_side)),
                              p_past.eq(p_addr >= arr.param_words)]
