@@ -30,10 +30,12 @@ width, ``K <= S <= lanes``):
 
 Overlap: the engine takes a ``WRITE_ACT`` while a RUN computes when it
 lands outside the RUN's window, and it takes the next RUN (and writes)
-once the last one's final rows are in the array, while they are still in
-flight and then while its response goes out; a write into the rows being
-sent, or a RUN whose window overlaps them, waits until they are sent, and
-a ``WRITE_PARAM`` waits until no row is in flight.
+once the last one's final tiles are loaded, while their rows still go into
+the array and are in flight, and then while its response goes out; a
+write into the rows being sent, or into the input rows the last tile has
+still to read, waits for them, a RUN whose window overlaps the rows being
+sent waits until they are sent, and a ``WRITE_PARAM`` waits until no row
+is still to go in or in flight.
 So a driver that alternates two windows (:meth:`host.engine_driver.EngineDriver.run`
 with ``overlap``) writes the next batch while one runs and runs it while
 that one's answer leaves. Every other command waits for the RUN to finish,

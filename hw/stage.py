@@ -536,7 +536,7 @@ class StageEngine(wiring.Component):
                              ecmd.args.param.bias.eq(uo.value),
                              ecmd.args.param.mult.eq(pr.data.mult),
                              ecmd.args.param.shift.eq(pr.data.shift)]
-                with m.If(upass.o.valid & (self.ecmd.ready | p_past)):
+                with m.If(upass.o.valid & upass.o.ready):
                     with m.If(uo.status != WStatus.OK):
                         fail(StageStatus.BAD_SCORE)
                     with m.If(p_past):
