@@ -194,7 +194,7 @@ class DeviceFormat:
             w.add(pre + "engine", cmds)
             if s == 0:
                 w.add("fetch_params", [p for q in progs for p in q.fetch_params])
-            for port in ("ldesc", "p0", "dot_params", "upair_params", "uw", "sw"):
+            for port in ("ldesc", "p0", "dot_params", "upair_params", "uw", "sw", "bw"):
                 w.add(pre + port, getattr(prog, port))
             c.add(pre + "conf", [prog.conf])
         if len(self.limits) == 2:

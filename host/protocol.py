@@ -155,7 +155,8 @@ WEIGHTS_FORMAT = 1
 #: rows read from memory instead (0 on a device without caches; the golden
 #: device models none). The hardware sums per-channel counts that each wrap
 #: at 2**32. ``s<n>_bottom_cycles``, ``_user_cycles``, ``_items_cycles``:
-#: cycles stage ``n`` spent on a query's bottom MLP, its user side (user
+#: cycles stage ``n`` spent waiting for a query's bottom MLP (on its own
+#: unit, which runs ahead), its user side (user
 #: features, pairs and pass, top layer descriptors) and its candidates (to
 #: the hand-over to the next query, and while only a handed-over query's
 #: last scores are still coming); ``s<n>_engine_cycles``: cycles its MLP engine was busy (0 for

@@ -33,10 +33,13 @@ class StageLimits:
     max_items: int
     max_hidden: int
     max_pen: int
+    max_bottom: int = 64
+    bottom_layers: int = 2
 
     @classmethod
     def of(cls, engine) -> "StageLimits":
-        return cls(engine._dim, engine._U, engine._I, engine._max_hidden, engine._max_pen)
+        return cls(engine._dim, engine._U, engine._I, engine._max_hidden, engine._max_pen,
+                   engine._max_bottom, engine._bottom_layers)
 
 
 @dataclass
@@ -57,17 +60,19 @@ class StageProgram:
     upair_params: list[dict] = field(default_factory=list)
     uw: list[dict] = field(default_factory=list)
     sw: list[dict] = field(default_factory=list)
+    bw: list[dict] = field(default_factory=list)
     fetch_params: list[dict] = field(default_factory=list)
 
     # -- a query's beats -----------------------------------------------------------
     def dense_beats(self, query: Query) -> list[dict]:
         """The dense features, quantized with the bottom MLP's input scale, in
-        the engine's activation layout (one row)."""
+        chunks of the engine's lanes (one row for the bottom MLP unit)."""
         m = self.model
         if m.bottom is None:
             return []
         x = m.bottom.quantize_input(np.asarray(query.dense, np.float64)[None, :])
-        chunks = _chunk(x.astype(np.int8), self.target.side, self.target.lanes)[0]
+        L = self.target.lanes
+        chunks = _chunk(x.astype(np.int8), L, L)[0]
         return [{"data": c.tolist(), "last": i == len(chunks) - 1}
                 for i, c in enumerate(chunks)]
 
@@ -135,9 +140,20 @@ def compile_stage(model: QuantizedStageModel, config: Config, limits: StageLimit
     target = EngineTarget(config.array, engine, split)
     S, lanes = target.side, target.lanes
     from hw.stage import DENSE_FIFO
-    if ceil_div(mcfg.dense_features, S) > DENSE_FIFO // 2:
+    if ceil_div(mcfg.dense_features, lanes) > DENSE_FIFO // 2:
         raise ValueError(f"{mcfg.name}: {mcfg.dense_features} dense features are more than "
-                         f"{DENSE_FIFO // 2} chunks of {S}, what the stage engine holds")
+                         f"{DENSE_FIFO // 2} chunks of {lanes}, what the stage engine holds")
+    bottom = list(model.bottom.layers) if model.bottom else []
+    if bottom:
+        widest = max(max(l.in_dim, l.out_dim) for l in bottom)
+        if len(bottom) > limits.bottom_layers or widest > limits.max_bottom:
+            raise ValueError(f"{mcfg.name}: a bottom MLP of {len(bottom)} layers up to "
+                             f"{widest} wide; the stage engine's bottom MLP unit takes "
+                             f"{limits.bottom_layers} layers up to {limits.max_bottom} "
+                             f"(stage.bottom_layers, stage.max_bottom)")
+        if not all(l.relu for l in bottom):
+            raise ValueError(f"{mcfg.name}: the stage engine's bottom MLP unit has ReLU "
+                             f"on every layer")
     if not 1 <= sb_rows <= config.array.max_rows:
         raise ValueError(f"sb_rows: must be in 1 .. {config.array.max_rows}, not {sb_rows}")
     # a sub-batch runs in half of the engine's activation buffers (hw.stage)
@@ -148,27 +164,16 @@ def compile_stage(model: QuantizedStageModel, config: Config, limits: StageLimit
                          f"layer) do not fit half of the engine's activation buffer "
                          f"({half} words); at most {half // widest}")
 
-    # the engine: bottom layers, then the top layers but the last
+    # the engine: the top layers but the last (with a user pass, the first
+    # layer's biases written here are replaced by each query's before its
+    # items: its parameters from p0_base = 0)
     cmds, ldesc = [], []
-    w = p = 0
-    p0_base = 0
-    for part, layers in (("bottom", list(model.bottom.layers) if model.bottom else []),
-                         ("top", list(model.layers[:-1]))):
-        if not layers:
-            continue
-        prog = compile_mlp(layers, target, w_base=w, p_base=p)
-        for beat in prog.load_commands:
-            op = target.cmd_layout.from_bits(beat).op
-            if op == Opcode.SET_LAYER:
-                ldesc.append({"index": len(ldesc), "desc": _layer_desc(target, beat)})
-            else:
-                cmds.append(beat)
-        if part == "top":
-            # (with a user pass, the first layer's biases written here are
-            # replaced by each query's before its items)
-            p0_base = p
-        w, p = prog.w_end, prog.p_end
-    nb = len(model.bottom.layers) if model.bottom else 0
+    for beat in compile_mlp(list(model.layers[:-1]), target).load_commands:
+        if target.cmd_layout.from_bits(beat).op == Opcode.SET_LAYER:
+            ldesc.append({"index": len(ldesc), "desc": _layer_desc(target, beat)})
+        else:
+            cmds.append(beat)
+    nb = len(bottom)
     first, last = model.layers[0], model.layers[-1]
     nu_t = len(mcfg.user_tables)
     nup = mcfg.n_user_pairs
@@ -176,14 +181,14 @@ def compile_stage(model: QuantizedStageModel, config: Config, limits: StageLimit
     conf = {
         "has_bottom": int(model.bottom is not None), "n_bottom": nb,
         "n_top": len(model.layers) - 1, "n_pooled": nu_t, "n_items": n_items,
-        "dense_chunks": ceil_div(mcfg.dense_features, S) if model.bottom else 0,
+        "dense_chunks": ceil_div(mcfg.dense_features, lanes) if bottom else 0,
         "item_tables": [table_base + nu_t + a for a in range(n_items)]
                        + [0] * (limits.max_items - n_items),
         "log_side": S.bit_length() - 1, "sb_rows": sb_rows,
-        "bot_chunks": ceil_div(limits.dim, S), "pen_chunks": ceil_div(last.in_dim, S),
+        "pen_chunks": ceil_div(last.in_dim, S),
         "user_pass": int(model.user_layer is not None),
         "u_chunks": ceil_div(u_rows, limits.dim) if model.user_layer is not None else 0,
-        "p0_base": p0_base,
+        "p0_base": 0,
     }
     prog = StageProgram(config, target, limits, model, table_base, conf, cmds, ldesc)
     prog.p0 = [{"j": j, "mult": int(first.mult[j]), "shift": int(first.shift[j])}
@@ -210,6 +215,23 @@ def compile_stage(model: QuantizedStageModel, config: Config, limits: StageLimit
                 "bias": int(ul.bias[j]), "mult": int(ul.mult[j]), "shift": int(ul.shift[j])}}})
         prog.uw.append({"kind": 2, "addr": 0, "data": {"dims": {
             "in_dim": u_rows, "out_dim": ul.weight.shape[1]}}})
+    # the bottom MLP unit (hw.wide.RowMLP): layer l's weights by output, in
+    # chunks of lanes
+    chunks = ceil_div(limits.max_bottom, lanes)
+    for n, layer in enumerate(bottom):
+        wl = layer.weight
+        for j in range(layer.out_dim):
+            for c in range(ceil_div(layer.in_dim, lanes)):
+                word = np.zeros(lanes, np.int8)
+                seg = wl[c * lanes:(c + 1) * lanes, j]
+                word[:seg.size] = seg
+                prog.bw.append({"layer": n, "w": {"kind": 0, "addr": j * chunks + c,
+                                                  "data": {"weight": word.tolist()}}})
+            prog.bw.append({"layer": n, "w": {"kind": 1, "addr": j, "data": {"param": {
+                "bias": int(layer.bias[j]), "mult": int(layer.mult[j]),
+                "shift": int(layer.shift[j])}}}})
+        prog.bw.append({"layer": n, "w": {"kind": 2, "addr": 0, "data": {"dims": {
+            "in_dim": layer.in_dim, "out_dim": layer.out_dim}}}})
     # the score head: the last layer over the engine's response chunks
     pen = last.in_dim
     pc = ceil_div(pen, S)

@@ -224,8 +224,11 @@ class StageConfig:
     interaction feature's length), ``max_users`` the user features (bottom
     output included), ``max_items`` the item tables, ``max_hidden`` the
     widest first top layer, ``max_pen`` the widest penultimate one;
-    ``staging`` the engine commands staged while the engine runs the
-    sub-batch before.
+    ``max_bottom`` the widest bottom MLP layer (its input included) and
+    ``bottom_layers`` the most bottom layers (the bottom MLP unit beside the
+    engine, :class:`hw.wide.RowMLP`: ``bottom_layers`` matrix-vector units
+    of ``max_bottom`` squared weights); ``staging`` the engine commands
+    staged while the engine runs the sub-batch before.
 
     ``stages`` is 1 or 2: with 2, a second stage engine of the same sizes
     re-ranks stage 1's survivors on MLP engine 1, both on the array's first
@@ -238,14 +241,16 @@ class StageConfig:
     each stage's credits in :class:`hw.bag_arbiter.BagArbiter`, whose
     return FIFOs hold as many features): a bag a cycle needs as many as the
     cycles from a bag to its feature, the memory's latency and about 20
-    more; more lets the next query's lookups go on while a stage runs a
-    query's bottom MLP (``default``: 512, a query's candidates)."""
+    more; more lets the next query's lookups go on while a stage still runs
+    a query's candidates (``default``: 512, a query's candidates)."""
 
     dim: int = 16
     max_users: int = 3
     max_items: int = 1
     max_hidden: int = 64
     max_pen: int = 64
+    max_bottom: int = 64
+    bottom_layers: int = 2
     staging: int = 512
     stages: int = 1
     max_candidates: int = 1024
@@ -257,6 +262,8 @@ class StageConfig:
         _check_int("stage.max_items", self.max_items, 1, 16)
         _check_int("stage.max_hidden", self.max_hidden, 1, 65536)
         _check_int("stage.max_pen", self.max_pen, 1, 65536)
+        _check_int("stage.max_bottom", self.max_bottom, 1, 4096)
+        _check_int("stage.bottom_layers", self.bottom_layers, 1, 16)
         _check_int("stage.staging", self.staging, 2, 65536)
         _check_int("stage.stages", self.stages, 1, 2)
         _check_int("stage.max_candidates", self.max_candidates, 1, 65536)
@@ -417,6 +424,9 @@ class Config:
         if st.dim > self.embedding.max_dim:
             raise ValueError(f"stage.dim: {st.dim} is more than embedding.max_dim "
                              f"{self.embedding.max_dim}")
+        if st.max_bottom < st.dim:
+            raise ValueError(f"stage.max_bottom: {st.max_bottom} is less than stage.dim "
+                             f"{st.dim} (the bottom MLP's output)")
         for f in ("max_hidden", "max_pen"):
             if getattr(st, f) > self.array.max_dim:
                 raise ValueError(f"stage.{f}: {getattr(st, f)} is more than array.max_dim "

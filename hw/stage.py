@@ -2,16 +2,22 @@
 (:class:`host.models.QuantizedStageModel`), from its dense features, user
 bags and candidates to the top-k filter's input, on one MLP engine, with
 the candidates in sub-batches whose lookups overlap the MLP of the
-sub-batch before (RPAccel's sub-batching).
+sub-batch before (RPAccel's sub-batching), and the small bottom MLP on a
+unit of its own beside the engine.
 
 A query goes through these phases (the numbers are the golden model's steps,
 :mod:`host.models`):
 
 ``BOTTOM`` (1)
-    The bottom MLP on the engine: its layer descriptors (``SET_LAYER``), the
-    dense features (``dense``: int8 chunks in the engine's activation layout,
-    quantized by the host with the stage's input scale), ``RUN`` of one row;
-    its int8 output is user feature 0.
+    The bottom MLP's output, which is user feature 0. The bottom MLP runs on
+    a :class:`~hw.wide.RowMLP` (``n_bottom`` int8 ReLU layers, weights
+    written on ``bw``), which takes the dense features (``dense``: int8
+    chunks of ``lanes``, quantized by the host with the stage's input scale)
+    as soon as they come: a query's bottom MLP runs while the query before
+    is still on the engine, and this phase mostly finds it done. Keeping it
+    off the engine keeps the engine's chain to the candidates; a bottom MLP
+    wider than ``max_bottom`` or deeper than ``bottom_layers`` is refused by
+    the host (:func:`host.stage_program.compile_stage`).
 ``USERS`` (2, 3)
     The user bags (``ubags``) go to the feature fetch (``bags``;
     :class:`hw.feature_fetch.FeatureFetch`), whose int8 vectors (``feat``)
@@ -45,12 +51,13 @@ A query goes through these phases (the numbers are the golden model's steps,
     (lane 0; ``last`` with the query's final candidate; ``k`` from ``q``).
 
 Once the RUN of a query's last sub-batch is sent, the next query starts:
-its bottom MLP and user side run on the engine while the last rows of the
-query before come back through the score head. When a query's final score
+its user side runs on the engine while the last rows of the query before
+come back through the score head. When a query's final score
 has gone to ``topk``, its status leaves on ``status`` (``OK``, or an error:
-the first of its bags the lookup unit refused, its rows the packer dropped
-and the errors of its bottom MLP and user pass (a user-pass bias past the
-engine's parameter words is not written: ``BAD_PARAM``), if any; else the first of
+the first of its bags the lookup unit refused, its rows the packer dropped,
+a row the bottom MLP unit refused (``BAD_BOTTOM``) and the errors of its
+user pass (a user-pass bias past the engine's parameter words is not
+written: ``BAD_PARAM``), if any; else the first of
 the engine's answers to its candidates and the score head; the top-k list
 is still completed, so nothing waits).
 ``busy`` is high while a query is under way, and ``phase`` says where it
@@ -64,18 +71,18 @@ A query's ``q`` beat and its dense features wait in small FIFOs (two
 queries, :data:`DENSE_FIFO`), so its sender may go on to its bags and
 candidates while the query before is still running: a sender must send a
 query's ``q``, then its ``dense``, then its ``ubags`` and ``cand`` (the
-stage takes the dense features only once the query before has handed over,
-the bags at once).
+stage takes the dense features and the bags at once).
 
 Everything a stage needs is written before its queries: the configuration
 (``conf``, :func:`conf_layout`, checked by the host; one with a count out of
 range, which would leave a loop here without its end, is refused, with
 ``conf_bad`` high while it is offered, and the old one stays; one that
-passes these checks but not the host's is undefined), the layer descriptors (``ldesc``: the bottom
-layers first, then the top layers but the last), the first top layer's
-``mult``/``shift`` per channel (``p0``), both interactions' pair parameters
-and both wide units' weights; the engine's weight and parameter memories are
-written through the engine's own command stream.
+passes these checks but not the host's is undefined), the layer descriptors
+(``ldesc``: the top layers but the last), the first top layer's
+``mult``/``shift`` per channel (``p0``), both interactions' pair parameters,
+both wide units' weights and the bottom MLP's (``bw``); the engine's weight
+and parameter memories are written through the engine's own command
+stream.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -91,7 +98,8 @@ from .feature_fetch import bag_layout, feature_layout
 from .interaction import DotInteraction, item_pairs, param_layout as pair_param_layout
 from .mlp_isa import Opcode as EOp, Status as EStatus, command_layout, response_layout
 from .topk import input_layout as topk_input_layout, k_bits
-from .wide import Status as WStatus, WideMatVec, write_layout as wide_write_layout
+from .wide import (RowMLP, Status as WStatus, WideMatVec, mlp_write_layout,
+                   write_layout as wide_write_layout)
 
 #: Dense feature chunks the stage engine holds (two queries' worth of
 #: ``DENSE_FIFO // 2`` chunks each at most: :func:`host.stage_program.compile_stage`
@@ -104,7 +112,7 @@ __all__ = ["DENSE_FIFO", "StagePhase", "StageStatus", "conf_layout", "ldesc_layo
 
 class StagePhase(enum.Enum, shape=2):
     IDLE = 0
-    BOTTOM = 1          #: the bottom MLP: its descriptors, dense features, RUN, answer
+    BOTTOM = 1          #: waiting for the bottom MLP unit's output
     USER = 2            #: the user bags' features, the user pairs and pass, the top layers
     ITEMS = 3           #: the candidates (and a handed-over query's last scores)
 
@@ -117,6 +125,8 @@ class StageStatus(enum.Enum, shape=3):
     BAD_SCORE = 4       #: the score head answered an error
     BAD_PARAM = 5       #: a user-pass bias for a parameter word past the engine's
                         #: (``p0_base`` out of range): not written
+    BAD_BOTTOM = 6      #: the bottom MLP unit refused the row (its dimensions, or
+                        #: the dense features' length)
 
 
 def _max_chunks(config: Config, engine: int, n: int) -> int:
@@ -131,12 +141,13 @@ def score_in(config: Config, engine: int, max_pen: int) -> int:
 
 
 def conf_layout(config: Config, engine: int, max_users: int, max_items: int,
-                max_hidden: int, max_pen: int, dim: int) -> data.StructLayout:
+                max_hidden: int, max_pen: int, dim: int,
+                bottom_layers: int) -> data.StructLayout:
     arr = config.array
     lanes = arr.engine_lanes(engine)
     return data.StructLayout({
         "has_bottom": 1,
-        "n_bottom": unsigned(clog2(arr.max_layers + 1)),    # bottom layers
+        "n_bottom": unsigned(clog2(bottom_layers + 1)),     # bottom layers
         "n_top": unsigned(clog2(arr.max_layers + 1)),       # top layers but the last
         "n_pooled": unsigned(clog2(max_users + 1)),         # user tables
         "n_items": unsigned(clog2(max_items + 1)),          # item tables
@@ -145,7 +156,6 @@ def conf_layout(config: Config, engine: int, max_users: int, max_items: int,
                                         max_items),
         "log_side": unsigned(clog2(clog2(lanes) + 1)),      # the sub-array side
         "sb_rows": unsigned(clog2(arr.max_rows + 1)),       # rows per sub-batch
-        "bot_chunks": unsigned(clog2(_max_chunks(config, engine, dim) + 1)),
         "pen_chunks": unsigned(clog2(_max_chunks(config, engine, max_pen) + 1)),
         "user_pass": 1,                                     # the first layer has user rows
         "u_chunks": unsigned(clog2(ceil_div(dim + max_users * (max_users - 1) // 2, dim)
@@ -156,7 +166,7 @@ def conf_layout(config: Config, engine: int, max_users: int, max_items: int,
 
 def ldesc_layout(config: Config, engine: int) -> data.StructLayout:
     layer = command_layout(config.array, engine)["args"].shape["layer"].shape
-    return data.StructLayout({"index": unsigned(clog2(2 * config.array.max_layers)),
+    return data.StructLayout({"index": unsigned(clog2(config.array.max_layers)),
                               "desc": layer})
 
 
@@ -201,13 +211,17 @@ class StageEngine(wiring.Component):
         Widest first top layer (the user pass's outputs).
     max_pen : int
         Widest penultimate activation (the score head's input).
+    max_bottom, bottom_layers : int
+        Widest bottom MLP layer (its input included) and most bottom layers
+        (the bottom MLP unit, :class:`~hw.wide.RowMLP`).
     staging : int
         Engine commands the staging FIFO holds. A sub-batch may have more:
         its drain starts before it is complete.
     """
 
     def __init__(self, config: Config, *, engine: int = 0, dim: int, max_users: int,
-                 max_items: int, max_hidden: int, max_pen: int, staging: int = 512):
+                 max_items: int, max_hidden: int, max_pen: int, max_bottom: int = 64,
+                 bottom_layers: int = 2, staging: int = 512):
         if not isinstance(config, Config):
             raise TypeError(f"config must be a Config, not {config!r}")
         arr = config.array
@@ -219,6 +233,8 @@ class StageEngine(wiring.Component):
                                 ("max_items", max_items, 1, 16),
                                 ("max_hidden", max_hidden, 1, arr.max_dim),
                                 ("max_pen", max_pen, 1, arr.max_dim),
+                                ("max_bottom", max_bottom, 1, 4096),
+                                ("bottom_layers", bottom_layers, 1, 16),
                                 ("staging", staging, 2, 1 << 16)):
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
                 raise ValueError(f"{name}: must be an integer in {lo} .. {hi}, not {v!r}")
@@ -227,6 +243,7 @@ class StageEngine(wiring.Component):
         self._cfg, self._engine = config, engine
         self._dim, self._U, self._I = dim, max_users, max_items
         self._max_hidden, self._max_pen, self._staging = max_hidden, max_pen, staging
+        self._max_bottom, self._bottom_layers = max_bottom, bottom_layers
         self._lanes = lanes = arr.engine_lanes(engine)
         self._pairs = item_pairs(max_users, max_items)
         self._upairs = max_users * (max_users - 1) // 2
@@ -234,7 +251,8 @@ class StageEngine(wiring.Component):
         emb = config.embedding
         super().__init__({
             "conf": In(stream.Signature(conf_layout(config, engine, max_users, max_items,
-                                                    max_hidden, max_pen, dim))),
+                                                    max_hidden, max_pen, dim,
+                                                    bottom_layers))),
             "ldesc": In(stream.Signature(ldesc_layout(config, engine))),
             "p0": In(stream.Signature(p0_layout(max_hidden))),
             "dot_params": In(stream.Signature(pair_param_layout(self._pairs))),
@@ -242,6 +260,7 @@ class StageEngine(wiring.Component):
             "uw": In(stream.Signature(wide_write_layout(dim, self._uin, max_hidden))),
             "sw": In(stream.Signature(wide_write_layout(lanes, score_in(config, engine,
                                                                         max_pen), 1))),
+            "bw": In(stream.Signature(mlp_write_layout(lanes, max_bottom, bottom_layers))),
             "q": In(stream.Signature(query_layout(config))),
             "dense": In(stream.Signature(dense_layout(lanes))),
             "ubags": In(stream.Signature(bag_layout(emb))),
@@ -287,7 +306,7 @@ class StageEngine(wiring.Component):
             | (c_in.user_pass & ((c_in.u_chunks == 0) | over(c_in.u_chunks, max_u_chunks)))
             | (c_in.n_top == 0) | over(c_in.n_top, arr.max_layers)
             | Mux(c_in.has_bottom,
-                  (c_in.n_bottom == 0) | over(c_in.n_bottom, arr.max_layers)
+                  (c_in.n_bottom == 0) | over(c_in.n_bottom, self._bottom_layers)
                   | (c_in.dense_chunks == 0) | over(c_in.dense_chunks, DENSE_FIFO // 2),
                   c_in.dense_chunks != 0))
         with m.If(self.conf.valid & ~self.conf_bad):
@@ -298,7 +317,7 @@ class StageEngine(wiring.Component):
                 with m.Case(s.bit_length() - 1):
                     m.d.comb += side_m1.eq(s - 1)
         m.submodules.ldesc = ldesc = Memory(shape=ldesc_layout(cfg, self._engine)["desc"].shape,
-                                            depth=2 * arr.max_layers, init=[])
+                                            depth=arr.max_layers, init=[])
         lw = ldesc.write_port()
         lr = ldesc.read_port(domain="comb")
         m.d.comb += [self.ldesc.ready.eq(1), lw.addr.eq(self.ldesc.payload.index),
@@ -328,6 +347,13 @@ class StageEngine(wiring.Component):
             lanes=lanes, max_in=score_in(cfg, self._engine, self._max_pen), max_out=1,
             bits=cfg.topk.score_bits, tag_bits=pos_bits, target=arr.dsp)
         wiring.connect(m, wiring.flipped(self.sw), score.w)
+        # the bottom MLP, beside the engine: it takes each query's dense
+        # features as they come, so the next query's runs while this one's
+        # candidates do
+        m.submodules.bottom_mlp = bmlp = RowMLP(lanes=lanes, max_dim=self._max_bottom,
+                                                layers=self._bottom_layers, target=arr.dsp)
+        wiring.connect(m, wiring.flipped(self.bw), bmlp.w)
+        m.d.comb += bmlp.n_layers.eq(conf.n_bottom)
         # Sub-batches alternate between the halves of the engine's activation
         # buffers, so that one's commands go in while the one before runs.
         half = arr.act_words(self._engine) // 2
@@ -357,6 +383,8 @@ class StageEngine(wiring.Component):
                      self.dense.ready.eq(dfifo.w_rdy)]
         q_in = query_layout(cfg)(qfifo.r_data)
         dense_in = dense_layout(lanes)(dfifo.r_data)
+        m.d.comb += [bmlp.i.valid.eq(dfifo.r_rdy), dfifo.r_en.eq(bmlp.i.ready),
+                     bmlp.i.payload.x.eq(dense_in.data), bmlp.i.payload.last.eq(dense_in.last)]
 
         # -- query state ------------------------------------------------------------
         k = Signal.like(self.q.payload.k)
@@ -364,23 +392,14 @@ class StageEngine(wiring.Component):
         users = [Signal(vec_l, name=f"user{u}") for u in range(U)]
         n_users = Signal(range(U + 1))              # conf: has_bottom + n_pooled
         m.d.comb += n_users.eq(conf.has_bottom + conf.n_pooled)
-        bchunks = [Signal(data.ArrayLayout(signed(8), lanes), name=f"bottom{c}")
-                   for c in range(_max_chunks(cfg, self._engine, dim))]
         zu = Signal(data.ArrayLayout(signed(8), max(self._upairs, 1)))
-        at = Signal(range(max(2 * arr.max_layers, U, 64) + 1))   # a phase's step
+        at = Signal(range(max(arr.max_layers, U, 64) + 1))   # a phase's step
 
         def fail(status):
             with m.If(err == StageStatus.OK):
                 m.d.sync += err.eq(status)
 
-        # the bottom output, from its response chunks (side-wide)
-        bottom = Signal(vec_l)
-        for e in range(dim):
-            with m.Switch(conf.log_side):
-                for s in sides:
-                    with m.Case(s.bit_length() - 1):
-                        if e // s < len(bchunks):
-                            m.d.comb += bottom[e].eq(bchunks[e // s][e % s])
+        bottom = Signal(vec_l)                      # the bottom MLP's output
         # user feature u (the bottom output is feature 0 when there is one)
         def user(u):
             return Mux(conf.has_bottom & (u == 0), bottom.as_value(), users[u].as_value())
@@ -410,7 +429,7 @@ class StageEngine(wiring.Component):
 
         # The row counts of the RUNs under way (and whether each is its
         # query's last) wait here for their answers, which are the score
-        # path's; any other answer (the bottom MLP's) is the query's.
+        # path's.
         run_rows = Signal.like(packer.done.payload.rows)
         m.submodules.runq = runq = SyncFIFOBuffered(width=len(run_rows) + 1, depth=4)
 
@@ -423,52 +442,21 @@ class StageEngine(wiring.Component):
                 with m.If(qfifo.r_rdy):
                     m.d.sync += [k.eq(q_in.k), err.eq(StageStatus.OK), at.eq(0)]
                     with m.If(conf.has_bottom):
-                        m.next = "BOT_DESC"
+                        m.next = "BOTTOM"
                     with m.Else():
                         m.next = "USERS"
-            with m.State("BOT_DESC"):
-                m.d.comb += self.phase.eq(StagePhase.BOTTOM)
-                with m.If(at == conf.n_bottom):
-                    m.d.sync += at.eq(0)
-                    m.next = "BOT_ACT"
-                with m.Else():
-                    m.d.comb += [lr.addr.eq(at), self.ecmd.valid.eq(1),
-                                 ecmd.op.eq(EOp.SET_LAYER), ecmd.args.layer.eq(lr.data),
-                                 ecmd.args.layer.index.eq(at)]
-                    with m.If(self.ecmd.ready):
-                        m.d.sync += at.eq(at + 1)
-            with m.State("BOT_ACT"):
-                m.d.comb += self.phase.eq(StagePhase.BOTTOM)
-                m.d.comb += [self.ecmd.valid.eq(dfifo.r_rdy),
-                             dfifo.r_en.eq(self.ecmd.ready),
-                             ecmd.op.eq(EOp.WRITE_ACT), ecmd.args.act.buf.eq(0),
-                             ecmd.args.act.addr.eq(at),
-                             ecmd.args.act.data.eq(dense_in.data)]
-                with m.If(dfifo.r_rdy & self.ecmd.ready):
-                    m.d.sync += at.eq(at + 1)
-                    with m.If(dense_in.last):
-                        m.next = "BOT_RUN"
-            with m.State("BOT_RUN"):
-                m.d.comb += self.phase.eq(StagePhase.BOTTOM)
-                m.d.comb += [self.ecmd.valid.eq(1), ecmd.op.eq(EOp.RUN),
-                             ecmd.args.run.layers.eq(conf.n_bottom), ecmd.args.run.rows.eq(1)]
-                with m.If(self.ecmd.ready):
-                    m.d.sync += at.eq(0)
-                    m.next = "BOT_RESP"
-            with m.State("BOT_RESP"):
-                m.d.comb += self.phase.eq(StagePhase.BOTTOM)
-                m.d.comb += self.eresp.ready.eq(~runq.r_rdy)
-                with m.If(self.eresp.valid & ~runq.r_rdy):
-                    with m.If(resp.last):
-                        with m.If(resp.status != EStatus.OK):
-                            fail(StageStatus.ENGINE)
-                        m.d.sync += at.eq(0)
+            with m.State("BOTTOM"):
+                # the query's bottom output (often computed already)
+                m.d.comb += [self.phase.eq(StagePhase.BOTTOM), bmlp.o.ready.eq(1)]
+                bo = bmlp.o.payload
+                with m.If(bmlp.o.valid):
+                    for e in range(dim):
+                        with m.If(bo.j == e):
+                            m.d.sync += bottom[e].eq(bo.value)
+                    with m.If(bo.bad):
+                        fail(StageStatus.BAD_BOTTOM)
+                    with m.If(bo.last):
                         m.next = "USERS"
-                    with m.Else():
-                        for c, reg in enumerate(bchunks):
-                            with m.If(at == c):
-                                m.d.sync += reg.eq(resp.data)
-                        m.d.sync += at.eq(at + 1)
             with m.State("USERS"):
                 m.d.comb += self.phase.eq(StagePhase.USER)
                 f = self.feat.payload
@@ -569,7 +557,7 @@ class StageEngine(wiring.Component):
                 with m.If(at == conf.n_top):
                     m.next = "ITEMS"
                 with m.Else():
-                    m.d.comb += [lr.addr.eq(conf.n_bottom + at), self.ecmd.valid.eq(1),
+                    m.d.comb += [lr.addr.eq(at), self.ecmd.valid.eq(1),
                                  ecmd.op.eq(EOp.SET_LAYER), ecmd.args.layer.eq(lr.data),
                                  ecmd.args.layer.index.eq(at)]
                     with m.If(self.ecmd.ready):

@@ -104,7 +104,7 @@ COUNTERS = ("frames", "queries", "errors", "candidates", "macs", "lookup_bytes",
               for n in ("bottom_cycles", "user_cycles", "items_cycles", "engine_cycles")))
 
 #: The stage engine's ports fed by records, in port order after the others.
-_STAGE_PORTS = ("conf", "ldesc", "p0", "dot_params", "upair_params", "uw", "sw",
+_STAGE_PORTS = ("conf", "ldesc", "p0", "dot_params", "upair_params", "uw", "sw", "bw",
                 "q", "ubags", "cand", "dense")
 
 #: A query's ports, per stage (hw.query_guard): only a query's frame writes them.
@@ -120,6 +120,7 @@ def stage_engine(config: Config, engine: int = 0, *,
     st = config.stage
     stage = StageEngine(config, engine=engine, dim=st.dim, max_users=st.max_users,
                         max_items=st.max_items, max_hidden=st.max_hidden, max_pen=st.max_pen,
+                        max_bottom=st.max_bottom, bottom_layers=st.bottom_layers,
                         staging=st.staging)
     if layouts_only:
         stage._MustUse__silence = True       # (amaranth._unused.MustUse)

@@ -1,6 +1,8 @@
 """A matrix-vector unit with a wide (up to 32-bit) requantized output: the
 score head and the user pass of a stage (:mod:`host.models`, steps 6 and 7),
-which the int8 MLP engine cannot do.
+which the int8 MLP engine cannot do; and :class:`RowMLP`, a chain of them
+with ReLU that runs a stage's small bottom MLP on one row (step 1) beside
+the engine.
 
 Per row ``x`` (int8, ``in_dim`` long) and output ``j < out_dim``::
 
@@ -8,10 +10,11 @@ Per row ``x`` (int8, ``in_dim`` long) and output ``j < out_dim``::
     y[j]  = clamp(((acc_j + bias[j]) * mult[j] + 2**(shift[j]-1)) >> shift[j],
                   -2**(bits-1), 2**(bits-1) - 1)
 
-(round half up, an arithmetic shift; no rounding term when ``shift`` is 0):
-:func:`host.models.requantize_wide` of :func:`host.numerics.wrap_int32` of
-``x @ W``, bit for bit. The score head is ``out_dim = 1``, ``mult = 1``,
-``shift`` the score's shift and ``bits`` its width
+(round half up, an arithmetic shift; no rounding term when ``shift`` is 0;
+and with ``relu``, ``max(y[j], 0)``): :func:`host.models.requantize_wide`
+of :func:`host.numerics.wrap_int32` of ``x @ W``, bit for bit. The score
+head is ``out_dim = 1``, ``mult = 1``, ``shift`` the score's shift and
+``bits`` its width
 (:meth:`host.models.QuantizedStageModel.scores`); the user pass is the user
 rows of the first top layer with ``bits = 32``
 (:meth:`host.models.QuantizedStageModel.user_bias`).
@@ -74,7 +77,8 @@ from .config import ceil_div, clog2
 from .primitives import BlockRAM, PipelinedMultiplier
 
 __all__ = ["Status", "WriteKind", "param_layout", "dims_layout", "write_layout",
-           "input_layout", "output_layout", "WideMatVec"]
+           "input_layout", "output_layout", "WideMatVec", "mlp_write_layout",
+           "mlp_output_layout", "RowMLP"]
 
 #: Width of the ``in_dim`` and ``out_dim`` fields of a ``DIMS`` write.
 DIM_BITS = 16
@@ -136,6 +140,9 @@ class WideMatVec(wiring.Component):
         Largest ``in_dim`` and ``out_dim`` (1 .. 65535).
     bits : int
         Output width, 2 .. 32.
+    relu : bool
+        Clamp the outputs below at 0 as well (an int8 ReLU layer with ``bits
+        = 8``: :func:`host.numerics.requantize` with ``relu``).
     tag_bits : int
         Width of the opaque row tag, 1 .. 64.
     target : str
@@ -150,20 +157,22 @@ class WideMatVec(wiring.Component):
     """
 
     def __init__(self, *, lanes: int, max_in: int, max_out: int, bits: int = 32,
-                 tag_bits: int = 16, target: str = "generic"):
+                 relu: bool = False, tag_bits: int = 16, target: str = "generic"):
         for name, v, lo, hi in (("lanes", lanes, 1, 64),
                                 ("max_in", max_in, 1, (1 << DIM_BITS) - 1),
                                 ("max_out", max_out, 1, (1 << DIM_BITS) - 1),
                                 ("bits", bits, 2, 32), ("tag_bits", tag_bits, 1, 64)):
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
                 raise ValueError(f"{name}: must be an integer in {lo} .. {hi}, not {v!r}")
+        if not isinstance(relu, bool):
+            raise TypeError(f"relu: must be a bool, not {relu!r}")
         if target not in BlockRAM.TARGETS:
             raise ValueError(f"target: must be one of {BlockRAM.TARGETS!r}, not {target!r}")
         if ceil_div(max_in, lanes) * max_out > 1 << 24:
             raise ValueError(f"max_in, max_out: {ceil_div(max_in, lanes) * max_out} weight "
                              f"words, more than 2**24")
         self._lanes, self._max_in, self._max_out = lanes, max_in, max_out
-        self._bits, self._tag_bits, self._target = bits, tag_bits, target
+        self._bits, self._relu, self._tag_bits, self._target = bits, relu, tag_bits, target
         super().__init__({
             "w": In(stream.Signature(write_layout(lanes, max_in, max_out))),
             "i": In(stream.Signature(input_layout(lanes, tag_bits))),
@@ -174,6 +183,7 @@ class WideMatVec(wiring.Component):
     max_in = property(lambda self: self._max_in)
     max_out = property(lambda self: self._max_out)
     bits = property(lambda self: self._bits)
+    relu = property(lambda self: self._relu)
     tag_bits = property(lambda self: self._tag_bits)
     target = property(lambda self: self._target)
 
@@ -394,14 +404,18 @@ class WideMatVec(wiring.Component):
         # bits-1 .. top all equal its sign
         B = self._bits
         upper = shifted[B - 1:]
-        over_f, under_f = Signal(), Signal()
+        over_f, under_f, shifted_neg = Signal(), Signal(), Signal()
         low = Signal(signed(B), reset_less=True)
         m.d.sync += [over_f.eq(~shifted[-1] & upper.any()),          # stage k_p + 6
-                     under_f.eq(shifted[-1] & ~upper.all()),
+                     under_f.eq(shifted[-1] & ~upper.all()), shifted_neg.eq(shifted[-1]),
                      low.eq(shifted[:B])]
         fm = rq[k_p + 6]
         out_q = Signal(out_l, reset_less=True)
-        value = Mux(over_f, (1 << (B - 1)) - 1, Mux(under_f, -(1 << (B - 1)), low))
+        if self._relu:
+            # (ReLU: any negative value is 0)
+            value = Mux(over_f, (1 << (B - 1)) - 1, Mux(shifted_neg, 0, low))
+        else:
+            value = Mux(over_f, (1 << (B - 1)) - 1, Mux(under_f, -(1 << (B - 1)), low))
         m.d.sync += [out_q.value.eq(Mux(fm.status == Status.OK, value, 0)),   # k_p + 7
                      out_q.j.eq(fm.j), out_q.last.eq(fm.last_j), out_q.tag.eq(fm.tag),
                      out_q.end.eq(fm.end), out_q.status.eq(fm.status)]
@@ -413,4 +427,105 @@ class WideMatVec(wiring.Component):
         m.d.comb += [ofifo.w_data.eq(out_q.as_value()), ofifo.w_en.eq(rq[-1].valid),
                      self.o.valid.eq(ofifo.r_rdy), self.o.payload.eq(ofifo.r_data),
                      ofifo.r_en.eq(self.o.ready)]
+        return m
+
+
+def mlp_write_layout(lanes: int, max_dim: int, layers: int) -> data.StructLayout:
+    """A :class:`RowMLP` write: ``w`` (:func:`write_layout`) to layer ``layer``."""
+    return data.StructLayout({"layer": unsigned(clog2(layers)),
+                              "w": write_layout(lanes, max_dim, max_dim)})
+
+
+def mlp_output_layout(max_dim: int) -> data.StructLayout:
+    return data.StructLayout({"value": signed(8), "j": unsigned(clog2(max_dim)), "last": 1,
+                              "bad": 1})
+
+
+class RowMLP(wiring.Component):
+    """An int8 MLP with ReLU on every layer, one row at a time: ``layers``
+    :class:`WideMatVec` units (``bits = 8``, ``relu``) in a chain, each
+    layer's outputs cut into ``lanes``-wide chunks for the next.
+
+    Per row ``x``, with ``n = n_layers`` (the layers in use, 1 ..
+    ``layers``; the outputs of layer ``n - 1`` leave), each layer is
+    :func:`host.numerics.requantize` with ReLU of :func:`host.numerics.wrap_int32`
+    of ``x @ W``, bit for bit (:meth:`host.models.QuantizedMLP.forward`).
+
+    ``w`` (:func:`mlp_write_layout`): write ``w`` of layer ``layer``'s unit
+    (the :class:`WideMatVec` write, with ``max_in = max_out = max_dim``;
+    :meth:`weight_address`). ``i``: a row as ``ceil(in_dim / lanes)``
+    chunks (:func:`input_layout`; ``tag`` and ``end`` are ignored). ``o``
+    (:func:`mlp_output_layout`): per row ``out_dim`` beats of the last
+    layer, ``j = 0 ..``, ``last`` on the final one; ``bad`` on every beat
+    of a row that some layer refused (its dimensions, or a row of the wrong
+    length): such a row leaves as whatever beats the refusing layer's error
+    beat gives downstream (at least one, the last with ``last``), so nothing
+    waits. Rows leave in order; a row costs the layers' ``out_dim *
+    ceil(in_dim / lanes)`` cycles, and a layer starts on a row while the
+    next finishes the one before.
+    """
+
+    def __init__(self, *, lanes: int, max_dim: int, layers: int, target: str = "generic"):
+        for name, v, lo, hi in (("lanes", lanes, 1, 64), ("max_dim", max_dim, 1, 4096),
+                                ("layers", layers, 1, 16)):
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise ValueError(f"{name}: must be an integer in {lo} .. {hi}, not {v!r}")
+        self._units = [WideMatVec(lanes=lanes, max_in=max_dim, max_out=max_dim, bits=8,
+                                  relu=True, tag_bits=1, target=target)
+                       for _ in range(layers)]
+        self._lanes, self._max_dim, self._layers = lanes, max_dim, layers
+        super().__init__({
+            "n_layers": In(range(layers + 1)),
+            "w": In(stream.Signature(mlp_write_layout(lanes, max_dim, layers))),
+            "i": In(stream.Signature(input_layout(lanes, 1))),
+            "o": Out(stream.Signature(mlp_output_layout(max_dim))),
+        })
+
+    def weight_address(self, j: int, c: int) -> int:
+        return self._units[0].weight_address(j, c)
+
+    def elaborate(self, platform):
+        m = Module()
+        L, units = self._lanes, self._units
+        for n, u in enumerate(units):
+            m.submodules[f"layer{n}"] = u
+            m.d.comb += [u.w.valid.eq(self.w.valid & (self.w.payload.layer == n)),
+                         u.w.payload.eq(self.w.payload.w)]
+        m.d.comb += self.w.ready.eq(1)
+        m.d.comb += [units[0].i.valid.eq(self.i.valid), self.i.ready.eq(units[0].i.ready),
+                     units[0].i.payload.x.eq(self.i.payload.x),
+                     units[0].i.payload.last.eq(self.i.payload.last),
+                     units[0].i.payload.end.eq(1), units[0].i.payload.tag.eq(0)]
+        for n, u in enumerate(units):
+            uo = u.o.payload
+            bad = uo.tag[0] | (uo.status != Status.OK)      # (the tag carries it on)
+            final = self.n_layers == n + 1
+            with m.If(final):
+                op = self.o.payload
+                m.d.comb += [self.o.valid.eq(u.o.valid), u.o.ready.eq(self.o.ready),
+                             op.value.eq(uo.value), op.j.eq(uo.j), op.last.eq(uo.last),
+                             op.bad.eq(bad)]
+            if n + 1 == len(units):
+                continue
+            # the outputs into lanes-wide chunks for the next layer: ``buf``
+            # holds the chunk's values so far (lanes past them zero)
+            nxt = units[n + 1].i
+            buf = Signal(data.ArrayLayout(signed(8), L), name=f"chunk{n}")
+            p = Signal(range(L), name=f"lane{n}")
+            emit = (p == L - 1) | uo.last
+            x = Signal.like(buf, name=f"x{n}")
+            m.d.comb += x.eq(buf)
+            for e in range(L):
+                with m.If(p == e):
+                    m.d.comb += x[e].eq(uo.value)
+            with m.If(~final):
+                m.d.comb += [nxt.valid.eq(u.o.valid & emit), nxt.payload.x.eq(x),
+                             nxt.payload.last.eq(uo.last), nxt.payload.end.eq(1),
+                             nxt.payload.tag.eq(bad),
+                             u.o.ready.eq(Mux(emit, nxt.ready, 1))]
+                with m.If(u.o.valid & u.o.ready):
+                    with m.If(emit):
+                        m.d.sync += [buf.eq(0), p.eq(0)]
+                    with m.Else():
+                        m.d.sync += [buf.eq(x), p.eq(p + 1)]
         return m

@@ -50,7 +50,8 @@ class _Harness(Elaboratable):
         self.faults = tuple(faults)
         self.stage = StageEngine(CFG, engine=0, dim=limits.dim, max_users=limits.max_users,
                                  max_items=limits.max_items, max_hidden=limits.max_hidden,
-                                 max_pen=limits.max_pen, staging=staging)
+                                 max_pen=limits.max_pen, max_bottom=limits.max_bottom,
+                                 bottom_layers=limits.bottom_layers, staging=staging)
         self.fetch = FeatureFetch(CFG.embedding, limits.dim, depth=8)
         self.cluster = MLPCluster(CFG.array)
         self.load_cmd = self.cluster.cmd_0.signature.flip().create()
@@ -83,10 +84,11 @@ class _Harness(Elaboratable):
 
 
 def run_stage(model, queries, *, sb_rows, staging, ks, seed, status_delay=0, faults=(),
-              conf=None):
+              edit=None):
     limits = StageLimits(DIM, 3, 2, 16, 16)
     prog = compile_stage(model, CFG, limits, sb_rows=sb_rows, table_base=1)
-    prog.conf.update(conf or {})        # (a configuration the host would not send)
+    if edit is not None:
+        edit(prog)                      # (a program the host would not send)
     dut = _Harness(limits, staging, faults)
     st, fe = dut.stage, dut.fetch
     r = random.Random(seed)
@@ -120,7 +122,7 @@ def run_stage(model, queries, *, sb_rows, staging, ks, seed, status_delay=0, fau
         for port, beats in ((fe.params, prog.fetch_params), (st.ldesc, prog.ldesc),
                             (st.p0, prog.p0), (st.dot_params, prog.dot_params),
                             (st.upair_params, prog.upair_params), (st.uw, prog.uw),
-                            (st.sw, prog.sw), (st.conf, [prog.conf])):
+                            (st.sw, prog.sw), (st.bw, prog.bw), (st.conf, [prog.conf])):
             for b in beats:
                 await stream_put(ctx, port, b)
         for c in prog.engine_cmds:
@@ -194,14 +196,14 @@ def test_scores_are_the_golden_models(dense, users, items, n, sb_rows, staging, 
 
 
 @pytest.mark.parametrize("faults, faulty, status_delay", [
-    # query 0's last sub-batch: answered while query 1's bottom MLP runs
-    ((3,), (0,), 0),
+    # query 0's last sub-batch: answered while query 1's user side runs
+    ((2,), (0,), 0),
     # query 1's first sub-batch
-    ((5,), (1,), 0),
+    ((3,), (1,), 0),
     # query 1's last and query 2's first, the statuses read late: query 1's
     # final score waits for query 0's status while query 2's error comes,
     # and each error is its own query's
-    ((7, 9), (1, 2), 4000),
+    ((5, 6), (1, 2), 4000),
 ])
 def test_an_engine_error_fails_its_query_alone(faults, faulty, status_delay):
     """A candidate RUN the engine answers with an error (no rows): its query's
@@ -210,7 +212,7 @@ def test_an_engine_error_fails_its_query_alone(faults, faulty, status_delay):
     are right, and nothing waits."""
     model = dot_stage(3, 2, 1, (8, 1), 0)
     queries = synthetic_queries(model.config, 3, 10, user_bag=3, seed=50)
-    # per query: the bottom MLP's RUN, then 3 sub-batches (4, 4, 2 rows)
+    # per query 3 sub-batches (4, 4, 2 rows), a RUN each
     lists, statuses = run_stage(model, queries, sb_rows=4, staging=64, ks=[10, 10, 10],
                                 seed=3, status_delay=status_delay, faults=faults)
     assert statuses == [StageStatus.ENGINE if i in faulty else StageStatus.OK
@@ -233,9 +235,29 @@ def test_a_bias_past_the_parameters_fails_its_query():
     model = dot_stage(3, 2, 1, (8, 1), 0)
     assert model.user_layer is not None
     queries = synthetic_queries(model.config, 2, 6, user_bag=3, seed=51)
-    lists, statuses = run_stage(model, queries, sb_rows=4, staging=64, ks=[6, 6], seed=4,
-                                conf={"p0_base": CFG.array.param_words - 1})
+    lists, statuses = run_stage(
+        model, queries, sb_rows=4, staging=64, ks=[6, 6], seed=4,
+        edit=lambda p: p.conf.update(p0_base=CFG.array.param_words - 1))
     assert statuses == [StageStatus.BAD_PARAM] * len(queries)
+    for q, got in zip(queries, lists):
+        assert sorted(c for c, _ in got) == list(range(q.n_candidates))
+
+
+def test_a_bottom_row_the_unit_refuses_fails_its_query():
+    """The bottom MLP unit's first layer set to take two chunks of dense
+    features where the queries have one (the stage's count of dense chunks
+    is the host's): the unit refuses each row, and every query's status is
+    BAD_BOTTOM, with its list complete and nothing waiting."""
+    model = dot_stage(3, 2, 1, (8, 1), 0)
+    queries = synthetic_queries(model.config, 2, 6, user_bag=3, seed=52)
+
+    def edit(prog):
+        for b in prog.bw:
+            if b["layer"] == 0 and b["w"]["kind"] == 2:
+                b["w"]["data"]["dims"]["in_dim"] = CFG.array.engine_lanes(0) + 1
+    lists, statuses = run_stage(model, queries, sb_rows=4, staging=64, ks=[6, 6], seed=5,
+                                edit=edit)
+    assert statuses == [StageStatus.BAD_BOTTOM] * len(queries)
     for q, got in zip(queries, lists):
         assert sorted(c for c, _ in got) == list(range(q.n_candidates))
 
@@ -251,7 +273,7 @@ def test_a_configuration_it_cannot_run_is_refused():
     good = goods[0]
     bad = [("n_items", 0), ("n_items", 3), ("n_pooled", 3), ("sb_rows", 0), ("sb_rows", 65),
            ("log_side", 3), ("pen_chunks", 0), ("pen_chunks", 9), ("u_chunks", 0),
-           ("u_chunks", 3), ("n_top", 0), ("n_top", 5), ("n_bottom", 0), ("n_bottom", 5),
+           ("u_chunks", 3), ("n_top", 0), ("n_top", 5), ("n_bottom", 0), ("n_bottom", 3),
            ("dense_chunks", 0), ("dense_chunks", 9)]
     cases = [(c, 0) for c in goods] + [({**good, k: v}, 1) for k, v in bad] + \
         [({**goods[1], "dense_chunks": 1}, 1),                 # no bottom, dense chunks

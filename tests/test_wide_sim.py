@@ -4,7 +4,9 @@ shapes and parameters against host.models.requantize_wide of
 host.numerics.wrap_int32(x @ W), bit for bit, with random idle cycles and
 backpressure; the user pass and the score head of a quantized stage against
 the golden stage model (QuantizedStageModel.user_bias and .scores); bad
-dimensions and row lengths; throughput; Verilator lint."""
+dimensions and row lengths; throughput; Verilator lint. The bottom MLP unit
+(RowMLP: a chain of them with ReLU) against host.numerics.int8_mlp, its
+refused rows marked and the rows after them right."""
 
 import random
 from dataclasses import dataclass, field
@@ -16,8 +18,8 @@ from amaranth.sim import Simulator
 from host.models import (QuantizedStageModel, StageModelConfig, TableSpec, init_params,
                          quantize_stage_model, requantize_wide)
 from host.movielens import synthetic_queries
-from host.numerics import requantize, wrap_int32
-from hw.wide import Status, WideMatVec, WriteKind
+from host.numerics import QuantLayer, int8_mlp, requantize, wrap_int32
+from hw.wide import RowMLP, Status, WideMatVec, WriteKind
 from tests.amaranth_streams import stream_get, stream_put
 
 CLOCK = 1e-8
@@ -317,6 +319,106 @@ def test_bad_dims_and_lengths_then_good_rows():
     assert run.got == want
 
 
+# -- the bottom MLP unit ----------------------------------------------------------------
+
+def relu_layers(r: np.random.Generator, rows: np.ndarray, dims) -> list[QuantLayer]:
+    """Random int8 ReLU layers whose outputs for ``rows`` spread over 0 ..
+    127: each output's shift scales its accumulators' range to about 8 bits
+    (output 0 of the first layer saturates)."""
+    layers, x = [], rows
+    for in_dim, out_dim in zip(dims, dims[1:]):
+        w = r.integers(-128, 128, (in_dim, out_dim)).astype(np.int8)
+        acc = wrap_int32(x.astype(np.int64) @ w.astype(np.int64))
+        bias = np.round(-acc.mean(0) + r.normal(0, 1, out_dim) * acc.std(0)).astype(np.int64)
+        mult = r.integers(1, 1 << 16, out_dim)
+        top = (np.abs(acc + bias).max(0) * mult).astype(np.int64)
+        shift = np.array([max(0, int(t).bit_length() - 7) for t in top])
+        if not layers:
+            bias[0] = (1 << 31) - 1
+        layer = QuantLayer(w, bias.astype(np.int32), mult.astype(np.uint16),
+                           shift.astype(np.uint8), True)
+        layers.append(layer)
+        x = int8_mlp(x, [layer])
+    return layers
+
+
+def mlp_beats(layers: list[QuantLayer], lanes: int, max_dim: int) -> list[dict]:
+    c = -(-max_dim // lanes)
+    out = []
+    for n, l in enumerate(layers):
+        for j in range(l.out_dim):
+            out += [{"layer": n, "w": {"kind": WriteKind.WEIGHT, "addr": j * c + k,
+                                       "data": {"weight": word}}}
+                    for k, word in enumerate(chunks_of(l.weight[:, j], lanes))]
+            out.append({"layer": n, "w": {"kind": WriteKind.PARAM, "addr": j, "data": {
+                "param": {"bias": int(l.bias[j]), "mult": int(l.mult[j]),
+                          "shift": int(l.shift[j])}}}})
+        out.append({"layer": n, "w": dims_beat(l.in_dim, l.out_dim)})
+    return out
+
+
+@pytest.mark.parametrize("lanes, max_dim, units, dims, bad_at, seed", [
+    (4, 16, 2, (3, 16, 4), None, 0),       # ml-*: dense 3, a wide first layer
+    (3, 10, 3, (10, 7, 9, 2), 2, 1),       # three layers, a refused row
+    (8, 20, 3, (20, 5), 1, 2),             # one layer of a unit built for three
+    (5, 12, 2, (12, 12, 1), 0, 3),
+])
+def test_row_mlp_is_the_golden_mlp(lanes, max_dim, units, dims, bad_at, seed):
+    """Rows through ``len(dims) - 1`` layers of the unit, with random idle
+    cycles and backpressure, against int8_mlp bit for bit; a row of the
+    wrong length (at ``bad_at``) leaves with ``bad`` on its every beat, the
+    last with ``last``, and the rows after it are right."""
+    r = np.random.default_rng(seed)
+    rng = random.Random(seed)
+    rows = r.integers(-128, 128, (5, dims[0])).astype(np.int8)
+    layers = relu_layers(r, rows, dims)
+    dut = RowMLP(lanes=lanes, max_dim=max_dim, layers=units)
+    got = []
+    done = set()
+
+    async def source(ctx):
+        ctx.set(dut.n_layers, len(layers))
+        for b in mlp_beats(layers, lanes, max_dim):
+            await stream_put(ctx, dut.w, b)
+        for n, x in enumerate(rows):
+            ch = chunks_of(x, lanes) + ([[1] * lanes] if n == bad_at else [])
+            for c, word in enumerate(ch):
+                await stream_put(ctx, dut.i, {"x": word, "last": int(c == len(ch) - 1)},
+                                 rng=rng, idle=0.3)
+        done.add("source")
+
+    async def sink(ctx):
+        for _ in rows:
+            beats = []
+            while not beats or not beats[-1][2]:
+                b = await stream_get(ctx, dut.o, rng=rng, stall=0.4)
+                beats.append((int(b.value), int(b.j), int(b.last), int(b.bad)))
+            got.append(beats)
+        done.add("sink")
+
+    sim = Simulator(dut)
+    sim.add_clock(CLOCK)
+    sim.add_testbench(source)
+    sim.add_testbench(sink)
+    sim.run_until(CLOCK * 20_000)
+    assert done == {"source", "sink"}, f"did not finish: {sorted(done)}"
+    want = int8_mlp(rows, layers)
+    for n, beats in enumerate(got):
+        if n == bad_at:
+            assert all(b[3] for b in beats), beats
+        else:
+            assert beats == [(int(v), j, int(j == dims[-1] - 1), 0)
+                             for j, v in enumerate(want[n])]
+    values = {v for n, row in enumerate(want) if n != bad_at for v in row.tolist()}
+    assert 0 in values and len(values) > min(4, dims[-1]), "degenerate test data"
+
+
+def test_row_mlp_bad_parameters():
+    for name, bad in [("lanes", 0), ("max_dim", 0), ("layers", 0), ("layers", 17)]:
+        with pytest.raises(ValueError, match=f"^{name}: "):
+            RowMLP(**{**dict(lanes=4, max_dim=8, layers=2), name: bad})
+
+
 # -- throughput ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("lanes, in_dim, out_dim", [(4, 10, 1), (8, 8, 1), (3, 7, 3)])
@@ -364,6 +466,9 @@ def test_lints_clean(tmp_path):
         path = tmp_path / f"wide{n}.v"
         path.write_text(to_verilog(WideMatVec(**kw), "wide_mat_vec"))
         lint(path, "wide_mat_vec")
+    path = tmp_path / "row_mlp.v"
+    path.write_text(to_verilog(RowMLP(lanes=4, max_dim=16, layers=2), "row_mlp"))
+    lint(path, "row_mlp")
 
 
 def test_ecp5_target_elaborates():
