@@ -331,7 +331,12 @@ class _Unit(wiring.Component):
     order of the bags; ``index`` is the unit's number (for the table check).
     """
 
-    OUT_DEPTH = 4
+    #: The output queue's depth, and the bags whose ends may be between the
+    #: readout and the queue's reader (a credit): at least the loop's
+    #: cycles (readout, token, dequantize, accumulate, queue write, its
+    #: buffered read, the credit's return: 6), so that a bag a cycle goes
+    #: round it (with 4, one-row bags went at two a three cycles).
+    OUT_DEPTH = 8
 
     def __init__(self, cfg: EmbeddingConfig, index: int):
         self._cfg = cfg
