@@ -31,8 +31,10 @@ A query goes through these phases (the numbers are the golden model's steps,
     (``WRITE_PARAM``, with the channel's ``mult`` and ``shift`` kept here,
     ``p0``), and the top layers' descriptors. From ``MAINU`` on, the item
     features go through the item interaction (below), and the first
-    sub-batch's commands go into the engine whenever these phases leave its
-    command port free; its ``RUN`` waits for them.
+    sub-batch's commands go into the engine first, while the query before
+    may still have rows in the array; the biases (which the engine takes
+    only with no row in flight) and the descriptors follow them, and then
+    its ``RUN``.
 ``ITEMS`` (2-7)
     Every candidate (``cand``: its position and item
     ids) is sent as one-row bags on ``bags`` as soon as it comes - while the
@@ -400,6 +402,17 @@ class StageEngine(wiring.Component):
                 m.d.sync += err.eq(status)
 
         bottom = Signal(vec_l)                      # the bottom MLP's output
+        # the next query's, collected as the unit gives it
+        b_next = Signal(vec_l)
+        b_full = Signal()
+        b_bad = Signal()                            # the unit refused the row
+        bo = bmlp.o.payload
+        m.d.comb += bmlp.o.ready.eq(~b_full)
+        with m.If(bmlp.o.valid & ~b_full):
+            for e in range(dim):
+                with m.If(bo.j == e):
+                    m.d.sync += b_next[e].eq(bo.value)
+            m.d.sync += [b_bad.eq(b_bad | bo.bad), b_full.eq(bo.last)]
         # user feature u (the bottom output is feature 0 when there is one)
         def user(u):
             return Mux(conf.has_bottom & (u == 0), bottom.as_value(), users[u].as_value())
@@ -433,6 +446,11 @@ class StageEngine(wiring.Component):
         run_rows = Signal.like(packer.done.payload.rows)
         m.submodules.runq = runq = SyncFIFOBuffered(width=len(run_rows) + 1, depth=4)
 
+        # the engine driver has a sub-batch's commands in and waits to RUN it
+        # (the user pass's biases and the top layers' descriptors go in then,
+        # below: behind a query's first sub-batch, so that they do not hold
+        # its writes up while the query before still has rows in the array)
+        eng_run = Signal()
         m.d.comb += self.busy.eq(1)         # (but in IDLE with no query handed over)
         with m.FSM(name="query") as query_fsm:
             with m.State("IDLE"):
@@ -446,17 +464,13 @@ class StageEngine(wiring.Component):
                     with m.Else():
                         m.next = "USERS"
             with m.State("BOTTOM"):
-                # the query's bottom output (often computed already)
-                m.d.comb += [self.phase.eq(StagePhase.BOTTOM), bmlp.o.ready.eq(1)]
-                bo = bmlp.o.payload
-                with m.If(bmlp.o.valid):
-                    for e in range(dim):
-                        with m.If(bo.j == e):
-                            m.d.sync += bottom[e].eq(bo.value)
-                    with m.If(bo.bad):
+                # the query's bottom output (often collected already, below)
+                m.d.comb += self.phase.eq(StagePhase.BOTTOM)
+                with m.If(b_full):
+                    m.d.sync += [bottom.eq(b_next), b_full.eq(0), b_bad.eq(0)]
+                    with m.If(b_bad):
                         fail(StageStatus.BAD_BOTTOM)
-                    with m.If(bo.last):
-                        m.next = "USERS"
+                    m.next = "USERS"
             with m.State("USERS"):
                 m.d.comb += self.phase.eq(StagePhase.USER)
                 f = self.feat.payload
@@ -516,8 +530,9 @@ class StageEngine(wiring.Component):
                 p_past = Signal()
                 m.d.comb += [p_addr.eq(conf.p0_base + (uo.j >> conf.log_side)),
                              p_past.eq(p_addr >= arr.param_words)]
-                m.d.comb += [pr.addr.eq(uo.j), self.ecmd.valid.eq(upass.o.valid & ~p_past),
-                             upass.o.ready.eq(self.ecmd.ready | p_past),
+                m.d.comb += [pr.addr.eq(uo.j),
+                             self.ecmd.valid.eq(upass.o.valid & ~p_past & eng_run),
+                             upass.o.ready.eq((self.ecmd.ready & eng_run) | p_past),
                              ecmd.op.eq(EOp.WRITE_PARAM),
                              ecmd.args.param.addr.eq(p_addr),
                              ecmd.args.param.lane.eq(uo.j & side_m1),
@@ -557,10 +572,10 @@ class StageEngine(wiring.Component):
                 with m.If(at == conf.n_top):
                     m.next = "ITEMS"
                 with m.Else():
-                    m.d.comb += [lr.addr.eq(at), self.ecmd.valid.eq(1),
+                    m.d.comb += [lr.addr.eq(at), self.ecmd.valid.eq(eng_run),
                                  ecmd.op.eq(EOp.SET_LAYER), ecmd.args.layer.eq(lr.data),
                                  ecmd.args.layer.index.eq(at)]
-                    with m.If(self.ecmd.ready):
+                    with m.If(self.ecmd.ready & eng_run):
                         m.d.sync += at.eq(at + 1)
             with m.State("ITEMS"):
                 m.d.comb += self.phase.eq(StagePhase.ITEMS)
@@ -572,18 +587,15 @@ class StageEngine(wiring.Component):
 
         # Once the item interaction holds the query's user features (after
         # MAINU), its item features go in, and the engine driver (below)
-        # sends their commands whenever the user side leaves the engine's
-        # command port free (``drain_ok``): the first sub-batch goes in
-        # while the user pass still runs. The RUNs wait for ``scoring``
-        # (the user pass's biases and the top layers are set by then).
+        # sends the first sub-batch's commands (``feeding``) while the user
+        # pass runs and the query before still has rows in the array; the
+        # user pass's biases and the top layers' descriptors follow them
+        # (``eng_run``: the engine takes a bias only with no row in flight,
+        # and a descriptor once the RUN before is done). The RUNs wait for
+        # ``scoring``.
         feeding = Signal()
-        drain_ok = Signal()
-        m.d.comb += [
-            feeding.eq(query_fsm.ongoing("UPAIRS") | query_fsm.ongoing("UPASS")
-                       | query_fsm.ongoing("TOP_DESC") | scoring),
-            drain_ok.eq(feeding & ~query_fsm.ongoing("TOP_DESC")
-                        & ~(query_fsm.ongoing("UPASS") & upass.o.valid)),
-        ]
+        m.d.comb += feeding.eq(query_fsm.ongoing("UPAIRS") | query_fsm.ongoing("UPASS")
+                               | query_fsm.ongoing("TOP_DESC") | scoring)
         with m.If(feeding):
             f = self.feat.payload
             di = dot.i.payload
@@ -666,9 +678,9 @@ class StageEngine(wiring.Component):
         have_done = Signal()
         target = Signal(32)
         region = Signal()
-        with m.FSM(name="engine"):
+        with m.FSM(name="engine") as engine_fsm:
             with m.State("DRAIN"):
-                with m.If(drain_ok):
+                with m.If(feeding):
                     m.d.comb += packer.done.ready.eq(~have_done)
                     with m.If(packer.done.valid & ~have_done):
                         m.d.sync += [have_done.eq(1), target.eq(written + staged),
@@ -699,6 +711,8 @@ class StageEngine(wiring.Component):
                         with m.If(lastq.r_data):
                             m.d.sync += sent_last.eq(1)
                         m.next = "DRAIN"
+
+        m.d.comb += eng_run.eq(engine_fsm.ongoing("RUN"))
 
         # -- the scores: result rows through the score head, to the top-k filter ---
         chunk = Signal.like(conf.pen_chunks)
