@@ -1,6 +1,7 @@
 """The device format's static-cache pinning (host.device_format): the rows
 picked, the LOAD_CACHE frame, and the refusals; through the hardware in
-tests/test_top_cocotb.py."""
+tests/test_top_cocotb.py. The stage programs' refusals: stage counts,
+sub-batches, a bottom MLP the bottom MLP unit cannot run."""
 
 import numpy as np
 import pytest
@@ -151,3 +152,27 @@ def test_two_stages_run_in_the_row_split():
     engine_port = [n for n, _ in fmt.ports].index("engine")
     assert payload[0] == record_header(engine_port, len(fmt.programs[0].engine_cmds) + 1)
     assert payload[1] == set_split & (1 << 64) - 1
+
+
+def test_a_bottom_mlp_the_unit_cannot_run_is_refused():
+    """The bottom MLP runs on the stage's bottom MLP unit (hw.wide.RowMLP):
+    one deeper than ``stage.bottom_layers``, wider than ``stage.max_bottom``
+    or with a layer without ReLU is refused before anything is sent, and a
+    unit narrower than the bottom output cannot be configured."""
+    import copy
+    import dataclasses
+    from sim.tb_top import tiny_stage
+    cfg = Config.preset("tiny")
+    stage = tiny_stage(3)                               # bottom MLP 3-8-4
+    model = CompiledModel(PipelineSpec("one", ("s",), (3,)), {"s": stage})
+    DeviceFormat(cfg).compile(model)
+    for change in ({"bottom_layers": 1}, {"max_bottom": 7}):
+        with pytest.raises(ValueError, match="bottom MLP of 2 layers up to 8 wide"):
+            DeviceFormat(cfg.replace(stage=change)).compile(model)
+    linear = copy.deepcopy(stage)
+    linear.bottom.layers[-1] = dataclasses.replace(linear.bottom.layers[-1],
+                                                     relu=False)
+    with pytest.raises(ValueError, match="ReLU on every layer"):
+        DeviceFormat(cfg).compile(CompiledModel(model.spec, {"s": linear}))
+    with pytest.raises(ValueError, match="^stage.max_bottom: 3 is less than stage.dim 4"):
+        cfg.replace(stage={"max_bottom": 3})
