@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hw.config import Config, ceil_div
+from hw.config import Config, StageConfig, ceil_div
 from hw.mlp_isa import Opcode
 
 from .mlp_program import EngineTarget, _chunk, compile_mlp
@@ -33,8 +33,8 @@ class StageLimits:
     max_items: int
     max_hidden: int
     max_pen: int
-    max_bottom: int = 64
-    bottom_layers: int = 2
+    max_bottom: int = StageConfig.max_bottom
+    bottom_layers: int = StageConfig.bottom_layers
 
     @classmethod
     def of(cls, engine) -> "StageLimits":
@@ -102,6 +102,29 @@ def _layer_desc(target: EngineTarget, beat: int) -> dict:
     layer = d.args.layer
     return {name: int(getattr(layer, name)) for name in
             ("in_dim", "out_dim", "w_base", "p_base", "relu")}
+
+
+def _matvec_writes(layer, lanes: int, chunks: int) -> list[dict]:
+    """The writes of ``layer`` (``weight`` ``(in, out)``, ``bias``, ``mult``,
+    ``shift``) into a :class:`hw.wide.WideMatVec` of ``lanes`` lanes and
+    ``chunks`` weight words per output: each output's weight words, then its
+    parameters; then the dimensions."""
+    from hw.wide import WriteKind
+    w = np.asarray(layer.weight)
+    n_in, n_out = w.shape
+    out = []
+    for j in range(n_out):
+        col = np.zeros(ceil_div(n_in, lanes) * lanes, np.int8)
+        col[:n_in] = w[:, j]
+        out += [{"kind": WriteKind.WEIGHT, "addr": j * chunks + c,
+                 "data": {"weight": col[c * lanes:(c + 1) * lanes].tolist()}}
+                for c in range(ceil_div(n_in, lanes))]
+        out.append({"kind": WriteKind.PARAM, "addr": j, "data": {"param": {
+            "bias": int(layer.bias[j]), "mult": int(layer.mult[j]),
+            "shift": int(layer.shift[j])}}})
+    out.append({"kind": WriteKind.DIMS, "addr": 0,
+                "data": {"dims": {"in_dim": n_in, "out_dim": n_out}}})
+    return out
 
 
 def compile_stage(model: QuantizedStageModel, config: Config, limits: StageLimits, *,
@@ -202,36 +225,14 @@ def compile_stage(model: QuantizedStageModel, config: Config, limits: StageLimit
                           "shift": int(model.emb_shift[t])} for t in range(len(mcfg.tables))]
     # the user pass: x_u = [bottom output, user pairs] in dim-wide chunks
     if model.user_layer is not None:
-        ul = model.user_layer
         d = limits.dim
-        chunks = ceil_div(d + limits.max_users * (limits.max_users - 1) // 2, d)
-        wpad = np.zeros((chunks * d, ul.weight.shape[1]), np.int8)
-        wpad[:u_rows] = ul.weight
-        for j in range(ul.weight.shape[1]):
-            for c in range(ceil_div(u_rows, d)):
-                prog.uw.append({"kind": 0, "addr": j * chunks + c,
-                                "data": {"weight": wpad[c * d:(c + 1) * d, j].tolist()}})
-            prog.uw.append({"kind": 1, "addr": j, "data": {"param": {
-                "bias": int(ul.bias[j]), "mult": int(ul.mult[j]), "shift": int(ul.shift[j])}}})
-        prog.uw.append({"kind": 2, "addr": 0, "data": {"dims": {
-            "in_dim": u_rows, "out_dim": ul.weight.shape[1]}}})
-    # the bottom MLP unit (hw.wide.RowMLP): layer l's weights by output, in
-    # chunks of lanes
-    chunks = ceil_div(limits.max_bottom, lanes)
+        prog.uw = _matvec_writes(model.user_layer, d,
+                                 ceil_div(d + limits.max_users * (limits.max_users - 1) // 2,
+                                          d))
+    # the bottom MLP unit (hw.wide.RowMLP): a unit per layer
     for n, layer in enumerate(bottom):
-        wl = layer.weight
-        for j in range(layer.out_dim):
-            for c in range(ceil_div(layer.in_dim, lanes)):
-                word = np.zeros(lanes, np.int8)
-                seg = wl[c * lanes:(c + 1) * lanes, j]
-                word[:seg.size] = seg
-                prog.bw.append({"layer": n, "w": {"kind": 0, "addr": j * chunks + c,
-                                                  "data": {"weight": word.tolist()}}})
-            prog.bw.append({"layer": n, "w": {"kind": 1, "addr": j, "data": {"param": {
-                "bias": int(layer.bias[j]), "mult": int(layer.mult[j]),
-                "shift": int(layer.shift[j])}}}})
-        prog.bw.append({"layer": n, "w": {"kind": 2, "addr": 0, "data": {"dims": {
-            "in_dim": layer.in_dim, "out_dim": layer.out_dim}}}})
+        prog.bw += [{"layer": n, "w": w}
+                    for w in _matvec_writes(layer, lanes, ceil_div(limits.max_bottom, lanes))]
     # the score head: the last layer over the engine's response chunks
     pen = last.in_dim
     pc = ceil_div(pen, S)

@@ -94,7 +94,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .act_packer import ActPacker, PackStatus, engine_sides
-from .config import Config, ceil_div, clog2
+from .config import Config, StageConfig, ceil_div, clog2
 from .embedding import Status as LookupStatus
 from .feature_fetch import bag_layout, feature_layout
 from .interaction import DotInteraction, item_pairs, param_layout as pair_param_layout
@@ -222,8 +222,9 @@ class StageEngine(wiring.Component):
     """
 
     def __init__(self, config: Config, *, engine: int = 0, dim: int, max_users: int,
-                 max_items: int, max_hidden: int, max_pen: int, max_bottom: int = 64,
-                 bottom_layers: int = 2, staging: int = 512):
+                 max_items: int, max_hidden: int, max_pen: int,
+                 max_bottom: int = StageConfig.max_bottom,
+                 bottom_layers: int = StageConfig.bottom_layers, staging: int = 512):
         if not isinstance(config, Config):
             raise TypeError(f"config must be a Config, not {config!r}")
         arr = config.array

@@ -449,7 +449,8 @@ class RowMLP(wiring.Component):
     Per row ``x``, with ``n = n_layers`` (the layers in use, 1 ..
     ``layers``; the outputs of layer ``n - 1`` leave), each layer is
     :func:`host.numerics.requantize` with ReLU of :func:`host.numerics.wrap_int32`
-    of ``x @ W``, bit for bit (:meth:`host.models.QuantizedMLP.forward`).
+    of ``x @ W``, bit for bit: :func:`host.numerics.int8_mlp`, the golden
+    model's bottom MLP (:meth:`host.models.QuantizedStageModel.scores`).
 
     ``w`` (:func:`mlp_write_layout`): write ``w`` of layer ``layer``'s unit
     (the :class:`WideMatVec` write, with ``max_in = max_out = max_dim``;
@@ -460,9 +461,9 @@ class RowMLP(wiring.Component):
     of a row that some layer refused (its dimensions, or a row of the wrong
     length): such a row leaves as whatever beats the refusing layer's error
     beat gives downstream (at least one, the last with ``last``), so nothing
-    waits. Rows leave in order; a row costs the layers' ``out_dim *
+    waits. Rows leave in order; a row costs each layer ``out_dim *
     ceil(in_dim / lanes)`` cycles, and a layer starts on a row while the
-    next finishes the one before.
+    layer after it still works on the row before.
     """
 
     def __init__(self, *, lanes: int, max_dim: int, layers: int, target: str = "generic"):
@@ -481,7 +482,13 @@ class RowMLP(wiring.Component):
             "o": Out(stream.Signature(mlp_output_layout(max_dim))),
         })
 
+    lanes = property(lambda self: self._lanes)
+    max_dim = property(lambda self: self._max_dim)
+    layers = property(lambda self: self._layers)
+
     def weight_address(self, j: int, c: int) -> int:
+        """The ``addr`` of weight word ``(j, c)`` of any layer's unit
+        (:meth:`WideMatVec.weight_address`)."""
         return self._units[0].weight_address(j, c)
 
     def elaborate(self, platform):

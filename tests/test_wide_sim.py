@@ -40,7 +40,7 @@ def dims_beat(in_dim: int, out_dim: int) -> dict:
             "data": {"dims": {"in_dim": in_dim, "out_dim": out_dim}}}
 
 
-def layer_beats(dut: WideMatVec, weight, bias, mult, shift) -> list[dict]:
+def layer_beats(dut: WideMatVec | RowMLP, weight, bias, mult, shift) -> list[dict]:
     """Writes of a layer: weight words (j, c), then each output's parameters."""
     weight = np.asarray(weight)
     beats = []
@@ -342,19 +342,12 @@ def relu_layers(r: np.random.Generator, rows: np.ndarray, dims) -> list[QuantLay
     return layers
 
 
-def mlp_beats(layers: list[QuantLayer], lanes: int, max_dim: int) -> list[dict]:
-    c = -(-max_dim // lanes)
-    out = []
-    for n, l in enumerate(layers):
-        for j in range(l.out_dim):
-            out += [{"layer": n, "w": {"kind": WriteKind.WEIGHT, "addr": j * c + k,
-                                       "data": {"weight": word}}}
-                    for k, word in enumerate(chunks_of(l.weight[:, j], lanes))]
-            out.append({"layer": n, "w": {"kind": WriteKind.PARAM, "addr": j, "data": {
-                "param": {"bias": int(l.bias[j]), "mult": int(l.mult[j]),
-                          "shift": int(l.shift[j])}}}})
-        out.append({"layer": n, "w": dims_beat(l.in_dim, l.out_dim)})
-    return out
+def mlp_beats(dut: RowMLP, layers: list[QuantLayer]) -> list[dict]:
+    """Each layer's writes (:func:`layer_beats`, then its dimensions) to its unit."""
+    return [{"layer": n, "w": b}
+            for n, l in enumerate(layers)
+            for b in layer_beats(dut, l.weight, l.bias, l.mult, l.shift)
+            + [dims_beat(l.in_dim, l.out_dim)]]
 
 
 @pytest.mark.parametrize("lanes, max_dim, units, dims, bad_at, seed", [
@@ -378,7 +371,7 @@ def test_row_mlp_is_the_golden_mlp(lanes, max_dim, units, dims, bad_at, seed):
 
     async def source(ctx):
         ctx.set(dut.n_layers, len(layers))
-        for b in mlp_beats(layers, lanes, max_dim):
+        for b in mlp_beats(dut, layers):
             await stream_put(ctx, dut.w, b)
         for n, x in enumerate(rows):
             ch = chunks_of(x, lanes) + ([[1] * lanes] if n == bad_at else [])
