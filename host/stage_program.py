@@ -10,6 +10,7 @@ cannot run is refused here, naming the reason, before anything is sent.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -233,16 +234,9 @@ def compile_stage(model: QuantizedStageModel, config: Config, limits: StageLimit
     for n, layer in enumerate(bottom):
         prog.bw += [{"layer": n, "w": w}
                     for w in _matvec_writes(layer, lanes, ceil_div(limits.max_bottom, lanes))]
-    # the score head: the last layer over the engine's response chunks
-    pen = last.in_dim
-    pc = ceil_div(pen, S)
-    for c in range(pc):
-        word = np.zeros(lanes, np.int8)
-        seg = last.weight[c * S:(c + 1) * S, 0]
-        word[:seg.size] = seg
-        prog.sw.append({"kind": 0, "addr": c, "data": {"weight": word.tolist()}})
-    prog.sw.append({"kind": 1, "addr": 0, "data": {"param": {
-        "bias": int(last.bias[0]), "mult": int(last.mult[0]), "shift": int(last.shift[0])}}})
-    prog.sw.append({"kind": 2, "addr": 0, "data": {"dims": {"in_dim": pc * lanes,
-                                                             "out_dim": 1}}})
+    # the score head: the last layer over the engine's response chunks (S
+    # features in the first lanes of each)
+    side_packed = _chunk(np.asarray(last.weight).T, S, lanes).reshape(-1, 1)
+    prog.sw = _matvec_writes(dataclasses.replace(last, weight=side_packed), lanes,
+                             ceil_div(last.in_dim, S))
     return prog
