@@ -23,6 +23,7 @@ from hw.feature_fetch import FeatureFetch
 from hw.mlp_cluster import MLPCluster
 from hw.mlp_isa import Opcode as EOp
 from hw.stage import StageEngine, StageStatus
+from hw.wide import WriteKind
 from tests.amaranth_streams import stream_get, stream_put
 from tests.test_feature_fetch_sim import unit_model
 
@@ -252,9 +253,9 @@ def test_a_bottom_row_the_unit_refuses_fails_its_query():
     queries = synthetic_queries(model.config, 2, 6, user_bag=3, seed=52)
 
     def edit(prog):
-        for b in prog.bw:
-            if b["layer"] == 0 and b["w"]["kind"] == 2:
-                b["w"]["data"]["dims"]["in_dim"] = CFG.array.engine_lanes(0) + 1
+        (dims,) = [b["w"]["data"]["dims"] for b in prog.bw
+                   if b["layer"] == 0 and b["w"]["kind"] == WriteKind.DIMS]
+        dims["in_dim"] = CFG.array.engine_lanes(0) + 1
     lists, statuses = run_stage(model, queries, sb_rows=4, staging=64, ks=[6, 6], seed=5,
                                 edit=edit)
     assert statuses == [StageStatus.BAD_BOTTOM] * len(queries)
