@@ -89,6 +89,16 @@ class EngineTarget:
         """One command beat as an integer."""
         return self._cmd_packer.pack({"op": op, "args": args})
 
+    def moved_param(self, beat: int, offset: int) -> int:
+        """A ``WRITE_PARAM`` beat, its entry ``offset`` entries further on."""
+        c = self.cmd_layout.from_bits(beat)
+        if c.op != Opcode.WRITE_PARAM:
+            raise ValueError(f"not a WRITE_PARAM: {c.op}")
+        p = c.args.param
+        return self.pack(Opcode.WRITE_PARAM, param={
+            "addr": p.addr + offset, "lane": p.lane, "bias": p.bias, "mult": p.mult,
+            "shift": p.shift})
+
     def unpack_response(self, bits: int) -> dict:
         """One response beat: ``data`` (list), ``status``, ``last``, ``info``."""
         return self._resp_packer.unpack(bits)

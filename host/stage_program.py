@@ -188,17 +188,26 @@ def compile_stage(model: QuantizedStageModel, config: Config, limits: StageLimit
                          f"layer) do not fit half of the engine's activation buffer "
                          f"({half} words); at most {half // widest}")
 
-    # the engine: the top layers but the last (with a user pass, the first
+    # the engine: the top layers but the last. With a user pass, the first
     # layer's biases written here are replaced by each query's before its
-    # items: its parameters from p0_base = 0)
+    # items, in two regions in turn (hw.stage): p0_base = 0 and p0_alt past
+    # the layers' entries, written the same here. Where the second does not
+    # fit, p0_alt = p0_base: a query's biases then wait for the rows before.
+    first, last = model.layers[0], model.layers[-1]
+    n_p = sum(ceil_div(l.out_dim, S) for l in model.layers[:-1])
+    n_p0 = ceil_div(first.out_dim, S)
+    fits = n_p + n_p0 <= config.array.param_words
+    p0_alt = n_p if model.user_layer is not None and fits else 0
     cmds, ldesc = [], []
     for beat in compile_mlp(list(model.layers[:-1]), target).load_commands:
-        if target.cmd_layout.from_bits(beat).op == Opcode.SET_LAYER:
+        c = target.cmd_layout.from_bits(beat)
+        if c.op == Opcode.SET_LAYER:
             ldesc.append({"index": len(ldesc), "desc": _layer_desc(target, beat)})
         else:
             cmds.append(beat)
+            if p0_alt and c.op == Opcode.WRITE_PARAM and c.args.param.addr < n_p0:
+                cmds.append(target.moved_param(beat, p0_alt))
     nb = len(bottom)
-    first, last = model.layers[0], model.layers[-1]
     nu_t = len(mcfg.user_tables)
     nup = mcfg.n_user_pairs
     u_rows = mcfg.user_top_rows
@@ -212,7 +221,7 @@ def compile_stage(model: QuantizedStageModel, config: Config, limits: StageLimit
         "pen_chunks": ceil_div(last.in_dim, S),
         "user_pass": int(model.user_layer is not None),
         "u_chunks": ceil_div(u_rows, limits.dim) if model.user_layer is not None else 0,
-        "p0_base": 0,
+        "p0_base": 0, "p0_alt": p0_alt,
     }
     prog = StageProgram(config, target, limits, model, table_base, conf, cmds, ldesc)
     prog.p0 = [{"j": j, "mult": int(first.mult[j]), "shift": int(first.shift[j])}

@@ -793,6 +793,13 @@ class MLPEngine(wiring.Component):
         # late (set below the FSM).
         win_clear = Signal()
         act = args.act
+        # The parameter entries of the layer being set up, and so, in IDLE,
+        # those the rows still in flight read (only the last layer of the
+        # RUN handed over has rows then: a layer starts once the one before
+        # has drained, and a RUN hands over once the sender of the one
+        # before is done). A WRITE_PARAM outside them is taken at once.
+        live_plo = Signal.like(desc.p_base)
+        live_phi = Signal(len(desc.p_base) + len(nt))
 
         # -- the command buffer ---------------------------------------------
         # The head's decision, worked out ahead: which write it enables, or
@@ -811,12 +818,14 @@ class MLPEngine(wiring.Component):
             **decision,
             "to_sender": 1,         # into rows the sender or a last tile has still to read
             "outside_run": 1,       # outside the RUN's window
+            "p_live": 1,            # a parameter entry the rows in flight read
         })
         # the head's: what its take waits for
         chk_l = data.StructLayout({
             **decision,
             "act_wait": 1,          # a write of activations waits for the sender's rows
             "bg_ok": 1,             # it may be taken while a RUN computes
+            "param_wait": 1,        # a WRITE_PARAM that waits for the rows in flight
         })
 
         def outside(c):
@@ -828,8 +837,12 @@ class MLPEngine(wiring.Component):
             return Mux(a.buf, snd_on[1] & (a.addr < snd_to[1]),
                        snd_on[0] & (a.addr < snd_to[0])) & (a.addr >= snd_lo)
 
+        def into_live(c):
+            a = c.args.param.addr
+            return (a >= live_plo) & (a < live_phi)
+
         def cmp(c):
-            return into_sender(c), outside(c)
+            return into_sender(c), outside(c), into_live(c)
 
         def checks(c):
             a = c.args
@@ -919,6 +932,7 @@ class MLPEngine(wiring.Component):
                          chk.status.eq(Mux(unavailable, Status.NOT_AVAILABLE, src.status)),
                          chk.act_wait.eq(src.do_act & src.to_sender),
                          chk.bg_ok.eq(src.do_act & src.outside_run & ~src.to_sender & win_valid),
+                         chk.param_wait.eq(src.is_param & src.p_live),
                          head_valid.eq(Mux(head_valid, pick(rot(list(full)), rd),
                                            pick(list(full), rd)))]
         # The compares (and the window's flag) are those of the cycle the
@@ -931,7 +945,7 @@ class MLPEngine(wiring.Component):
         # load, in the cycle of the change and the two after: ``quiet``.
         chk_new = Signal()
         refresh = Signal()
-        fl = [Signal(2, name=f"cmd_fl{i}") for i in range(n_slots)]
+        fl = [Signal(3, name=f"cmd_fl{i}") for i in range(n_slots)]
         full_d = Signal(n_slots)
         m.d.sync += [chk_new.eq(0), refresh.eq(chk_new), quiet.eq(chk_new), full_d.eq(full),
                      *(fl[i].eq(Cat(cmp(c))) for i, c in enumerate(slots))]
@@ -939,7 +953,7 @@ class MLPEngine(wiring.Component):
             m.d.sync += head_valid.eq(0)
             for i in range(n_slots):
                 with m.If(full_d[i]):
-                    m.d.sync += Cat(ck[i].to_sender, ck[i].outside_run).eq(fl[i])
+                    m.d.sync += Cat(ck[i].to_sender, ck[i].outside_run, ck[i].p_live).eq(fl[i])
         split_d = Signal.like(self.split)
         m.d.sync += split_d.eq(self.split)
         # (``available`` follows the split a cycle later)
@@ -994,7 +1008,7 @@ class MLPEngine(wiring.Component):
                 # parameters on the way, and each takes the activation RAM's
                 # write port in the cycle it is written)
                 m.d.comb += take.eq(may_take & ~chk.act_wait & ~act_to_result
-                                    & ~(chk.is_param & (tail_nz | in_live)))
+                                    & ~(chk.param_wait & (tail_nz | in_live)))
                 m.d.comb += take_head.eq(take)
                 # The FSM moves only for the commands whose take does not
                 # wait for the sender's rows or a result row (``ctl``: no
@@ -1002,7 +1016,7 @@ class MLPEngine(wiring.Component):
                 # shorter condition, equal to ``take`` for them.
                 take_ctl = Signal()
                 m.d.comb += take_ctl.eq(may_take & chk.ctl
-                                        & ~(chk.is_param & (tail_nz | in_live)))
+                                        & ~(chk.param_wait & (tail_nz | in_live)))
                 # A RUN's or SET_SPLIT's registers, and an error answer's
                 # info, load the head's fields in every idle cycle (nothing
                 # reads them while idle but the hand-over, in the first idle
@@ -1165,7 +1179,8 @@ class MLPEngine(wiring.Component):
                 # the flags of the first tile and the first block's length
                 # settle into registers
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [cycles.eq(cycles + 1), nt_m1.eq(nt - 1)]
+                m.d.sync += [cycles.eq(cycles + 1), nt_m1.eq(nt - 1),
+                             live_plo.eq(desc.p_base), live_phi.eq(desc.p_base + nt)]
                 m.next = "LAYER_RUN"
             with m.State("LAYER_RUN"):
                 # (the sequencer's counters step below the FSM: a take
@@ -1189,7 +1204,8 @@ class MLPEngine(wiring.Component):
                     # into the other weight register, so that its rows
                     # follow this RUN's last rows. Until the last tile's rows
                     # are all issued (``in_live``), a write into the input
-                    # rows it still reads waits, and so does a WRITE_PARAM.
+                    # rows it still reads waits, and so does a WRITE_PARAM
+                    # into the parameter entries they read (``live_plo``).
                     # The trailer's count is the RUN's cycles to its last
                     # row written, as if it had waited.
                     with m.If(loaded & ~snd_active):

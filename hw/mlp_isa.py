@@ -34,8 +34,11 @@ once the last one's final tiles are loaded, while their rows still go into
 the array and are in flight, and then while its response goes out; a
 write into the rows being sent, or into the input rows the last tile has
 still to read, waits for them, a RUN whose window overlaps the rows being
-sent waits until they are sent, and a ``WRITE_PARAM`` waits until no row
-is still to go in or in flight.
+sent waits until they are sent, and a ``WRITE_PARAM`` into the parameter
+entries of the layer whose rows are still to go in or in flight waits for
+them (one into other entries is taken at once: a driver that keeps a
+layer's parameters in two regions, chosen by its ``SET_LAYER``, writes the
+next batch's while one runs).
 So a driver that alternates two windows (:meth:`host.engine_driver.EngineDriver.run`
 with ``overlap``) writes the next batch while one runs and runs it while
 that one's answer leaves. Every other command waits for the RUN to finish,

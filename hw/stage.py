@@ -29,12 +29,15 @@ A query goes through these phases (the numbers are the golden model's steps,
     (a 32-bit :class:`~hw.wide.WideMatVec`) over ``[bottom output, user
     pairs]``, each output written into the engine as its channel's bias
     (``WRITE_PARAM``, with the channel's ``mult`` and ``shift`` kept here,
-    ``p0``), and the top layers' descriptors. From ``MAINU`` on, the item
-    features go through the item interaction (below), and the first
-    sub-batch's commands go into the engine first, while the query before
-    may still have rows in the array; the biases (which the engine takes
-    only with no row in flight) and the descriptors follow them, and then
-    its ``RUN``.
+    ``p0``), and the top layers' descriptors. The first layer's parameters
+    are in two regions of the engine's parameter memory, ``p0_base`` and
+    ``p0_alt``, taken by the queries in turn (the first layer's descriptor
+    names the query's): the engine takes a bias at once when the rows in
+    flight, the query before's, read the other region. From ``MAINU`` on,
+    the item features go through the item interaction (below), and the
+    first sub-batch's commands go into the engine first, while the query
+    before may still have rows in the array; the biases and the
+    descriptors follow them, and then its ``RUN``.
 ``ITEMS`` (2-7)
     Every candidate (``cand``: its position and item
     ids) is sent as one-row bags on ``bags`` as soon as it comes - while the
@@ -163,6 +166,7 @@ def conf_layout(config: Config, engine: int, max_users: int, max_items: int,
         "u_chunks": unsigned(clog2(ceil_div(dim + max_users * (max_users - 1) // 2, dim)
                                    + 1)),
         "p0_base": unsigned(clog2(arr.param_words)),        # the first layer's p_base
+        "p0_alt": unsigned(clog2(arr.param_words)),         # ... every other query's
     })
 
 
@@ -312,8 +316,15 @@ class StageEngine(wiring.Component):
                   (c_in.n_bottom == 0) | over(c_in.n_bottom, self._bottom_layers)
                   | (c_in.dense_chunks == 0) | over(c_in.dense_chunks, DENSE_FIFO // 2),
                   c_in.dense_chunks != 0))
+        # the query's region of the first layer's parameters: ``p0_base`` and
+        # ``p0_alt`` in turn, so that a query's user-pass biases go into the
+        # engine while the rows of the query before (which read the other
+        # region) are in flight
+        qpar = Signal()
         with m.If(self.conf.valid & ~self.conf_bad):
-            m.d.sync += [conf.eq(self.conf.payload), configured.eq(1)]
+            m.d.sync += [conf.eq(self.conf.payload), configured.eq(1), qpar.eq(0)]
+        p0_at = Signal.like(conf.p0_base)
+        m.d.comb += p0_at.eq(Mux(qpar, conf.p0_alt, conf.p0_base))
         side_m1 = Signal(range(lanes))
         with m.Switch(conf.log_side):
             for s in sides:
@@ -529,7 +540,7 @@ class StageEngine(wiring.Component):
                 uo = upass.o.payload
                 p_addr = Signal(range((1 << len(conf.p0_base)) + self._max_hidden))
                 p_past = Signal()
-                m.d.comb += [p_addr.eq(conf.p0_base + (uo.j >> conf.log_side)),
+                m.d.comb += [p_addr.eq(p0_at + (uo.j >> conf.log_side)),
                              p_past.eq(p_addr >= arr.param_words)]
                 m.d.comb += [pr.addr.eq(uo.j),
                              self.ecmd.valid.eq(upass.o.valid & ~p_past & eng_run),
@@ -571,11 +582,14 @@ class StageEngine(wiring.Component):
             with m.State("TOP_DESC"):
                 m.d.comb += self.phase.eq(StagePhase.USER)
                 with m.If(at == conf.n_top):
+                    m.d.sync += qpar.eq(~qpar)
                     m.next = "ITEMS"
                 with m.Else():
                     m.d.comb += [lr.addr.eq(at), self.ecmd.valid.eq(eng_run),
                                  ecmd.op.eq(EOp.SET_LAYER), ecmd.args.layer.eq(lr.data),
                                  ecmd.args.layer.index.eq(at)]
+                    with m.If((at == 0) & conf.user_pass):
+                        m.d.comb += ecmd.args.layer.p_base.eq(p0_at)
                     with m.If(self.ecmd.ready & eng_run):
                         m.d.sync += at.eq(at + 1)
             with m.State("ITEMS"):
@@ -591,9 +605,9 @@ class StageEngine(wiring.Component):
         # sends the first sub-batch's commands (``feeding``) while the user
         # pass runs and the query before still has rows in the array; the
         # user pass's biases and the top layers' descriptors follow them
-        # (``eng_run``: the engine takes a bias only with no row in flight,
-        # and a descriptor once the RUN before is done). The RUNs wait for
-        # ``scoring``.
+        # (``eng_run``: the engine takes a bias or a descriptor only once the
+        # RUN before has handed over, and the writes meanwhile). The RUNs
+        # wait for ``scoring``.
         feeding = Signal()
         m.d.comb += feeding.eq(query_fsm.ongoing("UPAIRS") | query_fsm.ongoing("UPASS")
                                | query_fsm.ongoing("TOP_DESC") | scoring)

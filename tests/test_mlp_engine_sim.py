@@ -361,6 +361,60 @@ def test_layer_changed_while_rows_in_flight(change):
         assert np.array_equal(y, int8_mlp(x, layers))
 
 
+@pytest.mark.parametrize("regions", [1, 2])
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_first_layer_parameters_per_batch(regions, n_layers):
+    """Each batch has its own first-layer biases (as a stage's queries have,
+    from their user pass), written with its inputs while the batch before
+    still has rows in flight: into two regions of the parameter memory in
+    turn, chosen by the layer's SET_LAYER (the engine takes a WRITE_PARAM
+    outside the entries the rows in flight read at once; with two layers
+    those rows are the second layer's), or into one (the writes wait for
+    the rows). Every answer is its own batch's MLP."""
+    cfg = dataclasses.replace(Config.preset("ecp5").array, dsp="generic")
+    rng = np.random.default_rng(23 + n_layers)
+    fixed = _random_layers(rng, [5, 12, 6][:n_layers + 1], shifts=(16, 20))
+    target = EngineTarget(cfg, 0, 1)
+    # the layers' entries, then layer 0's second region
+    alt = sum(-(-l.out_dim // target.side) for l in fixed)
+    nt0 = -(-fixed[0].out_dim // target.side)
+
+    def moved(c, off):
+        # the command, layer 0's parameter entries moved by ``off``
+        v = target.cmd_layout.from_bits(c)
+        if v.op == Opcode.WRITE_PARAM and v.args.param.addr < nt0:
+            return target.moved_param(c, off)
+        if v.op == Opcode.SET_LAYER and v.args.layer.index == 0:
+            d = v.args.layer
+            return target.pack(Opcode.SET_LAYER, layer={
+                "index": 0, "in_dim": d.in_dim, "out_dim": d.out_dim, "w_base": d.w_base,
+                "p_base": d.p_base + off, "relu": d.relu})
+        return c
+
+    half = cfg.act_words(0) // 2
+    commands, batches = [], []
+    for i in range(6):
+        layers = [dataclasses.replace(fixed[0], bias=rng.integers(-3000, 3000, 12))] + fixed[1:]
+        prog = compile_mlp(layers, target)
+        x = rng.integers(-128, 128, (int(rng.integers(8, 24)), 5)).astype(np.int8)
+        batches.append((prog, layers, x))
+        off = alt * (i % regions)
+        changes = [moved(c, off) for c in prog.load_commands
+                   if i == 0 or target.cmd_layout.from_bits(c).op != Opcode.WRITE_WEIGHTS]
+        commands += changes + prog.input_commands(x, (i % 2) * half) \
+            + [prog.run_command(len(x), (i % 2) * half)]
+    frames = _run_back_to_back(cfg, target, [], commands, len(batches), seed=9)
+    _assert_answers_each(batches, frames)
+
+
+def _assert_answers_each(batches, frames):
+    """Each answer frame is the golden MLP of its ``(program, layers, x)``."""
+    assert len(frames) == len(batches)
+    for (prog, layers, x), frame in zip(batches, frames):
+        y, _ = prog.decode_run(frame, len(x))
+        assert np.array_equal(y, int8_mlp(x, layers))
+
+
 def test_inputs_written_while_rows_in_flight():
     """After a RUN hands its answer over, the engine takes the next inputs
     while the RUN's last rows are still being written. With two layers those

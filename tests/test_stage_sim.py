@@ -226,22 +226,30 @@ def test_an_engine_error_fails_its_query_alone(faults, faulty, status_delay):
             assert got == [(c, int(want[c])) for c in range(q.n_candidates)]
 
 
-def test_a_bias_past_the_parameters_fails_its_query():
+@pytest.mark.parametrize("bad", [("p0_base",), ("p0_alt",), ("p0_base", "p0_alt")])
+def test_a_bias_past_the_parameters_fails_its_query(bad):
     """A configuration whose user-pass biases land past the engine's
-    parameter words (``p0_base`` too large; the host never compiles one):
-    those biases are not written, every query's status is BAD_PARAM and its
-    list is still complete, and nothing waits. (The engine would answer
-    each such write with an error that nothing waits for, and the scores
-    would take it for a RUN's answer.)"""
+    parameter words (``p0_base``, the region of every other query, or
+    ``p0_alt``, the others', too large; the host never compiles one): those
+    biases are not written, the queries that use the region are answered
+    BAD_PARAM with their lists still complete, the others are right, and
+    nothing waits. (The engine would answer each such write with an error
+    that nothing waits for, and the scores would take it for a RUN's
+    answer.)"""
     model = dot_stage(3, 2, 1, (8, 1), 0)
     assert model.user_layer is not None
-    queries = synthetic_queries(model.config, 2, 6, user_bag=3, seed=51)
+    queries = synthetic_queries(model.config, 4, 6, user_bag=3, seed=51)
     lists, statuses = run_stage(
-        model, queries, sb_rows=4, staging=64, ks=[6, 6], seed=4,
-        edit=lambda p: p.conf.update(p0_base=CFG.array.param_words - 1))
-    assert statuses == [StageStatus.BAD_PARAM] * len(queries)
-    for q, got in zip(queries, lists):
-        assert sorted(c for c, _ in got) == list(range(q.n_candidates))
+        model, queries, sb_rows=4, staging=64, ks=[6] * len(queries), seed=4,
+        edit=lambda p: p.conf.update({f: CFG.array.param_words - 1 for f in bad}))
+    failing = [("p0_base", "p0_alt")[i % 2] in bad for i in range(len(queries))]
+    assert statuses == [StageStatus.BAD_PARAM if f else StageStatus.OK for f in failing]
+    for q, got, f in zip(queries, lists, failing):
+        if f:
+            assert sorted(c for c, _ in got) == list(range(q.n_candidates))
+        else:
+            want = model.scores(q)
+            assert got == [(c, int(want[c])) for c in range(q.n_candidates)]
 
 
 def test_a_bottom_row_the_unit_refuses_fails_its_query():
