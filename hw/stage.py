@@ -73,10 +73,14 @@ query's bags go out back to back with the previous query's: the lookups of
 the next query start while this one finishes.
 
 A query's ``q`` beat and its dense features wait in small FIFOs (two
-queries, :data:`DENSE_FIFO`), so its sender may go on to its bags and
-candidates while the query before is still running: a sender must send a
-query's ``q``, then its ``dense``, then its ``ubags`` and ``cand`` (the
-stage takes the dense features and the bags at once).
+queries, :data:`DENSE_FIFO`), and so do its user bags (two queries of
+``max_users`` bags of ``max_bag`` rows), so its sender may go on to its
+bags and candidates, and to what follows them, while the query before is
+still running (on a two-stage top level stage 2 takes a query's user bags
+only once the query before has its survivors, and the next query's parts
+for stage 1 come after them): a sender must send a query's ``q``, then its
+``dense``, then its ``ubags`` and ``cand`` (the stage takes the dense
+features and the bags at once).
 
 Everything a stage needs is written before its queries: the configuration
 (``conf``, :func:`conf_layout`, checked by the host; one with a count out of
@@ -395,6 +399,11 @@ class StageEngine(wiring.Component):
                      self.q.ready.eq(qfifo.w_rdy),
                      dfifo.w_data.eq(self.dense.payload), dfifo.w_en.eq(self.dense.valid),
                      self.dense.ready.eq(dfifo.w_rdy)]
+        m.submodules.ubq = ubq = SyncFIFOBuffered(
+            width=len(self.ubags.payload.as_value()),
+            depth=2 * U * cfg.embedding.max_bag)
+        m.d.comb += [ubq.w_data.eq(self.ubags.payload), ubq.w_en.eq(self.ubags.valid),
+                     self.ubags.ready.eq(ubq.w_rdy)]
         q_in = query_layout(cfg)(qfifo.r_data)
         dense_in = dense_layout(lanes)(dfifo.r_data)
         m.d.comb += [bmlp.i.valid.eq(dfifo.r_rdy), dfifo.r_en.eq(bmlp.i.ready),
@@ -633,17 +642,15 @@ class StageEngine(wiring.Component):
         sb_size = Mux(c.left < conf.sb_rows, c.left + 1, conf.sb_rows)
         with m.FSM(name="issue"):
             with m.State("UB"):
-                ub = self.ubags.payload
+                ub = bag_layout(cfg.embedding)(ubq.r_data)
                 with m.If(~configured):
                     pass
                 with m.Elif(conf.n_pooled == 0):
                     m.next = "IB"
                 with m.Else():
-                    m.d.comb += [self.bags.valid.eq(self.ubags.valid),
-                                 self.ubags.ready.eq(self.bags.ready),
+                    m.d.comb += [self.bags.valid.eq(ubq.r_rdy), ubq.r_en.eq(self.bags.ready),
                                  self.bags.payload.eq(ub), self.bags.payload.item.eq(0)]
-                    with m.If(self.ubags.valid & self.bags.ready & ub.lookup.last
-                              & ub.group_last):
+                    with m.If(ubq.r_rdy & self.bags.ready & ub.lookup.last & ub.group_last):
                         m.next = "IB"
             with m.State("IB"):
                 bp = self.bags.payload
