@@ -133,7 +133,7 @@ class StageStatus(enum.Enum, shape=3):
     ENGINE = 3          #: the MLP engine answered an error
     BAD_SCORE = 4       #: the score head answered an error
     BAD_PARAM = 5       #: a user-pass bias for a parameter word past the engine's
-                        #: (``p0_base`` out of range): not written
+                        #: (``p0_base`` or ``p0_alt`` out of range): not written
     BAD_BOTTOM = 6      #: the bottom MLP unit refused the row (its dimensions, or
                         #: the dense features' length)
 

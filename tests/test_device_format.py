@@ -176,3 +176,37 @@ def test_a_bottom_mlp_the_unit_cannot_run_is_refused():
         DeviceFormat(cfg).compile(CompiledModel(model.spec, {"s": linear}))
     with pytest.raises(ValueError, match="^stage.max_bottom: 3 is less than stage.dim 4"):
         cfg.replace(stage={"max_bottom": 3})
+
+
+def test_the_first_layer_has_a_second_parameter_region():
+    """With a user pass, the first top layer's parameters are loaded twice:
+    at ``p0_base`` (0) and at ``p0_alt``, past every layer's entries, word
+    for word the same; the stage writes each query's biases into one region
+    and then the other (hw.stage). Where the parameter memory has no room
+    for the second, ``p0_alt`` is ``p0_base``."""
+    from sim.tb_top import tiny_stage
+    cfg = Config.preset("tiny")
+    stage = tiny_stage(3)
+    assert stage.user_layer is not None
+    model = CompiledModel(PipelineSpec("one", ("s",), (3,)), {"s": stage})
+
+    def params(param_words):
+        fmt = DeviceFormat(cfg.replace(array={"param_words": param_words}))
+        fmt.compile(model)
+        prog = fmt.programs[0]
+        t = prog.target
+        words = [t.cmd_layout.from_bits(c).args.param for c in prog.engine_cmds
+                 if t.cmd_layout.from_bits(c).op == EOp.WRITE_PARAM]
+        return prog.conf, {(p.addr, p.lane): (p.bias, p.mult, p.shift) for p in words}
+
+    side = cfg.array.engine_lanes(0)
+    n_p = sum(-(-layer.out_dim // side) for layer in stage.layers[:-1])
+    n_p0 = -(-stage.layers[0].out_dim // side)
+    conf, words = params(cfg.array.param_words)
+    assert conf["p0_base"] == 0 and conf["p0_alt"] == n_p
+    assert len(words) == (n_p + n_p0) * side
+    for (addr, lane), w in words.items():
+        if addr < n_p0:
+            assert words[addr + n_p, lane] == w
+    conf, words = params(n_p + n_p0 - 1)
+    assert conf["p0_alt"] == conf["p0_base"] == 0 and len(words) == n_p * side

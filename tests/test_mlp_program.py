@@ -94,3 +94,18 @@ def test_error_trailer_raises():
                                 "info": 0})
     with pytest.raises(EngineError, match="BAD_LAYER"):
         prog.decode_run([beat], 1)
+
+
+def test_a_parameter_write_moves():
+    """``moved_param``: the same parameter word, ``offset`` entries on (what
+    the stage compiler writes into a layer's second parameter region); any
+    other command is refused."""
+    target = EngineTarget(Config.preset("tiny").array)
+    beat = target.pack(Opcode.WRITE_PARAM, param={"addr": 2, "lane": 1, "bias": -7,
+                                                  "mult": 300, "shift": 9})
+    moved = target.cmd_layout.from_bits(target.moved_param(beat, 5))
+    assert moved.op == Opcode.WRITE_PARAM
+    p = moved.args.param
+    assert (p.addr, p.lane, p.bias, p.mult, p.shift) == (7, 1, -7, 300, 9)
+    with pytest.raises(ValueError, match="not a WRITE_PARAM"):
+        target.moved_param(target.pack(Opcode.RUN, run={"layers": 1, "rows": 1, "base": 0}), 1)
