@@ -372,9 +372,36 @@ class MLPEngine(wiring.Component):
         can_load = [(slot_state[b] == FREE) & (countdown[b] <= 1) for b in range(2)]
         take_ok = Signal()
         run_next = Signal()     # (below the FSM)
+        # The prefetch: while a RUN is checked, its first tile loads into the
+        # idle register (``ld_par``'s) when that one is free, without a slot;
+        # the RUN's first take then finds it loaded (``pre_hit``) and only
+        # fills its slot, READY a cycle later (the streamer's fields load
+        # from the slot in between). Nothing is taken while it loads.
+        pf_start = Signal()     # (in CHECK_DIMS, below)
+        pf_busy = Signal()      # a prefetch is loading
+        ld_pf = Signal()        # the loader's load is a prefetch
+        pf_valid = Signal()     # the prefetch's RUN has not failed
+        pre_loaded = Signal()   # register ``pre_par`` holds weight words ``pre_w ..``
+        pre_par = Signal()
+        pre_w = Signal.like(seq_w)
+        pre_ready = Signal()    # (a cycle after a take that found its tile loaded)
+        pre_slot = Signal()
+        pre_hit = Signal()
+        m.d.comb += pre_hit.eq(pre_loaded & (pre_par == ld_par) & (pre_w == seq_w))
         m.d.sync += take_ok.eq(~seq_take & run_next & (~ld_busy | (ld_left == 1))
+                               & ~pf_busy
                                & Mux(ld_par, can_load[1], can_load[0]))
         m.d.comb += seq_take.eq(take_ok)
+        m.d.sync += pre_ready.eq(0)
+        with m.If(pre_ready):
+            for pb in range(2):
+                with m.If(pre_slot == pb):
+                    m.d.sync += slot_state[pb].eq(READY)
+        with m.If(pf_start):
+            m.d.sync += [pf_busy.eq(1), pf_valid.eq(1), ld_pf.eq(1), pre_loaded.eq(0),
+                         pre_par.eq(ld_par),
+                         pre_w.eq(desc.w_base), ld_busy.eq(1), ld_left.eq(k_side),
+                         ld_slot.eq(ld_par), ld_addr.eq(desc.w_base + k_side_m1)]
         with m.If(seq_take):
             b = ld_par
             for pb in range(2):
@@ -393,8 +420,12 @@ class MLPEngine(wiring.Component):
                         slot_relu[pb].eq(relu),
                         slot_rp[pb].eq(run_par),
                     ]
-            m.d.sync += [ld_busy.eq(1), ld_left.eq(k_side), ld_slot.eq(b),
-                         ld_addr.eq(seq_w + k_side_m1), ld_par.eq(~ld_par)]
+            m.d.sync += [ld_par.eq(~ld_par), pre_loaded.eq(0), ld_pf.eq(0)]
+            with m.If(pre_hit):
+                m.d.sync += [pre_ready.eq(1), pre_slot.eq(b)]
+            with m.Else():
+                m.d.sync += [ld_busy.eq(1), ld_left.eq(k_side), ld_slot.eq(b),
+                             ld_addr.eq(seq_w + k_side_m1)]
         m.d.comb += w_rd.addr.eq(ld_addr)
         with m.If(ld_busy):
             m.d.sync += [ld_addr.eq(ld_addr - 1), ld_left.eq(ld_left - 1)]
@@ -403,10 +434,12 @@ class MLPEngine(wiring.Component):
         # Read issued (cycle c), RAM output (c + BlockRAM.LATENCY): shift.
         rd_busy = delayed(ld_busy, ram_lat, "rd_busy")
         ld_last = Signal()
+        ld_shift_pf = Signal()
         m.d.comb += [ld_last.eq(ld_busy & (ld_left == 1)),
                      ld_shift.eq(rd_busy[-1]),
                      ld_shift_buf.eq(delayed(ld_slot, ram_lat, "rd_slot")[-1]),
-                     ld_shift_last.eq(delayed(ld_last, ram_lat, "rd_last")[-1])]
+                     ld_shift_last.eq(delayed(ld_last, ram_lat, "rd_last")[-1]),
+                     ld_shift_pf.eq(delayed(ld_pf, ram_lat, "rd_pf")[-1])]
         loader_busy = Signal()
         m.d.comb += loader_busy.eq(Cat(*rd_busy).any())
         # The weights reach the array a cycle after the RAM, registered like
@@ -415,7 +448,9 @@ class MLPEngine(wiring.Component):
         m.d.sync += [self.array.weights.eq(w_rd.data),
                      self.array.w_load.eq(ld_shift),
                      self.array.w_buf.eq(ld_shift_buf)]
-        with m.If(ld_shift_last):
+        with m.If(ld_shift_last & ld_shift_pf):
+            m.d.sync += [pf_busy.eq(0), pre_loaded.eq(pf_valid)]
+        with m.Elif(ld_shift_last):
             for pb in range(2):
                 with m.If(ld_shift_buf == pb):
                     m.d.sync += slot_state[pb].eq(READY)
@@ -976,7 +1011,8 @@ class MLPEngine(wiring.Component):
         def fail(status, info=None, tag=None):
             # (in IDLE the answer's info and tag load in every cycle: the
             # command's opcode and tag)
-            m.d.sync += err_status.eq(status)
+            # (a prefetch for the failing RUN is of no use: ``pf_valid``)
+            m.d.sync += [err_status.eq(status), pf_valid.eq(0)]
             if info is not None:
                 m.d.sync += [err_info.eq(info), err_tag.eq(tag)]
             m.next = "ERROR"
@@ -1037,7 +1073,7 @@ class MLPEngine(wiring.Component):
                     with m.If(chk.fail):
                         fail(chk.status)
                     with m.Elif(chk.is_run):
-                        m.d.sync += run_par.eq(~run_par)
+                        m.d.sync += [run_par.eq(~run_par), pre_loaded.eq(0)]
                         m.next = "CHECK_READ"
                     if self._engine == 0:
                         with m.Elif(chk.is_split):
@@ -1103,6 +1139,11 @@ class MLPEngine(wiring.Component):
             with m.State("CHECK_DIMS"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
+                # (the RUN's first tile, into a free register: its countdown
+                # run out, as a take's would be a cycle later)
+                free_reg = Mux(ld_par, (slot_state[1] == FREE) & (countdown[1] == 0),
+                               (slot_state[0] == FREE) & (countdown[0] == 0))
+                m.d.comb += pf_start.eq((layer == 0) & ~ld_busy & ~loader_busy & free_reg)
                 m.d.sync += [
                     *plus_dims,
                     dims_ok.eq((desc.in_dim != 0) & (desc.in_dim <= cfg.max_dim)

@@ -15,7 +15,7 @@ from host.numerics import QuantLayer, int8_mlp
 from hw.config import Config
 from hw.mlp_cluster import MLPCluster
 from hw.mlp_engine import MLPEngine
-from hw.mlp_isa import Opcode
+from hw.mlp_isa import Opcode, Status
 from hw.systolic import SystolicArray
 from tests.amaranth_streams import run_bounded, stream_get, stream_put
 
@@ -413,6 +413,40 @@ def _assert_answers_each(batches, frames):
     for (prog, layers, x), frame in zip(batches, frames):
         y, _ = prog.decode_run(frame, len(x))
         assert np.array_equal(y, int8_mlp(x, layers))
+
+
+@pytest.mark.parametrize("bad_layer", [0, 1])
+def test_a_failed_run_leaves_no_stale_tile(bad_layer):
+    """A RUN's first tile loads while the RUN is checked. A RUN that then
+    fails (a layer that cannot run: the first, while that tile still
+    loads, or the second, after it), followed by new weights for the
+    same words and a good RUN of the same layout: the good RUN uses the new
+    weights. (An 8x8 array.)"""
+    cfg = dataclasses.replace(Config.preset("ecp5").array, dsp="generic")
+    rng = np.random.default_rng(31 + bad_layer)
+    old = _random_layers(rng, [5, 8, 6], shifts=(16, 20))
+    new = _random_layers(rng, [5, 8, 6], shifts=(16, 20))
+    target = EngineTarget(cfg, 0, 1)
+    progs = [compile_mlp(old, target), compile_mlp(new, target)]
+    half = cfg.act_words(0) // 2
+    xs = [rng.integers(-128, 128, (rows, 5)).astype(np.int8) for rows in (9, 11)]
+    sets = [c for c in progs[0].load_commands
+            if target.cmd_layout.from_bits(c).op == Opcode.SET_LAYER]
+    d = target.cmd_layout.from_bits(sets[bad_layer]).args.layer
+    # (a first layer of no inputs; a second that does not take the first's
+    # outputs)
+    broken = target.pack(Opcode.SET_LAYER, layer={
+        "index": bad_layer, "in_dim": 0 if bad_layer == 0 else 7, "out_dim": d.out_dim,
+        "w_base": d.w_base, "p_base": d.p_base, "relu": d.relu})
+    frames = _run_back_to_back(
+        cfg, target, progs[0].load_commands + progs[0].input_commands(xs[0], 0),
+        [progs[0].run_command(len(xs[0]), 0), broken, progs[0].run_command(len(xs[0]), 0)]
+        + progs[1].load_commands + progs[1].input_commands(xs[1], half)
+        + [progs[1].run_command(len(xs[1]), half)], 3, seed=11)
+    assert target.unpack_response(frames[1][-1])["status"] == Status.BAD_LAYER
+    assert len(frames[1]) == 1
+    _assert_answers_each([(progs[0], old, xs[0]), (progs[1], new, xs[1])],
+                         [frames[0], frames[2]])
 
 
 def test_inputs_written_while_rows_in_flight():
