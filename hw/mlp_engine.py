@@ -42,7 +42,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .config import ArrayConfig, clog2
+from .config import ArrayConfig, ceil_div, clog2
 from .mlp_isa import Opcode, Status, command_layout, response_layout
 from .primitives import BlockRAM, PipelinedMultiplier
 from .systolic import SubArrayPort, SystolicArray
@@ -180,12 +180,17 @@ class MLPEngine(wiring.Component):
         w_reuse = Signal(range(2 * lanes + 1))  # see the countdowns below
         side_m1 = Signal(range(lanes + 1))      # side - 1
         k_side_m1 = Signal(range(lanes + 1))    # k_side - 1
+        # log2 of a layer's most chunks of S, ``max_dim / S`` rounded up to a
+        # power of two (a bound of a RUN's window before its checks)
+        chunks_lg = {mode: clog2(ceil_div(cfg.max_dim, cfg.mode_sides(mode)[1]))
+                     for mode in modes}
+        log_chunks = Signal(range(max(chunks_lg.values(), default=0) + 1))
         # (registered: the mode changes only while every engine is idle,
         # and an engine takes no command in the cycle after it changes; see
         # the split lock)
         m.d.sync += [side.eq(0), log_side.eq(0), k_side.eq(0), log_k.eq(0), parts_m1.eq(0),
                      available.eq(0), latency.eq(0), w_reuse.eq(0), side_m1.eq(0),
-                     k_side_m1.eq(0)]
+                     k_side_m1.eq(0), log_chunks.eq(0)]
         with m.Switch(self.split):
             for idx, mode in enumerate(cfg.modes):
                 with m.Case(idx):
@@ -194,6 +199,7 @@ class MLPEngine(wiring.Component):
                         lat = SystolicArray.latency(cfg, self._engine, mode)
                         max_lat = max(max_lat, lat)
                         m.d.sync += [side.eq(s), log_side.eq(s.bit_length() - 1),
+                                     log_chunks.eq(chunks_lg[mode]),
                                      k_side.eq(k), log_k.eq(k.bit_length() - 1),
                                      side_m1.eq(s - 1), k_side_m1.eq(k - 1),
                                      parts_m1.eq(s // k - 1),
@@ -817,13 +823,18 @@ class MLPEngine(wiring.Component):
         m.d.comb += rfifo.r_en.eq(self.resp.ready)
 
         # -- writes into the activation buffers while a RUN is under way --------
-        # ``win_valid``: a RUN passed its checks; its window is ``base ..
-        # win_hi - 1`` (in both buffers). A WRITE_ACT outside it (and outside
+        # ``win_valid``: a RUN was taken; its window is ``base .. win_hi - 1``
+        # (in both buffers). A WRITE_ACT outside it (and outside
         # the rows the sender has still to read, and the input rows the RUN
         # before still reads) is taken, unless a result row is written into
         # the same buffer in the cycle its write lands.
+        # From the RUN's take to its last check, ``win_hi`` is a bound of the
+        # window, ``base + (rows << log_chunks)``, so that writes outside it
+        # go in while the RUN is checked; then the window itself, which the
+        # checks grow in ``win_ex``.
         win_valid = Signal()
-        win_hi = Signal(range(act_words + 1))
+        win_hi = Signal(range(act_words + (cfg.max_rows << max(chunks_lg.values(), default=0)) + 1))
+        win_ex = Signal(range(act_words + 1))
         # The RUN's window and the sender's rows do not overlap, a cycle
         # late (set below the FSM).
         win_clear = Signal()
@@ -1012,7 +1023,7 @@ class MLPEngine(wiring.Component):
             # (in IDLE the answer's info and tag load in every cycle: the
             # command's opcode and tag)
             # (a prefetch for the failing RUN is of no use: ``pf_valid``)
-            m.d.sync += [err_status.eq(status), pf_valid.eq(0)]
+            m.d.sync += [err_status.eq(status), pf_valid.eq(0), win_valid.eq(0)]
             if info is not None:
                 m.d.sync += [err_info.eq(info), err_tag.eq(tag)]
             m.next = "ERROR"
@@ -1059,7 +1070,8 @@ class MLPEngine(wiring.Component):
                 # cycle, before they change), so that taking a command
                 # enables only a few flip-flops.
                 r = args.run
-                m.d.sync += [rows.eq(r.rows), base.eq(r.base), win_hi.eq(r.base),
+                m.d.sync += [rows.eq(r.rows), base.eq(r.base),
+                             win_hi.eq(r.base + (r.rows << log_chunks)), win_ex.eq(r.base),
                              n_layers_m1.eq(r.layers - 1), layer.eq(0), cycles.eq(0),
                              run_tag.eq(cmd.tag), split_index.eq(args.split.index),
                              split_tag.eq(cmd.tag), settle.eq(0),
@@ -1073,7 +1085,10 @@ class MLPEngine(wiring.Component):
                     with m.If(chk.fail):
                         fail(chk.status)
                     with m.Elif(chk.is_run):
-                        m.d.sync += [run_par.eq(~run_par), pre_loaded.eq(0)]
+                        # (the slots' compares are worked out again for the
+                        # window's bound)
+                        m.d.sync += [run_par.eq(~run_par), pre_loaded.eq(0), win_valid.eq(1),
+                                     chk_new.eq(1), quiet.eq(1)]
                         m.next = "CHECK_READ"
                     if self._engine == 0:
                         with m.Elif(chk.is_split):
@@ -1181,12 +1196,11 @@ class MLPEngine(wiring.Component):
                 with m.If(bounds_bad):
                     fail(Status.BAD_LAYER, layer, run_tag)
                 with m.Else():
-                    with m.If(src_gt_dst & src_gt_win):
-                        m.d.sync += win_hi.eq(src_hi)
-                    with m.Elif(~src_gt_dst & dst_gt_win):
-                        m.d.sync += win_hi.eq(dst_hi)
+                    win_next = Mux(src_gt_dst & src_gt_win, src_hi,
+                                   Mux(~src_gt_dst & dst_gt_win, dst_hi, win_ex))
+                    m.d.sync += win_ex.eq(win_next)
                     with m.If(last_layer):
-                        m.d.sync += [layer.eq(0), win_valid.eq(1), quiet.eq(1),
+                        m.d.sync += [layer.eq(0), win_hi.eq(win_next), quiet.eq(1),
                                      chk_new.eq(1)]
                         m.next = "LAYER_READ"
                     with m.Else():
@@ -1269,7 +1283,7 @@ class MLPEngine(wiring.Component):
         m.d.comb += run_next.eq(fsm.ongoing("LAYER_PREPARE") | fsm.ongoing("LAYER_RUN"))
         # (``win_clear``, low in the cycle after every CHECK_BOUNDS, where the
         # window may grow)
-        m.d.sync += win_clear.eq(((base >= snd_hi) | (win_hi <= snd_lo))
+        m.d.sync += win_clear.eq(((base >= snd_hi) | (win_ex <= snd_lo))
                                  & ~fsm.ongoing("CHECK_BOUNDS"))
         with m.If(seq_take):
             last_k = seq_last_k
@@ -1298,8 +1312,8 @@ class MLPEngine(wiring.Component):
         m.d.sync += [bounds_bad.eq(~dims_ok | (need_w > cfg.weight_words)
                                    | (src_hi > act_words) | (dst_hi > act_words)
                                    | (need_p > cfg.param_words)),
-                     src_gt_dst.eq(src_hi > dst_hi), src_gt_win.eq(src_hi > win_hi),
-                     dst_gt_win.eq(dst_hi > win_hi)]
+                     src_gt_dst.eq(src_hi > dst_hi), src_gt_win.eq(src_hi > win_ex),
+                     dst_gt_win.eq(dst_hi > win_ex)]
         # The RUN's last tile's rows are all issued (its slot free): its
         # input rows may be written (the flag falls two cycles later, after
         # the last row's read; the slots' checks are worked out again).
