@@ -24,8 +24,11 @@ requantizer's. A RUN hands its answer to the sender once its last tiles
 are loaded; the sender reads each row once it is written (its last output
 chunk, counted per RUN), while the rows after it still come. Meanwhile the
 next RUN is checked and loads its first tile into the other weight
-register, so that its rows follow the last rows of the RUN before without
-a gap; writes into the input rows those still read wait for them.
+register (during its checks, the *prefetch*, when that register is free),
+so that its rows follow the last rows of the RUN before without a gap;
+writes into the input rows those still read wait for them. Writes outside
+a RUN's window go in while it runs, and outside a bound of it while it is
+checked.
 
 In a row split (``K < S``) an activation word holds ``S / K`` input tiles:
 input tile ``k`` is lanes ``(k % (S/K)) * K ..`` of word ``k // (S/K)``,

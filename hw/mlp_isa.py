@@ -29,7 +29,9 @@ width, ``K <= S <= lanes``):
   the widest of its layers' inputs and outputs, in both buffers.
 
 Overlap: the engine takes a ``WRITE_ACT`` while a RUN computes when it
-lands outside the RUN's window, and it takes the next RUN (and writes)
+lands outside the RUN's window (while the RUN is checked, outside a bound
+of it: ``rows`` words for each of ``max_dim / S`` chunks, rounded up to a
+power of two), and it takes the next RUN (and writes)
 once the last one's final tiles are loaded, while their rows still go into
 the array and are in flight, and then while its response goes out; a
 write into the rows being sent, or into the input rows the last tile has
