@@ -94,10 +94,10 @@ class EngineTarget:
         c = self.cmd_layout.from_bits(beat)
         if c.op != Opcode.WRITE_PARAM:
             raise ValueError(f"not a WRITE_PARAM: {c.op}")
-        p = c.args.param
-        return self.pack(Opcode.WRITE_PARAM, param={
-            "addr": p.addr + offset, "lane": p.lane, "bias": p.bias, "mult": p.mult,
-            "shift": p.shift})
+        fields = {name: getattr(c.args.param, name)
+                  for name, _ in self.cmd_layout["args"].shape["param"].shape}
+        fields["addr"] += offset
+        return self.pack(Opcode.WRITE_PARAM, param=fields)
 
     def unpack_response(self, bits: int) -> dict:
         """One response beat: ``data`` (list), ``status``, ``last``, ``info``."""

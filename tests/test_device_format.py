@@ -197,16 +197,15 @@ def test_the_first_layer_has_a_second_parameter_region():
         t = prog.target
         words = [t.cmd_layout.from_bits(c).args.param for c in prog.engine_cmds
                  if t.cmd_layout.from_bits(c).op == EOp.WRITE_PARAM]
-        return prog.conf, {(p.addr, p.lane): (p.bias, p.mult, p.shift) for p in words}
+        return prog.conf, {(p.addr, p.lane): (p.bias, p.mult, p.shift) for p in words}, t.side
 
-    side = cfg.array.engine_lanes(0)
+    conf, words, side = params(cfg.array.param_words)
     n_p = sum(-(-layer.out_dim // side) for layer in stage.layers[:-1])
     n_p0 = -(-stage.layers[0].out_dim // side)
-    conf, words = params(cfg.array.param_words)
     assert conf["p0_base"] == 0 and conf["p0_alt"] == n_p
     assert len(words) == (n_p + n_p0) * side
     for (addr, lane), w in words.items():
         if addr < n_p0:
             assert words[addr + n_p, lane] == w
-    conf, words = params(n_p + n_p0 - 1)
+    conf, words, _ = params(n_p + n_p0 - 1)
     assert conf["p0_alt"] == conf["p0_base"] == 0 and len(words) == n_p * side
